@@ -10,12 +10,13 @@
 namespace megamoe {
 
 // y [T, W.rows] = x [T, W.cols] @ W^T, parallel over output rows. For Q8_0, Q4_0 and F4_E2M1 weights
-// and fewer than 128 tokens (decode, MoE experts) the activations are first rounded to q8_0 blocks,
-// as llama.cpp does, and multiplied in int8; prefill-sized T multiplies in fp32, which is faster there.
+// the activations are first rounded to q8_0 blocks per token, as llama.cpp does, and multiplied in
+// int8. Batch invariant: y[t, r] is bit for bit the same whatever T, the other tokens and the thread
+// count (on one SIMD target), so prefill, step-by-step decode and any batching agree exactly.
 void matmul(float* y, const float* x, int64_t T, const WeightView& W);
 
-// Whether matmul rounds the activations to q8_0 blocks for T tokens against weights in this format.
-bool matmul_quantizes_activations(DType weight_format, int64_t T);
+// Whether matmul rounds the activations to q8_0 blocks against weights in this format.
+bool matmul_quantizes_activations(DType weight_format);
 
 // Slow scalar reference for tests: element by element, double accumulation.
 void matmul_reference(float* y, const float* x, int64_t T, const WeightView& W);

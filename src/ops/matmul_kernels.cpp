@@ -1,14 +1,16 @@
 // The SIMD kernels behind matmul.h, compiled by Highway once per instruction set (AVX-512 with VNNI,
 // AVX-512, AVX2, and SCALAR, its portable one-lane fallback) and chosen at run time.
 //
-// Two loops cover every format, both parallel over output rows:
-// - RowTile: R rows x C tokens at a time, the weight decoded in registers and dotted along K with all
-//   R*C sums in registers; decode (T = 1) and small T. For Q8_0, Q4_0 and F4_E2M1 the activations are
-//   q8_0 blocks and the products int8 (vpdpbusd / pmaddubsw), scaled per block of 32.
-// - PackedGemm (large T): 2 vectors of rows x 256 inputs are dequantized into an fp32
-//   panel that stays in L1, and an outer-product micro-kernel (12 tokens x 32 rows on AVX-512) streams
-//   every token through it, so each weight is decoded once per call and FMAs dominate. The block
-//   formats take it too from kInt8PackedMinTokens tokens on (prefill), with fp32 activations.
+// One loop covers every format and every number of tokens, parallel over output rows: tiles of R rows
+// x C tokens, each sum a dot product along K with SIMD lanes along K (per-lane partial sums reduced
+// by one SumOfLanes at the end), like llamafile's tinyBLAS. Every sum is computed in the same order
+// whatever the tile shape, T and the other tokens of the batch, so y[t, r] is bit for bit the same
+// for one token alone (decode), in a prefill of 512 or in any batch (batch invariance: prefill and
+// step-by-step decode agree exactly, and top-k choices downstream do not flip). For Q8_0, Q4_0 and
+// F4_E2M1 the activations are always rounded to q8_0 blocks per token and the products are int8
+// (vpdpbusd / pmaddubsw), scaled per block of 32. From kDecodeMinTokens tokens on, the float formats
+// decode each tile's rows once into an fp32 buffer (unscaled, exactly the values decoded in
+// registers) that every token of the block reads, instead of decoding them again for every C tokens.
 #ifndef MEGAMOE_MATMUL_KERNELS_CONFIG
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
@@ -33,12 +35,12 @@
 #define MEGAMOE_MATMUL_KERNELS_SHARED
 namespace megamoe {
 
-// From how many tokens on a call dequantizes the weight into fp32 panels (PackedGemm) rather than
-// decoding it in registers for every 4 tokens (RowTile), measured with bench_kernels --tokens: the
-// panel costs about one weight decode and transposition, which small T cannot amortize, and beyond
-// ~128 tokens fp32 FMAs beat int8 dot products that must be converted and scaled per block of 32.
-constexpr int64_t kFloatPackedMinTokens = 8;
-constexpr int64_t kInt8PackedMinTokens = 128;
+// From how many tokens on the float formats decode a tile's rows into an fp32 buffer first rather
+// than in registers for every C tokens (the same values either way).
+constexpr int64_t kDecodeMinTokens = 8;
+// Activation bytes a block of tokens may take so that it stays in L2 (1 MB per Zen 5 core) while
+// every row tile of a thread passes over it.
+constexpr int64_t kTokenBlockBytes = 256 << 10;
 
 // Activations rounded to q8_0 blocks (quantize_row_q8_0), split for the int8 kernels.
 struct QuantizedActivations {
@@ -78,11 +80,17 @@ using DI8 = hn::CappedTag<int8_t, kQuantBlock>;  // one block of 32 per vector (
 using DI32 = hn::Repartition<int32_t, DI8>;
 using DF8 = hn::Repartition<float, DI8>;  // float lanes of a block-sized vector
 
-// The register blocking: RowTile sums R rows x C tokens; the packed micro-kernel holds
-// kTileTokens x 2 vectors of rows (24 of AVX-512's 32 registers, 12 of AVX2's 16).
+// The register blocking, which changes the speed but never the results: R rows x C tokens of sums,
+// R weight vectors and one activation vector in registers (AVX-512 has 32, AVX2 16). Formats with a
+// scale per 128 inputs (FP8) hold two sums per pair (the block's and the total), so fewer tokens.
 constexpr size_t kTileRows = 4;
-constexpr size_t kTileTokens = HWY_TARGET <= HWY_AVX3 ? 12 : 6;
-constexpr int64_t kPanelK = 256;  // inputs per packed panel: 2 x 16 rows x 256 fp32 = 32 KB, L1-sized
+constexpr bool kWide = HWY_TARGET <= HWY_AVX3;
+template <class Rows>
+constexpr size_t TokensPerTile() {
+  if constexpr (Rows::kInt8) return kWide ? 4 : 2;
+  else if constexpr (Rows::kScaleCols != 0) return kWide ? 3 : 1;
+  else return kWide ? 6 : 2;
+}
 
 constexpr bool kVnni = HWY_TARGET == HWY_AVX3_DL;
 
@@ -133,14 +141,15 @@ HWY_INLINE float HalfToFloat(uint16_t bits) {
 template <class Derived>
 struct FloatRows {
   static constexpr bool kInt8 = false;
-  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
+  // unscaled: the codes as Load and Element give them (DecodedRows), without the block scale.
+  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n, bool unscaled = false) const {
     const auto& self = static_cast<const Derived&>(*this);
     const DF df;
     const int64_t N = int64_t(hn::Lanes(df));
     for (int64_t k = k0; k < k0 + n;) {
       const int64_t chunk_end =
           Derived::kScaleCols ? std::min(k0 + n, (k / Derived::kScaleCols + 1) * Derived::kScaleCols) : k0 + n;
-      const float scale = self.Scale(row, k);
+      const float scale = unscaled ? 1.f : self.Scale(row, k);
       const auto scale_v = hn::Set(df, scale);
       for (; k + N <= chunk_end; k += N) hn::StoreU(hn::Mul(self.Load(df, row, k), scale_v), df, out + k - k0);
       for (; k < chunk_end; ++k) out[k - k0] = self.Element(row, k) * scale;
@@ -287,7 +296,9 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// RowTile: sums[r * C + c] = row rows[r] . token c, for R rows x C tokens.
+// Tiles: sums[r * C + c] = row rows[r] . token c, for R rows x C tokens. Each sum has its own
+// accumulators and the same order of operations for every R and C (the tails use explicit fma so
+// that no instantiation contracts differently), which makes the results batch invariant.
 
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
@@ -356,8 +367,8 @@ HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const
       const float scale = w.Scale(rows[r], k0);
       for (size_t c = 0; c < C; ++c) {
         float rest = 0;
-        for (int64_t j = k; j < k1; ++j) rest += w.Element(rows[r], j) * x[c][j];
-        tail[r][c] += rest * scale;
+        for (int64_t j = k; j < k1; ++j) rest = std::fma(w.Element(rows[r], j), x[c][j], rest);
+        tail[r][c] = std::fma(rest, scale, tail[r][c]);
         acc[r][c] = Rows::kScaleCols ? hn::MulAdd(part[r][c], hn::Set(df, scale), acc[r][c]) : part[r][c];
       }
     }
@@ -366,98 +377,83 @@ HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const
     for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c])) + tail[r][c];
 }
 
-// y [T, rows] for all tokens, R rows x C tokens per tile. Edge tiles repeat their last row or token
-// (same work, no extra instantiations) and store only the real ones.
-template <size_t R, size_t C, class Rows>
-void RowTiles(float* y, const float* x, const QuantizedActivations& xq, int64_t T, int64_t n_rows, int64_t K,
-              const Rows& w) {
-  const int64_t n_tiles = (n_rows + R - 1) / R;
-#pragma omp parallel for schedule(static)
-  for (int64_t tile = 0; tile < n_tiles; ++tile) {
-    int64_t rows[R];
-    for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
-    for (int64_t t0 = 0; t0 < T; t0 += C) {
-      float sums[R * C];
-      if constexpr (Rows::kInt8) {
-        const int8_t* q[C];
-        const float* d[C];
-        for (size_t c = 0; c < C; ++c) {
-          const int64_t t = std::min<int64_t>(t0 + c, T - 1);
-          q[c] = xq.q.data() + t * K;
-          d[c] = xq.d.data() + t * (K / kQuantBlock);
-        }
-        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
-      } else {
-        const float* xs[C];
-        for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, T - 1) * K;
-        FloatTile<R, C>(sums, w, rows, xs, K);
-      }
-      for (size_t c = 0; c < C && t0 + int64_t(c) < T; ++c)
-        for (size_t r = 0; r < R && tile * int64_t(R) + int64_t(r) < n_rows; ++r)
-          y[(t0 + c) * n_rows + tile * R + r] = sums[r * C + c];
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// PackedGemm. panel [kc, 2N] holds 2N rows transposed (row r of input k at k * 2N + r).
-
-template <size_t MR>
-HWY_INLINE void MicroKernel(float* y, int64_t ldy, size_t n_rows, size_t n_tokens, const float* panel, int64_t kc,
-                            const float* x, int64_t ldx, bool accumulate) {
-  const DF df;
-  const size_t N = hn::Lanes(df);
-  const float* xt[MR];
-  for (size_t t = 0; t < MR; ++t) xt[t] = x + std::min(t, n_tokens - 1) * ldx;
-  V<DF> acc[MR][2];
-  for (auto& row : acc)
-    for (auto& a : row) a = hn::Zero(df);
-  for (int64_t k = 0; k < kc; ++k) {
-    const auto w0 = hn::Load(df, panel + k * 2 * N), w1 = hn::Load(df, panel + k * 2 * N + N);
-    for (size_t t = 0; t < MR; ++t) {
-      const auto xb = hn::Set(df, xt[t][k]);
-      acc[t][0] = hn::MulAdd(xb, w0, acc[t][0]);
-      acc[t][1] = hn::MulAdd(xb, w1, acc[t][1]);
-    }
-  }
-  for (size_t t = 0; t < n_tokens; ++t)
-    for (size_t h = 0; h < 2; ++h) {
-      float* dst = y + t * ldy + h * N;
-      if (n_rows >= (h + 1) * N) {
-        hn::StoreU(accumulate ? hn::Add(hn::LoadU(df, dst), acc[t][h]) : acc[t][h], df, dst);
-      } else if (n_rows > h * N) {
-        alignas(64) float lanes[hn::MaxLanes(df)];
-        hn::Store(acc[t][h], df, lanes);
-        for (size_t i = 0; i < n_rows - h * N; ++i) dst[i] = accumulate ? dst[i] + lanes[i] : lanes[i];
-      }
-    }
-}
-
+// A tile's rows of a float format decoded once into an fp32 buffer, unscaled: Load and Element give
+// bit for bit what the format's own give, so FloatTile sums exactly the same products either way.
 template <class Rows>
-void PackedGemm(float* y, const float* x, int64_t T, int64_t n_rows, int64_t K, const Rows& w) {
-  const DF df;
-  const int64_t NR = 2 * int64_t(hn::Lanes(df));
-  const int64_t n_panels = (n_rows + NR - 1) / NR;
+struct DecodedRows {
+  static constexpr bool kInt8 = false;
+  static constexpr int64_t kScaleCols = Rows::kScaleCols;
+  const float* data;    // [R, cols]
+  int64_t cols;
+  const Rows& w;
+  const int64_t* rows;  // the buffer's rows in w
+  V<DF> Load(DF df, int64_t r, int64_t k) const { return hn::LoadU(df, data + r * cols + k); }
+  float Element(int64_t r, int64_t k) const { return data[r * cols + k]; }
+  float Scale(int64_t r, int64_t k) const { return w.Scale(rows[r], k); }
+};
+
+// y [t_begin..t_end, rows] of one row tile (y points at its first row, n_out <= R of them real), C
+// tokens at a time. Edge tiles repeat their last row or token (same work, no extra instantiations)
+// and store only the real ones.
+template <size_t R, size_t C, class Rows>
+HWY_INLINE void TileTokens(float* y, int64_t n_rows, int64_t n_out, const float* x, const QuantizedActivations& xq,
+                           int64_t t_begin, int64_t t_end, int64_t K, const Rows& w, const int64_t* rows) {
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += C) {
+    float sums[R * C];
+    if constexpr (Rows::kInt8) {
+      const int8_t* q[C];
+      const float* d[C];
+      for (size_t c = 0; c < C; ++c) {
+        const int64_t t = std::min<int64_t>(t0 + c, t_end - 1);
+        q[c] = xq.q.data() + t * K;
+        d[c] = xq.d.data() + t * (K / kQuantBlock);
+      }
+      Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+    } else {
+      const float* xs[C];
+      for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, t_end - 1) * K;
+      FloatTile<R, C>(sums, w, rows, xs, K);
+    }
+    for (size_t c = 0; c < C && t0 + int64_t(c) < t_end; ++c)
+      for (size_t r = 0; r < size_t(n_out); ++r) y[(t0 + c) * n_rows + r] = sums[r * C + c];
+  }
+}
+
+// y [T, n_rows] for all tokens. Threads split the row tiles statically (the same rows for every
+// token block, so a thread's weights stay in its caches); tokens go in blocks whose activations
+// stay in L2 while the thread's tiles pass over them.
+template <size_t R, size_t C, class Rows>
+void Tiles(float* y, const float* x, const QuantizedActivations& xq, int64_t T, int64_t n_rows, int64_t K,
+           const Rows& w) {
+  const int64_t n_tiles = (n_rows + R - 1) / R;
+  const int64_t token_bytes = Rows::kInt8 ? K + K / kQuantBlock * 4 : K * 4;
+  const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
+  const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
 #pragma omp parallel
   {
-    const auto panel = hwy::AllocateAligned<float>(kPanelK * NR);  // [kPanelK, NR]
-    const auto row = hwy::AllocateAligned<float>(kPanelK);
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < n_panels; ++p) {
-      const int64_t row0 = p * NR, panel_rows = std::min(NR, n_rows - row0);
-      for (int64_t k0 = 0; k0 < K; k0 += kPanelK) {
-        const int64_t kc = std::min(kPanelK, K - k0);
-        for (int64_t r = 0; r < NR; ++r) {
-          if (r < panel_rows)
-            w.Dequantize(row.get(), row0 + r, k0, kc);
-          else
-            std::fill_n(row.get(), kc, 0.f);
-          for (int64_t k = 0; k < kc; ++k) panel[k * NR + r] = row[k];
+    hwy::AlignedFreeUniquePtr<float[]> decoded;  // [R, K]
+    if (decode) decoded = hwy::AllocateAligned<float>(size_t(R * K));
+    for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
+      const int64_t t_end = std::min(T, t_begin + block);
+#pragma omp for schedule(static) nowait
+      for (int64_t tile = 0; tile < n_tiles; ++tile) {
+        int64_t rows[R];
+        for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
+        float* out = y + tile * R;
+        const int64_t n_out = std::min<int64_t>(R, n_rows - tile * R);
+        if constexpr (!Rows::kInt8) {
+          if (decode) {
+            int64_t local[R];
+            for (size_t r = 0; r < R; ++r) {
+              local[r] = int64_t(r);
+              w.Dequantize(decoded.get() + r * K, rows[r], 0, K, /*unscaled=*/true);
+            }
+            const DecodedRows<Rows> buffered{decoded.get(), K, w, rows};
+            TileTokens<R, C>(out, n_rows, n_out, x, xq, t_begin, t_end, K, buffered, local);
+            continue;
+          }
         }
-        for (int64_t t0 = 0; t0 < T; t0 += kTileTokens)
-          MicroKernel<kTileTokens>(y + t0 * n_rows + row0, n_rows, size_t(panel_rows),
-                                   size_t(std::min<int64_t>(kTileTokens, T - t0)), panel.get(), kc, x + t0 * K + k0, K,
-                                   k0 > 0);
+        TileTokens<R, C>(out, n_rows, n_out, x, xq, t_begin, t_end, K, w, rows);
       }
     }
   }
@@ -508,9 +504,8 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
 template <class Rows>
 void MatmulRows(float* y, const float* x, const QuantizedActivations& xq, int64_t T, const WeightView& W) {
   const Rows w(W);
-  if (T >= (Rows::kInt8 ? kInt8PackedMinTokens : kFloatPackedMinTokens)) return PackedGemm(y, x, T, W.rows, W.cols, w);
-  if (T == 1) return RowTiles<kTileRows, 1>(y, x, xq, T, W.rows, W.cols, w);
-  RowTiles<kTileRows, 4>(y, x, xq, T, W.rows, W.cols, w);
+  if (T == 1) return Tiles<kTileRows, 1>(y, x, xq, T, W.rows, W.cols, w);
+  Tiles<kTileRows, TokensPerTile<Rows>()>(y, x, xq, T, W.rows, W.cols, w);
 }
 
 template <class Op>
@@ -552,9 +547,8 @@ HWY_EXPORT(Matmul);
 HWY_EXPORT(DequantizeRow);
 HWY_EXPORT(QuantizeActivations);
 
-bool matmul_quantizes_activations(DType weight_format, int64_t T) {
-  return (weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1) &&
-         T < kInt8PackedMinTokens;
+bool matmul_quantizes_activations(DType weight_format) {
+  return weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1;
 }
 
 void matmul(float* y, const float* x, int64_t T, const WeightView& W) {
@@ -565,7 +559,7 @@ void matmul(float* y, const float* x, int64_t T, const WeightView& W) {
     return;
   }
   thread_local QuantizedActivations xq;  // reused: decode calls matmul thousands of times per second
-  if (matmul_quantizes_activations(W.dtype, T))
+  if (matmul_quantizes_activations(W.dtype))
     HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&xq, x, T, W.cols, W.dtype == DType::F4_E2M1);
   HWY_DYNAMIC_DISPATCH(Matmul)(y, x, &xq, T, W);
 }

@@ -3,6 +3,9 @@
 // and the q8_0 / q4_0 / FP4 formats against llama.cpp's and DeepSeek's rules.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
+#include <bit>
 #include <cmath>
 #include <random>
 #include <string>
@@ -82,7 +85,7 @@ std::vector<double> activation_rounding_bound(const std::vector<float>& x, int64
 
 class KernelTest : public ::testing::TestWithParam<DType> {};
 
-// Every format x T in {1, 3, 17, 64, 160 (prefill path)} x odd row counts x cols, on every target:
+// Every format x T in {1, 3, 17, 64, 160} x odd row counts x cols, on every target:
 // against the double reference within fp32 summation error (on the rounded activations where matmul
 // rounds them, whose distance to the unrounded reference is bounded separately).
 TEST_P(KernelTest, MatmulMatchesReferenceOnEveryTarget) {
@@ -97,7 +100,7 @@ TEST_P(KernelTest, MatmulMatchesReferenceOnEveryTarget) {
     for (int64_t rows : {1, 7, 33, 130})
       for (int64_t T : {1, 3, 17, 64, 160}) {
         if (T > 64 && cols > 1000) continue;  // the reference would take most of the test's time
-        const bool blocks = matmul_quantizes_activations(format, T);
+        const bool blocks = matmul_quantizes_activations(format);
         const std::vector<float> w = random_floats(size_t(rows * cols), seed++, 0.5f);
         const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
         const std::vector<float> x = random_floats(size_t(T * cols), seed++);
@@ -128,14 +131,54 @@ TEST_P(KernelTest, MatmulMatchesReferenceOnEveryTarget) {
 TEST_P(KernelTest, QuantizedReferenceRoundsActivations) {
   const DType format = GetParam();
   const int64_t rows = 5, cols = 64, T = 2;
-  EXPECT_EQ(matmul_quantizes_activations(format, T), is_block_format(format));
-  EXPECT_FALSE(matmul_quantizes_activations(format, 512));
+  EXPECT_EQ(matmul_quantizes_activations(format), is_block_format(format));
   const std::vector<float> w = random_floats(rows * cols, 1, 0.5f), x = random_floats(T * cols, 2);
   const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
   std::vector<float> quantized(T * rows), plain(T * rows);
   matmul_reference_quantized(quantized.data(), x.data(), T, weight.view);
   matmul_reference(plain.data(), round_activations(x, cols).data(), T, weight.view);
   EXPECT_EQ(quantized, plain);
+}
+
+// Batch invariance: on every target, each output row of a batch is bit for bit the output of its
+// token alone, of any split of the batch, of the batch reversed and of one thread; with enough tokens
+// and inputs for several token blocks and the buffered-rows path, and odd sizes everywhere.
+TEST_P(KernelTest, EveryTokenGetsTheSameBitsWhateverTheBatch) {
+  const DType format = GetParam();
+  const int64_t T = 45, rows = 37;
+  TargetGuard guard;
+  for (int64_t cols : is_block_format(format) ? std::vector<int64_t>{96, 4160} : std::vector<int64_t>{33, 4161}) {
+    const std::vector<float> w = random_floats(size_t(rows * cols), 31, 0.5f), x = random_floats(size_t(T * cols), 32);
+    const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
+    std::vector<float> reversed_x(x.size());
+    for (int64_t t = 0; t < T; ++t) std::copy_n(x.data() + t * cols, cols, reversed_x.data() + (T - 1 - t) * cols);
+    for (const std::string& target : matmul_targets()) {
+      matmul_use_target(target);
+      std::vector<float> whole(size_t(T * rows)), got(size_t(T * rows), NAN);
+      matmul(whole.data(), x.data(), T, weight.view);
+      auto expect_same = [&](const std::string& how) {
+        for (int64_t i = 0; i < T * rows; ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(whole[i]))
+              << dtype_name(format) << " target " << target << " cols " << cols << " " << how << ": token "
+              << i / rows << " row " << i % rows;
+      };
+      for (int64_t t = 0; t < T; ++t) matmul(got.data() + t * rows, x.data() + t * cols, 1, weight.view);
+      expect_same("one token at a time");
+      const int64_t splits[] = {0, 2, 5, 13, 20, 21, 40, T};  // sizes 2, 3, 8, 7, 1, 19, 5
+      for (size_t s = 0; s + 1 < std::size(splits); ++s)
+        matmul(got.data() + splits[s] * rows, x.data() + splits[s] * cols, splits[s + 1] - splits[s], weight.view);
+      expect_same("split");
+      std::vector<float> reversed(size_t(T * rows));
+      matmul(reversed.data(), reversed_x.data(), T, weight.view);
+      for (int64_t t = 0; t < T; ++t) std::copy_n(reversed.data() + (T - 1 - t) * rows, rows, got.data() + t * rows);
+      expect_same("reversed");
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(threads == 1 ? 2 : 1);
+      matmul(got.data(), x.data(), T, weight.view);
+      omp_set_num_threads(threads);
+      expect_same("other thread count");
+    }
+  }
 }
 
 TEST_P(KernelTest, DequantizeRowIsExactOnEveryTarget) {

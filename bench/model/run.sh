@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The model-level figures of docs/performance.md: for each config under bench/model (default: the
+# 32- and 256-expert models of equal active parameters), makes a synthetic checkpoint once and runs
+# `megamoe bench --json` with 1 and 2 threads, then the PyTorch reference's prefill on the first.
+#
+#   bench/model/run.sh                          # bf16, 512-token prefill, 32 decoded tokens, 3 runs
+#   DTYPE=q8_0 CONFIGS="bench/model/experts-256.json" bench/model/run.sh
+# Environment: MEGAMOE (binary, default build/megamoe), DTYPE, CONFIGS, OUT, THREADS ("1 2"),
+# PROMPT_TOKENS, GEN_TOKENS, RUNS, TORCH (0 skips the PyTorch reference).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MEGAMOE=${MEGAMOE:-build/megamoe}
+DTYPE=${DTYPE:-bf16}
+CONFIGS=${CONFIGS:-bench/model/experts-32.json bench/model/experts-256.json}
+OUT=${OUT:-out/bench-model}
+mkdir -p "$OUT"
+uptime
+for config in $CONFIGS; do
+  name=$(basename "$config" .json)-$DTYPE
+  [ -f "$OUT/$name/config.json" ] || "$MEGAMOE" synth --model-config "$config" --dtype "$DTYPE" --seed 1 --output "$OUT/$name"
+  for threads in ${THREADS:-1 2}; do
+    "$MEGAMOE" bench --model "$OUT/$name" --prompt-tokens "${PROMPT_TOKENS:-512}" --gen-tokens "${GEN_TOKENS:-32}" \
+      --runs "${RUNS:-3}" --threads "$threads" --json | tee "$OUT/$name-threads$threads.json"
+  done
+done
+if [ "${TORCH:-1}" != 0 ]; then
+  first=$(basename "${CONFIGS%% *}" .json)-$DTYPE
+  for dtype in float32 bfloat16; do
+    /usr/bin/python3 bench/model/torch_prefill.py --model "$OUT/$first" --prompt-tokens "${PROMPT_TOKENS:-512}" \
+      --threads "${THREADS##* }" --dtype "$dtype" | tee "$OUT/$first-torch-$dtype.json"
+  done
+fi
+uptime
