@@ -1,3 +1,5 @@
+#include <map>
+
 #include "commands.h"
 #include "model/synth.h"
 #include "util/json_file.h"
@@ -15,8 +17,8 @@ void register_synth(CLI::App& app) {
   cmd->add_option("--model-config", options->config, "Hugging Face style config.json")->required();
   cmd->add_option("--dtype", options->dtype,
                   "Weight format of the linear layers (fp8 for DeepSeek-V4: the official layout, FP8 with ue8m0 "
-                  "scales and FP4 routed experts)")
-      ->check(CLI::IsMember({"bf16", "fp8"}))
+                  "scales and FP4 routed experts; q8_0, q4_0: megamoe's blocks, docs/quantization.md)")
+      ->check(CLI::IsMember({"bf16", "fp8", "q8_0", "q4_0"}))
       ->capture_default_str();
   cmd->add_option("--seed", options->seed, "Random seed")->capture_default_str();
   cmd->add_option("--shards", options->shards, "Number of safetensors files (with an index when > 1)")
@@ -25,7 +27,9 @@ void register_synth(CLI::App& app) {
   cmd->add_option("--output", options->output, "Output directory (written atomically)")->required();
   cmd->callback([options] {
     const nlohmann::json config = read_json_file(options->config);
-    SynthOptions synth{options->dtype == "fp8" ? SynthDType::FP8 : SynthDType::BF16, options->seed, options->shards};
+    const std::map<std::string, SynthDType> dtypes{
+        {"bf16", SynthDType::BF16}, {"fp8", SynthDType::FP8}, {"q8_0", SynthDType::Q8_0}, {"q4_0", SynthDType::Q4_0}};
+    SynthOptions synth{dtypes.at(options->dtype), options->seed, options->shards};
     synth_checkpoint(options->output, config, synth);
   });
 }

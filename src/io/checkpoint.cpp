@@ -106,8 +106,9 @@ const TensorInfo& Checkpoint::require(const std::string& name, std::span<const D
   return *tensor;
 }
 
-const std::byte* Checkpoint::aligned_data(const TensorInfo& tensor) const {
-  if (reinterpret_cast<uintptr_t>(tensor.data) % dtype_size(tensor.dtype) == 0) return tensor.data;
+const std::byte* Checkpoint::aligned_data(const TensorInfo& tensor, size_t alignment) const {
+  if (reinterpret_cast<uintptr_t>(tensor.data) % (alignment ? alignment : dtype_size(tensor.dtype)) == 0)
+    return tensor.data;
   // safetensors does not align tensors; kernels read them as typed arrays, so the rare misaligned
   // one is copied once into storage of its own.
   auto copy = std::make_unique<std::byte[]>(tensor.nbytes + 64);
@@ -117,10 +118,21 @@ const std::byte* Checkpoint::aligned_data(const TensorInfo& tensor) const {
   return aligned;
 }
 
-WeightView Checkpoint::weight(const std::string& name, int64_t rows, int64_t cols, ScaleLayout scales) const {
+WeightView Checkpoint::weight(const std::string& name, int64_t rows, int64_t cols, ScaleLayout scales,
+                              std::optional<DType> block_format) const {
   const bool dot_scale = scales == ScaleLayout::DotScaleE8M0;
   const std::string scale_tensor = Checkpoint::scale_name(name, scales);
   const TensorInfo* found = find(name);
+  if (block_format && found && found->dtype == DType::U8) {
+    // megamoe's q8_0 / q4_0: rows of llama.cpp blocks, each its fp16 scale then its codes.
+    const int64_t block_bytes = int64_t(dtype_size(*block_format));
+    const std::vector<int64_t> shape{rows, cols / kQuantBlock, block_bytes};
+    if (cols % kQuantBlock != 0 || found->shape != shape)
+      fail("{}: tensor {} has shape {}, expected [{}, {}, {}] ({} blocks of a [{}, {}] weight)", found->file->string(),
+           name, found->shape_string(), rows, cols / kQuantBlock, block_bytes, dtype_name(*block_format), rows, cols);
+    return WeightView{.dtype = *block_format, .rows = rows, .cols = cols,
+                      .data = aligned_data(*found, alignof(BlockQ8_0))};
+  }
   if (dot_scale && found && found->dtype == DType::I8) {
     // FP4 e2m1: two codes per byte, one ue8m0 exponent per row and 32 inputs.
     static constexpr DType kPacked[] = {DType::I8}, kScales[] = {DType::F8_E8M0};

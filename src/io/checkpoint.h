@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,8 +38,10 @@ class Checkpoint {
                             std::span<const int64_t> shape) const;
   // A linear weight [rows, cols] in F32/F16/BF16, or quantized with its scales laid out as `scales` says:
   // F8_E4M3 in 128x128 blocks, or (ScaleLayout::DotScaleE8M0) FP4 e2m1 packed in I8 [rows, cols/2].
+  // With `block_format` (Q8_0 / Q4_0) also megamoe's U8 tensor of blocks [rows, cols/32, 34 | 18].
   WeightView weight(const std::string& name, int64_t rows, int64_t cols,
-                    ScaleLayout scales = ScaleLayout::ScaleInvF32) const;
+                    ScaleLayout scales = ScaleLayout::ScaleInvF32,
+                    std::optional<DType> block_format = std::nullopt) const;
   // A vector [n] (norm weights, biases) converted to fp32.
   std::vector<float> vector_f32(const std::string& name, int64_t n) const;
   // Any float tensor of exactly `shape`, converted to fp32 (row-major).
@@ -59,8 +62,9 @@ class Checkpoint {
   mutable std::vector<std::unique_ptr<std::byte[]>> realigned_;  // copies of misaligned tensors
   mutable std::vector<std::unique_ptr<float[]>> decoded_scales_;  // ue8m0 FP8 block scales as fp32
 
-  // The tensor's bytes, aligned for its dtype (copied when the file has them misaligned).
-  const std::byte* aligned_data(const TensorInfo& tensor) const;
+  // The tensor's bytes aligned to `alignment` (default: its element size), copied when the file has
+  // them misaligned.
+  const std::byte* aligned_data(const TensorInfo& tensor, size_t alignment = 0) const;
 };
 
 }  // namespace megamoe

@@ -34,25 +34,30 @@ void write_checkpoint(const std::filesystem::path& output, const nlohmann::json&
   AtomicDirectory dir(output);
   write_json(dir.path() / "config.json", config);
   for (const auto& file : extra_files) std::filesystem::copy_file(file, dir.path() / file.filename());
-  shards = std::min<int>(shards, std::max<int>(1, int(tensors.size())));
+  const size_t n = tensors.size();
+  shards = std::min<int>(shards, std::max<int>(1, int(n)));
   if (shards == 1) {
     write_safetensors(dir.path() / "model.safetensors", tensors, {{"format", "pt"}});
   } else {
-    // Contiguous runs of tensors per shard, as Hugging Face's save_pretrained does.
+    // Contiguous runs of tensors per shard, as Hugging Face's save_pretrained does: shard s ends at the
+    // last tensor within (s+1)/shards of the bytes, keeping at least one tensor for each shard.
+    std::vector<int64_t> before(n + 1, 0);  // bytes of tensors [0, i)
+    for (size_t i = 0; i < n; ++i) before[i + 1] = before[i] + tensor_bytes(tensors[i]);
     nlohmann::json weight_map = nlohmann::json::object();
-    int64_t total_bytes = 0;
+    size_t begin = 0;
     for (int s = 0; s < shards; ++s) {
-      const size_t begin = tensors.size() * s / shards, end = tensors.size() * (s + 1) / shards;
+      size_t end = begin + 1;
+      const size_t last_end = n - size_t(shards - 1 - s);
+      while (end < last_end && before[end + 1] * shards <= before[n] * (s + 1)) ++end;
+      if (s == shards - 1) end = n;
       const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards);
       const std::vector<TensorToWrite> part(tensors.begin() + begin, tensors.begin() + end);
-      for (const TensorToWrite& t : part) {
-        weight_map[t.name] = file;
-        total_bytes += tensor_bytes(t);
-      }
+      for (const TensorToWrite& t : part) weight_map[t.name] = file;
       write_safetensors(dir.path() / file, part, {{"format", "pt"}});
+      begin = end;
     }
     write_json(dir.path() / "model.safetensors.index.json",
-               {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}});
+               {{"metadata", {{"total_size", before[n]}}}, {"weight_map", weight_map}});
   }
   dir.commit();
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "io/checkpoint_writer.h"
+#include "model/quantize.h"
 #include "model/tensor_spec.h"
 #include "ops/quant.h"
 #include "util/error.h"
@@ -80,24 +81,6 @@ std::vector<int32_t> random_table(const TensorSpec& spec, int64_t n_experts, uin
   return table;
 }
 
-// DeepSeek FP8: e4m3 values with one multiplier per 128x128 block. V2/V3 map each block's amax to
-// 448; V4 (ue8m0 scales) takes the smallest power of two that keeps it within 448.
-void quantize_fp8_blocks(uint8_t* q, float* scales, const float* w, int64_t rows, int64_t cols, bool power_of_two) {
-  const int64_t B = kFp8BlockSize, scale_cols = (cols + B - 1) / B;
-  for (int64_t bi = 0; bi * B < rows; ++bi)
-    for (int64_t bj = 0; bj * B < cols; ++bj) {
-      const int64_t i_end = std::min(rows, (bi + 1) * B), j_end = std::min(cols, (bj + 1) * B);
-      float amax = 0;
-      for (int64_t i = bi * B; i < i_end; ++i)
-        for (int64_t j = bj * B; j < j_end; ++j) amax = std::max(amax, std::fabs(w[i * cols + j]));
-      float scale = amax > 0 ? amax / 448.f : 1.f;
-      if (power_of_two) scale = std::exp2(std::ceil(std::log2(scale)));
-      scales[bi * scale_cols + bj] = scale;
-      for (int64_t i = bi * B; i < i_end; ++i)
-        for (int64_t j = bj * B; j < j_end; ++j) q[i * cols + j] = f32_to_fp8_e4m3(w[i * cols + j] / scale);
-    }
-}
-
 uint8_t e8m0_of_power_of_two(float scale) { return uint8_t(std::ilogb(scale) + 127); }
 
 // How synth stores a tensor.
@@ -106,16 +89,19 @@ enum class Format {
   Fp8ScaleInv,  // V2/V3: F8_E4M3 + "<name>_scale_inv" F32
   Fp8E8M0,      // V4: F8_E4M3 + "X.scale" ue8m0 per 128x128 block
   Fp4E8M0,      // V4 routed experts: I8 (two e2m1 codes per byte) + "X.scale" ue8m0 per row and 32 inputs
+  Q8_0, Q4_0,   // megamoe's blocks: U8 [rows, cols/32, 34 | 18]
 };
 
 Format stored_format(const TensorSpec& spec, const ModelConfig& c, SynthDType dtype) {
+  if (const std::optional<DType> block = block_format(spec, c.weight_format))
+    return *block == DType::Q8_0 ? Format::Q8_0 : Format::Q4_0;
   switch (spec.role) {
     case TensorRole::RouterBias:
     case TensorRole::HyperMix:
     case TensorRole::Parameter: return Format::F32;
     case TensorRole::HashTable: return Format::I32;
     case TensorRole::Linear:
-      if (dtype == SynthDType::BF16) return Format::BF16;
+      if (dtype != SynthDType::FP8) return Format::BF16;
       if (c.family != ModelFamily::DeepseekV4) return Format::Fp8ScaleInv;
       return spec.expert >= 0 ? Format::Fp4E8M0 : Format::Fp8E8M0;
     default: return Format::BF16;
@@ -172,6 +158,20 @@ void add_tensor(std::vector<TensorToWrite>* out, const TensorSpec& spec, Format 
                       }});
       return;
     }
+    case Format::Q8_0:
+    case Format::Q4_0: {
+      const DType block = format == Format::Q8_0 ? DType::Q8_0 : DType::Q4_0;
+      out->push_back({spec.name, DType::U8, block_tensor_shape(block, shape[0], shape[1]),
+                      [spec, seed, block](std::byte* dst) {
+                        // Rounded to BF16 first, so the tensor is the one `megamoe quantize` makes of
+                        // the BF16 synth of the same seed.
+                        std::vector<float> v = random_values(spec, seed);
+                        for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+                        const OwnedWeight q = quantize_weight(block, v.data(), spec.shape[0], spec.shape[1]);
+                        std::memcpy(dst, q.data.data(), q.data.size());
+                      }});
+      return;
+    }
     case Format::Fp4E8M0: {
       const int64_t rows = shape[0], cols = shape[1];
       out->push_back({spec.name, DType::I8, {rows, cols / 2}, [spec, seed](std::byte* dst) {
@@ -207,6 +207,9 @@ void synth_checkpoint(const std::filesystem::path& output, const nlohmann::json&
                                      {"fmt", "e4m3"},
                                      {"activation_scheme", "dynamic"},
                                      {"weight_block_size", {128, 128}}};
+  if (options.dtype == SynthDType::Q8_0 || options.dtype == SynthDType::Q4_0)
+    config["quantization_config"] = megamoe_quantization_config(options.dtype == SynthDType::Q8_0 ? DType::Q8_0
+                                                                                                   : DType::Q4_0);
   const ModelConfig model_config = parse_model_config(config, "model config");
   if (model_config.family == ModelFamily::DeepseekV4) {  // FP8 is V4's official layout: ue8m0 scales, FP4 experts
     if (options.dtype == SynthDType::FP8) {

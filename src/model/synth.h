@@ -10,8 +10,9 @@ namespace megamoe {
 
 // BF16: every weight BF16 (F32 where the family keeps F32). FP8: the linear layers FP8 in 128x128
 // blocks (V2/V3: F32 "_scale_inv"; V4: ue8m0 ".scale") and, for V4, the routed experts FP4 e2m1
-// with a ue8m0 scale per 32 inputs: the official layout.
-enum class SynthDType { BF16, FP8 };
+// with a ue8m0 scale per 32 inputs: the official layout. Q8_0 / Q4_0: megamoe's own checkpoint
+// (docs/quantization.md), the tensors `megamoe quantize` makes of the BF16 synth of the same seed.
+enum class SynthDType { BF16, FP8, Q8_0, Q4_0 };
 
 struct SynthOptions {
   SynthDType dtype = SynthDType::BF16;

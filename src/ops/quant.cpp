@@ -45,6 +45,12 @@ void quantize_row_q4_0(BlockQ4_0* out, const float* x, int64_t n) {
   }
 }
 
+void quantize_row_blocks(uint8_t* out, DType format, const float* x, int64_t n) {
+  if (format == DType::Q8_0) quantize_row_q8_0(reinterpret_cast<BlockQ8_0*>(out), x, n);
+  else if (format == DType::Q4_0) quantize_row_q4_0(reinterpret_cast<BlockQ4_0*>(out), x, n);
+  else fail("{} is not a block format", dtype_name(format));
+}
+
 void dequantize_row_q8_0(float* out, const BlockQ8_0* blocks, int64_t n) {
   check_blocks(n, "Q8_0");
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
@@ -95,6 +101,22 @@ void dequantize_row_fp4(float* out, const uint8_t* packed, const uint8_t* scales
   }
 }
 
+void quantize_fp8_blocks(uint8_t* q, float* scales, const float* w, int64_t rows, int64_t cols, bool power_of_two) {
+  const int64_t B = kFp8BlockSize, scale_cols = (cols + B - 1) / B;
+  for (int64_t bi = 0; bi * B < rows; ++bi)
+    for (int64_t bj = 0; bj * B < cols; ++bj) {
+      const int64_t i_end = std::min(rows, (bi + 1) * B), j_end = std::min(cols, (bj + 1) * B);
+      float amax = 0;
+      for (int64_t i = bi * B; i < i_end; ++i)
+        for (int64_t j = bj * B; j < j_end; ++j) amax = std::max(amax, std::fabs(w[i * cols + j]));
+      float scale = amax > 0 ? amax / 448 : 1;
+      if (power_of_two) scale = std::exp2(std::ceil(std::log2(scale)));
+      scales[bi * scale_cols + bj] = scale;
+      for (int64_t i = bi * B; i < i_end; ++i)
+        for (int64_t j = bj * B; j < j_end; ++j) q[i * cols + j] = f32_to_fp8_e4m3(w[i * cols + j] / scale);
+    }
+}
+
 OwnedWeight quantize_weight(DType format, const float* w, int64_t rows, int64_t cols) {
   OwnedWeight out;
   out.view = WeightView{.dtype = format, .rows = rows, .cols = cols};
@@ -112,32 +134,14 @@ OwnedWeight quantize_weight(DType format, const float* w, int64_t rows, int64_t 
         std::memcpy(data + 2 * i, &bits, 2);
       }
       break;
-    case DType::F8_E4M3: {
-      const int64_t scale_rows = (rows + kFp8BlockSize - 1) / kFp8BlockSize, scale_cols = out.view.scale_cols();
-      out.scale_inv.resize(size_t(scale_rows * scale_cols));
-      for (int64_t bi = 0; bi < scale_rows; ++bi)
-        for (int64_t bj = 0; bj < scale_cols; ++bj) {
-          const int64_t i_end = std::min(rows, (bi + 1) * kFp8BlockSize),
-                        j_end = std::min(cols, (bj + 1) * kFp8BlockSize);
-          float amax = 0;
-          for (int64_t i = bi * kFp8BlockSize; i < i_end; ++i)
-            for (int64_t j = bj * kFp8BlockSize; j < j_end; ++j) amax = std::max(amax, std::fabs(w[i * cols + j]));
-          const float scale = amax > 0 ? amax / 448 : 1;
-          out.scale_inv[bi * scale_cols + bj] = scale;
-          for (int64_t i = bi * kFp8BlockSize; i < i_end; ++i)
-            for (int64_t j = bj * kFp8BlockSize; j < j_end; ++j)
-              data[i * cols + j] = f32_to_fp8_e4m3(w[i * cols + j] / scale);
-        }
+    case DType::F8_E4M3:
+      out.scale_inv.resize(size_t((rows + kFp8BlockSize - 1) / kFp8BlockSize * out.view.scale_cols()));
+      quantize_fp8_blocks(data, out.scale_inv.data(), w, rows, cols);
       out.view.scale_inv = out.scale_inv.data();
       break;
-    }
     case DType::Q8_0:
-      for (int64_t r = 0; r < rows; ++r)
-        quantize_row_q8_0(reinterpret_cast<BlockQ8_0*>(data + r * out.view.row_bytes()), w + r * cols, cols);
-      break;
     case DType::Q4_0:
-      for (int64_t r = 0; r < rows; ++r)
-        quantize_row_q4_0(reinterpret_cast<BlockQ4_0*>(data + r * out.view.row_bytes()), w + r * cols, cols);
+      for (int64_t r = 0; r < rows; ++r) quantize_row_blocks(data + r * out.view.row_bytes(), format, w + r * cols, cols);
       break;
     case DType::F4_E2M1:
       out.scale_e8m0.resize(size_t(rows * (cols / kQuantBlock)));

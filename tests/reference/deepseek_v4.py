@@ -130,23 +130,13 @@ def top_indices(scores, k):
     return order[:k]
 
 
-def q8_0_round_trip(x):
-    """Activations rounded to llama.cpp's q8_0 blocks of 32 (d = amax / 127 kept in fp16, codes
-    round(x / d) with halves away from zero): what megamoe's int8 kernels multiply FP4 weights with."""
-    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // FP4_BLOCK, FP4_BLOCK)
-    d = (blocks.abs().amax(-1, keepdim=True).float() / 127).double()  # fp32, as llama.cpp computes it
-    inverse = torch.where(d > 0, 1 / d.float(), torch.zeros_like(d.float())).double()
-    codes = torch.sign(blocks) * torch.floor(blocks.abs() * inverse + 0.5)
-    return (codes * d.half().double()).reshape(x.shape)
-
-
 class DeepseekV4Reference:
-    def __init__(self, config, tensor, fp4_weights=(), activation_rounding=None):
+    def __init__(self, config, tensor, int8_weights=(), activation_rounding=None):
         """`tensor(name)` returns a float64 tensor (int64 for tid2eid). `activation_rounding`
-        "q8_0" rounds the inputs of the `fp4_weights` products as megamoe's kernels do (an
-        inference choice, MODEL.md section 3); None keeps them exact."""
+        "q8_0" rounds the inputs of the `int8_weights` products (FP4, q8_0 and q4_0 weights) as
+        megamoe's kernels do (an inference choice, MODEL.md section 3); None keeps them exact."""
         self.config, self.tensor = config, tensor
-        self.fp4_weights, self.activation_rounding = set(fp4_weights), activation_rounding
+        self.int8_weights, self.activation_rounding = set(int8_weights), activation_rounding
         c = config
         self.layers = c["num_hidden_layers"]
         self.ratios = c["compress_ratios"][:self.layers]
@@ -166,12 +156,12 @@ class DeepseekV4Reference:
                 t = checkpoint.tensor(name)
                 loaded[name] = t if t.dtype == torch.int64 else t.double()
             return loaded[name]
-        fp4 = [n for n in checkpoint.entries if checkpoint.dtype(n) == "I8"]
-        return cls(checkpoint.config, tensor, fp4, activation_rounding)
+        int8 = [n for n in checkpoint.entries if checkpoint.dtype(n) in ("I8", "U8")]  # FP4 and megamoe blocks
+        return cls(checkpoint.config, tensor, int8, activation_rounding)
 
     def linear(self, x, name):
-        if self.activation_rounding == "q8_0" and name in self.fp4_weights:
-            x = q8_0_round_trip(x)
+        if self.activation_rounding == "q8_0" and name in self.int8_weights:
+            x = safetensors_np.q8_0_round_trip(x)
         return x @ self.tensor(name).T
 
     def norm(self, x, name):
@@ -287,6 +277,8 @@ class DeepseekV4Reference:
         c, p = self.config, f"layers.{layer}.attn."
         G, R, T = c["o_groups"], c["o_lora_rank"], o.shape[0]
         groups = o.reshape(T, G, -1)  # [T, G, H*hd/G]
+        if self.activation_rounding == "q8_0" and p + "wo_a.weight" in self.int8_weights:
+            groups = safetensors_np.q8_0_round_trip(groups)  # each group is a product of its own
         wo_a = self.tensor(p + "wo_a.weight").view(G, R, -1)
         low_rank = torch.einsum("tgi,gri->tgr", groups, wo_a).reshape(T, G * R)
         return self.linear(low_rank, p + "wo_b.weight")

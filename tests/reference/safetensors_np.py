@@ -5,7 +5,9 @@ Independent of megamoe's C++ reader, written from MODEL.md section 1: a safetens
 raw bytes. Every floating point tensor comes back as a float32 torch tensor; quantized weights
 are dequantized (torch 1.13 has no float8 dtype): DeepSeek-V3 FP8 with `<name>_scale_inv` F32
 blocks, DeepSeek-V4 FP8 with `X.scale` ue8m0 blocks and V4 FP4 (`I8` nibbles, `X.scale` ue8m0 per
-row and 32 inputs). Integer tensors (V4's `tid2eid`) come back as int64 torch tensors.
+row and 32 inputs), and megamoe's own q8_0 / q4_0 checkpoints (quantization_config quant_method
+"megamoe"): `U8` tensors [rows, cols/32, 34 | 18] of llama.cpp's block_q8_0 / block_q4_0.
+Integer tensors (V4's `tid2eid`) come back as int64 torch tensors.
 """
 import glob
 import json
@@ -17,12 +19,14 @@ import numpy as np
 import torch
 
 BYTES_PER_ELEMENT = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E8M0": 1,
-                     "I8": 1, "I32": 4, "I64": 8}
+                     "I8": 1, "U8": 1, "I32": 4, "I64": 8}
 STORAGE_TYPE = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F8_E4M3": "u1", "F8_E8M0": "u1",
-                "I8": "i1", "I32": "<i4", "I64": "<i8"}
+                "I8": "i1", "U8": "u1", "I32": "<i4", "I64": "<i8"}
 SCALE_SUFFIX = "_scale_inv"
 DEFAULT_BLOCK = (128, 128)
 FP4_BLOCK = 32  # inputs per ue8m0 scale of a V4 FP4 weight
+GGML_BLOCK = 32  # values per llama.cpp q8_0 / q4_0 block
+Q8_0_BLOCK_BYTES, Q4_0_BLOCK_BYTES = 34, 18  # fp16 scale + 32 int8 codes | + 16 bytes of nibbles
 # FP4 e2m1 code -> value: bit 3 is the sign, the low 3 bits index 0 .5 1 1.5 2 3 4 6.
 E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 
@@ -110,8 +114,9 @@ class Checkpoint:
                           os.path.basename(self.entries[n][0]) != f]
             if mismatched:
                 raise ValueError(f"weight_map disagrees with the files for {mismatched[:5]}")
-        block = self.config.get("quantization_config", {}).get("weight_block_size", DEFAULT_BLOCK)
-        self.block_rows, self.block_cols = block
+        quantization = self.config.get("quantization_config") or {}
+        self.block_rows, self.block_cols = quantization.get("weight_block_size", DEFAULT_BLOCK)
+        self.megamoe_blocks = quantization.get("quant_method") == "megamoe"
 
     def __contains__(self, name):
         return name in self.entries
@@ -150,6 +155,8 @@ class Checkpoint:
             values = dequantize_blocks(values, scale, self.block_rows, self.block_cols)
         elif dtype == "I8" and v4_scale in self:
             values = decode_fp4(values, self.array(v4_scale))
+        elif dtype == "U8" and self.megamoe_blocks:
+            values = decode_ggml_blocks(values)
         elif dtype in ("I8", "I32", "I64"):
             return torch.from_numpy(values.astype(np.int64))
         return torch.from_numpy(np.ascontiguousarray(values))
@@ -174,6 +181,33 @@ def decode_fp4(packed, scales):
     codes = packed.view(np.uint8)
     nibbles = np.stack([codes & 15, codes >> 4], axis=-1).reshape(rows, 2 * half)
     return E2M1_VALUES[nibbles] * np.repeat(scales, FP4_BLOCK, axis=1)
+
+
+def decode_ggml_blocks(blocks):
+    """Weight [rows, cols] from megamoe's U8 [rows, cols/32, 34 | 18], llama.cpp's (ggml's) blocks:
+    block_q8_0 = {fp16 d; int8 qs[32]}, x[j] = d * qs[j]; block_q4_0 = {fp16 d; uint8 qs[16]},
+    x[j] = d * ((qs[j] & 0xF) - 8) and x[j + 16] = d * ((qs[j] >> 4) - 8). Little-endian fp16."""
+    rows, count, size = blocks.shape
+    d = blocks[..., :2].copy().view("<f2").astype(np.float32)  # [rows, count, 1]
+    if size == Q8_0_BLOCK_BYTES:
+        codes = blocks[..., 2:].view(np.int8).astype(np.float32)
+    elif size == Q4_0_BLOCK_BYTES:
+        nibbles = blocks[..., 2:]
+        codes = np.concatenate([nibbles & 0xF, nibbles >> 4], axis=-1).astype(np.float32) - 8
+    else:
+        raise ValueError(f"U8 blocks of {size} bytes are neither q8_0 ({Q8_0_BLOCK_BYTES}) nor q4_0 ({Q4_0_BLOCK_BYTES})")
+    return (codes * d).reshape(rows, count * GGML_BLOCK)
+
+
+def q8_0_round_trip(x):
+    """Activations x [..., n] rounded to llama.cpp's q8_0 blocks of 32 (d = amax / 127 kept in fp16,
+    codes round(x / d) with halves away from zero): what megamoe's int8 kernels multiply FP4, q8_0
+    and q4_0 weights with."""
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // GGML_BLOCK, GGML_BLOCK)
+    d = (blocks.abs().amax(-1, keepdim=True).float() / 127).double()  # fp32, as llama.cpp computes it
+    inverse = torch.where(d > 0, 1 / d.float(), torch.zeros_like(d.float())).double()
+    codes = torch.sign(blocks) * torch.floor(blocks.abs() * inverse + 0.5)
+    return (codes * d.half().double()).reshape(x.shape)
 
 
 # ---- writing, for tests that build their own checkpoints ----

@@ -3,8 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <numeric>
 
+#include "io/checkpoint_writer.h"
+#include "ops/quant.h"
+#include "util/json_file.h"
 #include "test_support.h"
 
 namespace megamoe {
@@ -153,6 +157,27 @@ TEST_F(CheckpointTest, MisalignedTensors) {
   EXPECT_EQ(ckpt->vector_f32("v", 2), (std::vector<float>{2, 3}));
 }
 
+TEST_F(CheckpointTest, BlockWeightsWhenAsked) {
+  // megamoe's q8_0 / q4_0: U8 [rows, cols/32, 34 | 18], here one byte off 2-byte alignment.
+  std::vector<float> values(3 * 64);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = float(int(i % 17) - 8) * 0.25f;
+  const OwnedWeight q8 = quantize_weight(DType::Q8_0, values.data(), 3, 64);
+  write_safetensors(dir / "model.safetensors",
+                    {tensor_of<uint8_t>("pad", DType::U8, {1}, {0}), tensor_of<uint8_t>("w", DType::U8, {3, 2, 34}, q8.data),
+                     tensor_of<uint8_t>("bad", DType::U8, {3, 4, 17}, q8.data)});
+  const auto ckpt = open();
+  const WeightView w = ckpt->weight("w", 3, 64, ScaleLayout::ScaleInvF32, DType::Q8_0);
+  EXPECT_EQ(w.dtype, DType::Q8_0);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(w.data) % alignof(BlockQ8_0), 0u);
+  EXPECT_EQ(std::memcmp(w.data, q8.data.data(), q8.data.size()), 0);
+  EXPECT_EQ(w.bytes(), 3 * 2 * 34);
+  expect_error([&] { ckpt->weight("w", 3, 64); }, {"tensor w has dtype U8"});
+  expect_error([&] { ckpt->weight("w", 3, 64, ScaleLayout::ScaleInvF32, DType::Q4_0); },
+               {"tensor w has shape [3, 2, 34], expected [3, 2, 18]", "Q4_0 blocks of a [3, 64] weight"});
+  expect_error([&] { ckpt->weight("bad", 3, 64, ScaleLayout::ScaleInvF32, DType::Q8_0); },
+               {"tensor bad has shape [3, 4, 17], expected [3, 2, 34]"});
+}
+
 TEST_F(CheckpointTest, ShardedWithIndex) {
   write_safetensors(dir / "model-00001-of-00002.safetensors",
                     {tensor_of<float>("a", DType::F32, {2}, {1, 2}), tensor_of<float>("b", DType::F32, {1}, {3})});
@@ -168,6 +193,25 @@ TEST_F(CheckpointTest, ShardedWithIndex) {
   EXPECT_EQ(ckpt->vector_f32("a", 2), (std::vector<float>{1, 2}));
   EXPECT_EQ(ckpt->vector_f32("c", 1), (std::vector<float>{4}));
   EXPECT_EQ(*ckpt->find("c")->file, dir / "model-00002-of-00002.safetensors");
+}
+
+TEST(CheckpointWriter, ShardsOfAboutEqualBytes) {
+  const std::vector<TensorToWrite> tensors = {counting("a", DType::U8, {1000}), counting("b", DType::U8, {10}),
+                                              counting("c", DType::U8, {10}), counting("d", DType::U8, {1000})};
+  auto shard_of = [&](int shards) {
+    TempDir dir;
+    write_checkpoint(dir / "model", {{"architectures", {"X"}}}, tensors, shards);
+    const nlohmann::json index = read_json_file(dir / "model" / "model.safetensors.index.json");
+    std::map<std::string, std::string> files;
+    for (auto it = index.at("weight_map").begin(); it != index.at("weight_map").end(); ++it)
+      files[it.key()] = it.value().get<std::string>().substr(6, 5);  // "model-00001-of-..." -> "00001"
+    return files;
+  };
+  using Files = std::map<std::string, std::string>;
+  EXPECT_EQ(shard_of(2), (Files{{"a", "00001"}, {"b", "00001"}, {"c", "00002"}, {"d", "00002"}}));
+  // Every shard keeps at least one tensor, however uneven the bytes.
+  EXPECT_EQ(shard_of(4), (Files{{"a", "00001"}, {"b", "00002"}, {"c", "00003"}, {"d", "00004"}}));
+  EXPECT_EQ(shard_of(9), shard_of(4));  // at most one shard per tensor
 }
 
 TEST_F(CheckpointTest, IndexProblems) {

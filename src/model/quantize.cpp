@@ -1,0 +1,170 @@
+#include "model/quantize.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <set>
+
+#include "io/checkpoint.h"
+#include "io/checkpoint_writer.h"
+#include "model/tensor_spec.h"
+#include "ops/matmul.h"
+#include "ops/quant.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace megamoe {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Hands a converted tensor's pages of the (read-only, memory-mapped) input back to the kernel, so the
+// process holds about one tensor of a model larger than memory, not all it has read.
+void release_pages(const TensorInfo* tensor) {
+  if (!tensor || tensor->nbytes == 0) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(tensor->data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(tensor->data) + tensor->nbytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+// out = w [rows, cols] in `format`: Q8_0 / Q4_0 blocks [rows, cols/32, 34 | 18] or BF16 [rows, cols],
+// a row at a time (a whole embedding in fp32 would be gigabytes).
+void convert_rows(std::byte* out, const WeightView& w, DType format) {
+  const int64_t out_row_bytes =
+      format == DType::BF16 ? 2 * w.cols : w.cols / kQuantBlock * int64_t(dtype_size(format));
+#pragma omp parallel
+  {
+    std::vector<float> row(size_t(w.cols));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      dequantize_row(row.data(), w, r);
+      uint8_t* dst = reinterpret_cast<uint8_t*>(out + r * out_row_bytes);
+      if (format != DType::BF16) {
+        quantize_row_blocks(dst, format, row.data(), w.cols);
+        continue;
+      }
+      for (int64_t j = 0; j < w.cols; ++j) {
+        const uint16_t bits = f32_to_bf16(row[size_t(j)]);
+        std::memcpy(dst + 2 * j, &bits, 2);
+      }
+    }
+  }
+}
+
+bool is_matrix_role(TensorRole role) {
+  switch (role) {
+    case TensorRole::Norm:
+    case TensorRole::RouterBias:
+    case TensorRole::Parameter:
+    case TensorRole::HashTable: return false;
+    default: return true;
+  }
+}
+
+TensorToWrite copy_as_is(const TensorInfo* tensor) {
+  return {tensor->name, tensor->dtype, tensor->shape, [tensor](std::byte* dst) {
+            std::memcpy(dst, tensor->data, tensor->nbytes);
+            release_pages(tensor);
+          }};
+}
+
+int64_t tensor_bytes(const TensorToWrite& t) {
+  int64_t n = int64_t(dtype_size(t.dtype));
+  for (int64_t d : t.shape) n *= d;
+  return n;
+}
+
+}  // namespace
+
+nlohmann::json megamoe_quantization_config(DType weight_format) {
+  if (weight_format != DType::Q8_0 && weight_format != DType::Q4_0)
+    fail("megamoe checkpoints store Q8_0 or Q4_0 weights, not {}", dtype_name(weight_format));
+  return {{"quant_method", "megamoe"}, {"weight_format", weight_format == DType::Q8_0 ? "q8_0" : "q4_0"}};
+}
+
+QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& output, const QuantizeOptions& options) {
+  const nlohmann::json quantization = megamoe_quantization_config(options.weight_format);
+  if (fs::exists(output)) fail("{}: already exists (quantize writes a new directory)", output.string());
+  const std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(input);
+  const Checkpoint& ckpt = *checkpoint;
+  const ModelConfig c = parse_model_config(ckpt.config(), (input / "config.json").string());
+  const ScaleLayout layout = scale_layout(c.family);
+
+  // Every tensor is checked (dtype, shape, scales) here, before anything is written.
+  QuantizeSummary summary;
+  std::vector<TensorToWrite> tensors;
+  std::set<std::string> listed;
+  for_each_tensor(c, [&](const TensorSpec& spec) {
+    const std::string scale = Checkpoint::scale_name(spec.name, layout);
+    listed.insert(spec.name);
+    listed.insert(scale);
+    if (!is_matrix_role(spec.role)) {
+      static constexpr DType kPlain[] = {DType::F32, DType::F16, DType::BF16, DType::I32, DType::I64};
+      tensors.push_back(copy_as_is(&ckpt.require(spec.name, kPlain, spec.shape)));
+      ++summary.kept_tensors;
+      return;
+    }
+    const WeightView w =
+        ckpt.weight(spec.name, spec.shape[0], spec.shape[1], layout, block_format(spec, c.weight_format));
+    const std::optional<DType> block = block_format(spec, options.weight_format);
+    const bool fallback = !block && (spec.role == TensorRole::Linear || spec.role == TensorRole::Head);
+    const bool plain = w.dtype == DType::F32 || w.dtype == DType::F16 || w.dtype == DType::BF16;
+    if (!block && !fallback && plain) {
+      tensors.push_back(copy_as_is(ckpt.find(spec.name)));
+      ++summary.kept_tensors;
+      return;
+    }
+    // Blocks; or BF16 for a quantized role that cannot be blocked, or a kept role stored quantized.
+    const DType format = block ? *block : DType::BF16;
+    const std::vector<int64_t> shape = block ? block_tensor_shape(format, w.rows, w.cols) : spec.shape;
+    tensors.push_back({spec.name, block ? DType::U8 : DType::BF16, shape,
+                       [w, format, weight = ckpt.find(spec.name), scale = ckpt.find(scale)](std::byte* dst) {
+                         convert_rows(dst, w, format);
+                         release_pages(weight);
+                         release_pages(scale);
+                       }});
+    if (block) ++summary.blocked_tensors;
+    else if (fallback) summary.bf16_fallbacks.push_back(spec.name);
+    else ++summary.kept_tensors;
+  });
+  for (const TensorInfo* tensor : ckpt.tensors()) {
+    summary.bytes_before += int64_t(tensor->nbytes);
+    if (listed.count(tensor->name)) continue;
+    tensors.push_back(copy_as_is(tensor));
+    ++summary.unused_tensors;
+  }
+
+  nlohmann::json config = ckpt.config();
+  config["quantization_config"] = quantization;
+  config.erase("expert_dtype");  // V4's FP4 experts are blocks now like every other linear layer
+  std::vector<fs::path> extra_files;  // the tokenizer and whatever else sits beside the weights
+  for (const fs::directory_entry& entry : fs::directory_iterator(input)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && name != "config.json" && name != "model.safetensors.index.json" &&
+        entry.path().extension() != ".safetensors")
+      extra_files.push_back(entry.path());
+  }
+
+  for (const TensorToWrite& t : tensors) summary.bytes_after += tensor_bytes(t);
+  const int64_t shards = options.shard_size > 0 ? (summary.bytes_after + options.shard_size - 1) / options.shard_size
+                                                : int64_t(ckpt.files().size());
+  summary.shards = int(std::clamp<int64_t>(shards, 1, std::max<int64_t>(1, int64_t(tensors.size()))));
+  constexpr int64_t kMiB = 1 << 20;
+  Progress progress("quantize", (summary.bytes_after + kMiB - 1) / kMiB, "MiB");
+  int64_t done = 0;
+  for (TensorToWrite& t : tensors)
+    t.fill = [fill = std::move(t.fill), bytes = tensor_bytes(t), &done, &progress](std::byte* dst) {
+      fill(dst);
+      done += bytes;
+      progress.update(done / kMiB);
+    };
+  write_checkpoint(output, config, tensors, summary.shards, extra_files);
+  progress.finish();
+  return summary;
+}
+
+}  // namespace megamoe
