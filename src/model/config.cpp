@@ -228,6 +228,16 @@ void parse_v4(const ConfigReader& r, ModelConfig& c) {
                                           "multiples of 32", D, c.moe_intermediate_size));
 }
 
+// Cross-layer expert pools (MODEL.md section 4), megamoe's extension of the V2/V3 family.
+void parse_expert_pools(const ConfigReader& r, ModelConfig& c) {
+  c.expert_sharing_group_size = r.integer("expert_sharing_group_size", 1);
+  c.share_shared_experts = r.boolean("share_shared_experts", false);
+  if (c.expert_sharing_group_size <= 0) r.invalid("expert_sharing_group_size", "must be positive (1: no pools)");
+  if (c.family == ModelFamily::DeepseekV4 && (c.expert_sharing_group_size != 1 || c.share_shared_experts))
+    r.invalid(c.expert_sharing_group_size != 1 ? "expert_sharing_group_size" : "share_shared_experts",
+              "expert pools are megamoe's extension of DeepSeek-V2/V3; DeepSeek-V4 keeps its experts per layer");
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
@@ -257,16 +267,24 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     if (id && (*id < 0 || *id >= c.vocab_size))
       r.invalid(key, fmt::format("{} is outside the vocabulary [0, {})", *id, c.vocab_size));
   if (c.family != ModelFamily::DeepseekV4) parse_v3_moe(r, c);
+  parse_expert_pools(r, c);
 
   if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
     const std::string where = source + ": quantization_config";
     ConfigReader q(j["quantization_config"], where);
     const std::string method = q.string("quant_method", "");
-    if (method != "fp8") fail("{}: unsupported quant_method '{}' (expected fp8)", where, method);
-    const json& block = j["quantization_config"].value("weight_block_size", json::array({128, 128}));
-    if (block != json::array({128, 128}))
-      fail("{}: weight_block_size {} is not supported (expected [128, 128])", where, block.dump());
-    c.fp8_weights = true;
+    if (method == "megamoe") {
+      const std::string format = q.string("weight_format", "");
+      if (format != "q8_0" && format != "q4_0")
+        q.invalid("weight_format", fmt::format("'{}' (expected q8_0 or q4_0)", format));
+      c.weight_format = format == "q8_0" ? DType::Q8_0 : DType::Q4_0;
+    } else {
+      if (method != "fp8") fail("{}: unsupported quant_method '{}' (expected fp8 or megamoe)", where, method);
+      const json& block = j["quantization_config"].value("weight_block_size", json::array({128, 128}));
+      if (block != json::array({128, 128}))
+        fail("{}: weight_block_size {} is not supported (expected [128, 128])", where, block.dump());
+      c.fp8_weights = true;
+    }
   }
   return c;
 }

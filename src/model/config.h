@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "ops/dtype.h"
+
 namespace megamoe {
 
 enum class ModelFamily { DeepseekV2, DeepseekV3, DeepseekV4 };
@@ -79,6 +81,15 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id, eos_token_id;
   // FP8 checkpoints: quantization_config {quant_method: fp8, weight_block_size: [128, 128]}.
   bool fp8_weights = false;
+  // megamoe's own checkpoints: quantization_config {quant_method: megamoe, weight_format: q8_0 | q4_0}
+  // (docs/quantization.md); Q8_0 or Q4_0, absent otherwise.
+  std::optional<DType> weight_format;
+  // Cross-layer expert pools (MODEL.md section 4, V2/V3 only): the MoE layers, counted in order
+  // (dense layers and layers off moe_layer_freq are not counted), go in consecutive groups of
+  // expert_sharing_group_size (the last group may be shorter); a group's layers route over one pool
+  // of n_routed_experts experts, stored under the group's first layer. Gates and biases stay per layer.
+  int64_t expert_sharing_group_size = 1;
+  bool share_shared_experts = false;  // the group's layers also use the first layer's shared experts
   V4Config v4;  // family DeepseekV4 only
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
@@ -91,6 +102,30 @@ struct ModelConfig {
     return n;
   }
   bool has_bias() const { return topk_method == TopkMethod::NoauxTc; }
+
+  // Expert pools: -1 for a dense layer, else the pool (0, 1, ...) whose routed experts the MoE
+  // layer uses. With expert_sharing_group_size 1 every MoE layer is its own pool.
+  int64_t expert_pool_of_layer(int64_t layer) const {
+    if (!is_moe_layer(layer)) return -1;
+    int64_t moe_before = 0;
+    for (int64_t l = 0; l < layer; ++l) moe_before += is_moe_layer(l);
+    return moe_before / expert_sharing_group_size;
+  }
+  int64_t expert_pool_count() const {
+    return (moe_layer_count() + expert_sharing_group_size - 1) / expert_sharing_group_size;
+  }
+  // The MoE layers of `pool`, in order; the first one stores the pool's experts.
+  std::vector<int64_t> expert_pool_layers(int64_t pool) const {
+    std::vector<int64_t> layers;
+    for (int64_t layer = 0; layer < num_hidden_layers; ++layer)
+      if (expert_pool_of_layer(layer) == pool) layers.push_back(layer);
+    return layers;
+  }
+  // The layer whose tensors hold MoE layer `layer`'s routed experts, and its shared experts.
+  int64_t routed_experts_layer(int64_t layer) const { return expert_pool_layers(expert_pool_of_layer(layer))[0]; }
+  int64_t shared_experts_layer(int64_t layer) const {
+    return share_shared_experts ? routed_experts_layer(layer) : layer;
+  }
 };
 
 // Parses and validates; errors name `source` (the config file) and the key at fault.

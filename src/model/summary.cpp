@@ -3,10 +3,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <map>
 #include <set>
 
 #include "model/deepseek_v4.h"
 #include "model/tensor_spec.h"
+#include "ops/quant.h"
 
 namespace megamoe {
 namespace {
@@ -23,6 +25,8 @@ int64_t stored_bytes(const TensorSpec& spec, const ModelConfig& c, const Checkpo
   }
   int64_t n = 1;
   for (int64_t d : spec.shape) n *= d;
+  if (const std::optional<DType> block = block_format(spec, c.weight_format))
+    return n / kQuantBlock * int64_t(dtype_size(*block));
   switch (spec.role) {
     case TensorRole::RouterBias:
     case TensorRole::HyperMix:
@@ -40,35 +44,48 @@ int64_t stored_bytes(const TensorSpec& spec, const ModelConfig& c, const Checkpo
   return 2 * n;
 }
 
+// The MoE layers of each expert pool, e.g. [[1, 2, 3], [4]]; the first layer of each stores it.
+std::vector<std::vector<int64_t>> expert_pools(const ModelConfig& c) {
+  std::vector<std::vector<int64_t>> pools;
+  for (int64_t pool = 0; pool < c.expert_pool_count(); ++pool) pools.push_back(c.expert_pool_layers(pool));
+  return pools;
+}
+
 }  // namespace
 
 ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64_t context) {
   ModelSummary s;
   std::set<std::string> used;
+  int64_t active_unrouted = 0;  // every tensor but the routed experts, once per layer that uses it
+  std::map<std::string, DType> blocks;  // megamoe's U8 block tensors: counted as Q8_0 / Q4_0
   for_each_tensor(c, [&](const TensorSpec& spec) {
     int64_t n = 1;
     for (int64_t d : spec.shape) n *= d;
     used.insert(spec.name);
+    if (const std::optional<DType> block = block_format(spec, c.weight_format)) blocks[spec.name] = *block;
     used.insert(Checkpoint::scale_name(spec.name, scale_layout(c.family)));
     if (spec.mtp) {
       s.mtp_parameters += n;
       return;
     }
-    s.total_parameters += n;
+    s.total_parameters += n;  // an expert pool's tensors are listed, and counted, once
     if (spec.expert >= 0) s.routed_expert_parameters += n;
+    else active_unrouted += n * spec.uses;
     if (spec.role == TensorRole::Embedding) s.embedding_parameters += n;
-    int64_t bytes = stored_bytes(spec, c, checkpoint);
+    int64_t bytes = stored_bytes(spec, c, checkpoint) * spec.uses;
     if (spec.role == TensorRole::Embedding || spec.role == TensorRole::HashTable)
       bytes = bytes / spec.shape[0];  // one row per token
     if (spec.expert >= 0) bytes = bytes * c.num_experts_per_tok / c.n_routed_experts;  // expected share
     s.active_weight_bytes += bytes;
   });
-  const int64_t moe_layers = c.moe_layer_count();
+  // Each MoE layer's top-k, from its pool or its own experts.
   const int64_t expert_size = 3 * c.hidden_size * c.moe_intermediate_size;
-  s.active_parameters = s.total_parameters - s.routed_expert_parameters + moe_layers * c.num_experts_per_tok * expert_size;
+  s.active_parameters = active_unrouted + c.moe_layer_count() * c.num_experts_per_tok * expert_size;
   if (checkpoint)
     for (const TensorInfo* t : checkpoint->tensors()) {
-      s.bytes_by_dtype[std::string(dtype_name(t->dtype))] += int64_t(t->nbytes);
+      const auto block = blocks.find(t->name);
+      const DType shown = t->dtype == DType::U8 && block != blocks.end() ? block->second : t->dtype;
+      s.bytes_by_dtype[std::string(dtype_name(shown))] += int64_t(t->nbytes);
       if (!used.count(t->name)) ++s.unused_tensors;
     }
   s.kv_cache_context = context > 0 ? context : c.max_position_embeddings;
@@ -103,6 +120,7 @@ nlohmann::json to_json(const ModelSummary& s, const ModelConfig& c) {
           {"vocab_size", c.vocab_size},
           {"routed_experts", c.n_routed_experts},
           {"experts_per_token", c.num_experts_per_tok},
+          {"routed_expert_parameters", s.routed_expert_parameters},
           {"total_parameters", s.total_parameters},
           {"active_parameters", s.active_parameters},
           {"embedding_parameters", s.embedding_parameters},
@@ -118,6 +136,9 @@ nlohmann::json to_json(const ModelSummary& s, const ModelConfig& c) {
     j["deepseek_v3_kv_cache_bytes_per_token"] = s.deepseek_v3_kv_cache_bytes_per_token;
   } else {
     j["naive_kv_cache_values_per_token"] = s.naive_kv_cache_values_per_token;
+    j["expert_sharing_group_size"] = c.expert_sharing_group_size;
+    j["share_shared_experts"] = c.share_shared_experts;
+    j["expert_pools"] = expert_pools(c);
   }
   return j;
 }
@@ -180,6 +201,14 @@ std::string describe(const ModelSummary& s, const ModelConfig& c) {
                                 to_string(c.scoring_func),
                                 v4 ? fmt::format("gate with bias, SwiGLU limit {}", c.v4.swiglu_limit)
                                    : fmt::format("{} gate", to_string(c.topk_method))));
+  if (c.expert_sharing_group_size > 1) {
+    std::vector<std::string> groups;
+    for (const std::vector<int64_t>& layers : expert_pools(c)) groups.push_back(fmt::format("{}", fmt::join(layers, ",")));
+    line("expert pools", fmt::format("{} pools of {} routed experts{} for MoE layers {}; {} routed parameters",
+                                     c.expert_pool_count(), c.n_routed_experts,
+                                     c.share_shared_experts ? " and the shared experts" : "", fmt::join(groups, " | "),
+                                     count(s.routed_expert_parameters)));
+  }
   line("total parameters", count(s.total_parameters));
   line("active parameters per token", fmt::format("{}, {:.1f}% of total", count(s.active_parameters),
                                                   100.0 * double(s.active_parameters) / double(s.total_parameters)));

@@ -14,8 +14,10 @@ namespace megamoe {
 
 struct ModelSummary {
   int64_t total_parameters = 0;             // every tensor the forward pass uses
-  int64_t routed_expert_parameters = 0;     // all routed experts of all layers
-  int64_t active_parameters = 0;            // per token: all but the routed experts not chosen
+  int64_t routed_expert_parameters = 0;     // all routed experts of all layers (an expert pool once)
+  // Per token: what its forward pass multiplies with, once per layer that uses it: every tensor
+  // but the routed experts, plus each MoE layer's top-k (from its pool when pooled).
+  int64_t active_parameters = 0;
   int64_t embedding_parameters = 0;         // included in both counts above
   int64_t mtp_parameters = 0;               // V4 MTP modules: loaded and checked, in none of the counts above
   int64_t active_weight_bytes = 0;          // bytes read per decoded token (one embedding row)

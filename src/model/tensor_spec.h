@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,7 @@ struct TensorSpec {
   int64_t layer = -1;   // -1: not in a layer
   int64_t expert = -1;  // routed expert index, -1 otherwise
   bool mtp = false;     // part of an MTP module: loaded and checked, not used by the forward pass
+  int64_t uses = 1;     // layers that use it: a pooled expert's (or shared expert's) group of MoE layers
 };
 
 // Where a tensor lands in a family's weights: a matrix, an fp32 array or an integer table.
@@ -48,5 +50,14 @@ void for_each_tensor(const ModelConfig& c, const std::function<void(const Tensor
 
 // Where the family's checkpoints keep the scales of quantized weights.
 ScaleLayout scale_layout(ModelFamily family);
+
+// The block format (Q8_0 / Q4_0) a megamoe checkpoint of `weight_format` stores `spec` in, or nullopt
+// where it keeps the tensor as it is (docs/quantization.md): the matrix products' weights (Linear
+// layers and experts) take weight_format; the head takes Q8_0 even in Q4_0 checkpoints (its error goes
+// straight into every logit, and it is read once per token next to all the layers' weights); the
+// embedding (a row lookup), norms, router gates and biases (small, and they pick the experts) and V4's
+// tensors the official checkpoints keep unquantized stay. A matrix whose columns are not a whole
+// number of 32-blocks cannot be blocked: nullopt (quantize and synth store it in BF16).
+std::optional<DType> block_format(const TensorSpec& spec, std::optional<DType> weight_format);
 
 }  // namespace megamoe

@@ -62,6 +62,10 @@ ParameterLayout ParameterLayout::make(const ModelConfig& c) {
     p.ffn.bias = at(&w.moe.bias);
     for (const MlpWeights& expert : w.moe.experts) p.ffn.experts.push_back(mlp(expert));
     p.ffn.shared = mlp(w.moe.shared);
+    // The later layers of an expert pool read the first layer's experts and add their gradients
+    // into them: one tensor per pool, updated once per step.
+    if (c.routed_experts_layer(L) != L) p.ffn.experts = layout.layers[c.routed_experts_layer(L)].ffn.experts;
+    if (c.shared_experts_layer(L) != L) p.ffn.shared = layout.layers[c.shared_experts_layer(L)].ffn.shared;
   }
   return layout;
 }

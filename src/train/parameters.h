@@ -43,8 +43,8 @@ struct AttentionParams {
 struct MoeParams {
   ParamTensor gate;                // [E, D] router
   ParamTensor bias;                // [E] e_score_correction_bias (noaux_tc; selection only, not trained by gradient)
-  std::vector<MlpParams> experts;  // [E] routed experts
-  MlpParams shared;                // shared experts (gate absent: none)
+  std::vector<MlpParams> experts;  // [E] routed experts (an expert pool's layers: the first layer's tensors)
+  MlpParams shared;                // shared experts (gate absent: none; share_shared_experts: the first layer's)
 };
 
 struct LayerParams {

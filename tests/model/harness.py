@@ -15,6 +15,7 @@ CONFIG_DIR = os.path.join(TESTS_DIR, "configs")
 REFERENCE_DIR = os.path.join(TESTS_DIR, "reference")
 sys.path.insert(0, REFERENCE_DIR)  # the references import each other by plain module name
 
+import expert_pools  # noqa: E402
 import safetensors_np  # noqa: E402
 
 V3_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
@@ -90,8 +91,10 @@ def assert_logits_close(test, actual, reference, tolerance, label):
 # ---- DeepSeek-V2/V3 checkpoint layout (MODEL.md section 1) ----
 
 def v3_tensor_shapes(config):
-    """{tensor name: shape} of a V2/V3 checkpoint without its MTP layer and FP8 scales."""
+    """{tensor name: shape} of a V2/V3 checkpoint without its MTP layer and FP8 scales; an
+    expert pool's experts appear once, under the first layer of its group (MODEL.md section 4)."""
     c = config
+    owners = expert_pools.expert_owners(c)
     D, heads = c["hidden_size"], c["num_attention_heads"]
     dn, dr, dv, C = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
     shapes = {"model.embed_tokens.weight": [c["vocab_size"], D], "model.norm.weight": [D],
@@ -116,15 +119,16 @@ def v3_tensor_shapes(config):
         shapes[a + "kv_a_layernorm.weight"] = [C]
         shapes[a + "kv_b_proj.weight"] = [heads * (dn + dv), C]
         shapes[a + "o_proj.weight"] = [D, heads * dv]
-        if layer < c["first_k_dense_replace"]:
+        if layer not in owners:
             mlp(p + "mlp.", c["intermediate_size"])
             continue
         shapes[p + "mlp.gate.weight"] = [c["n_routed_experts"], D]
         if c["topk_method"] == "noaux_tc":
             shapes[p + "mlp.gate.e_score_correction_bias"] = [c["n_routed_experts"]]
-        for expert in range(c["n_routed_experts"]):
+        routed_layer, shared_layer = owners[layer]
+        for expert in range(c["n_routed_experts"] if routed_layer == layer else 0):
             mlp(f"{p}mlp.experts.{expert}.", c["moe_intermediate_size"])
-        if c["n_shared_experts"]:
+        if c["n_shared_experts"] and shared_layer == layer:
             mlp(p + "mlp.shared_experts.", c["n_shared_experts"] * c["moe_intermediate_size"])
     return shapes
 

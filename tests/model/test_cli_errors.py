@@ -156,6 +156,8 @@ class CliErrors(unittest.TestCase):
             "kv_lora_rank": lambda c: c.pop("kv_lora_rank"),
             "qk_rope_head_dim": lambda c: c.update(qk_rope_head_dim=7),
             "rope_scaling": lambda c: c.update(rope_scaling={"type": "dynamic", "factor": 2}),
+            "expert_sharing_group_size": lambda c: c.update(expert_sharing_group_size=0),
+            "share_shared_experts": lambda c: c.update(share_shared_experts="yes"),
         }
         for key, edit in cases.items():
             with self.subTest(key=key):
@@ -171,6 +173,25 @@ class CliErrors(unittest.TestCase):
         out = os.path.join(self.dir, "synth-out")
         self.expect_failure(["synth", "--model-config", path, "--output", out], "num_experts_per_tok")
         self.assertEqual(sorted(os.listdir(self.dir)), ["bad.json", "model"])
+
+    def test_expert_pool_errors(self):
+        # A pooled checkpoint read as per-layer experts misses the second layer's experts.
+        pooled = os.path.join(self.dir, "pooled")
+        harness.synth(os.path.join(harness.CONFIG_DIR, "v3-pool-shared.json"), "bf16", 1, pooled)
+        shutil.rmtree(self.model)
+        shutil.copytree(pooled, self.model)
+        shutil.rmtree(pooled)
+        self.edit_config(lambda c: c.update(expert_sharing_group_size=1))
+        self.expect_logits_failure("model.layers.2.mlp.experts.0.gate_proj.weight")
+        # DeepSeek-V4 keeps per-layer experts: the keys are refused by name.
+        for key, value in (("expert_sharing_group_size", 2), ("share_shared_experts", True)):
+            with self.subTest(key=key):
+                config = dict(harness.load_json(os.path.join(harness.CONFIG_DIR, "v4-window-hash.json")),
+                              **{key: value})
+                path = os.path.join(self.dir, "v4.json")
+                with open(path, "w") as f:
+                    json.dump(config, f)
+                self.expect_failure(["inspect", path], "v4.json", f"'{key}'", "DeepSeek-V4")
 
     # ---- requests ----
 

@@ -6,6 +6,7 @@ import tempfile
 import unittest
 
 import harness
+import expert_pools
 import safetensors_np
 
 REPO = os.path.dirname(harness.TESTS_DIR)
@@ -46,6 +47,33 @@ class Inspect(unittest.TestCase):
         self.assertEqual(summary["bytes_by_dtype"], stored)
         self.assertEqual(summary["kv_cache_values_per_token"],
                          config["num_hidden_layers"] * (config["kv_lora_rank"] + config["qk_rope_head_dim"]))
+
+
+    def test_expert_pools_count_once_in_total_and_per_layer_in_active(self):
+        config_path = os.path.join(harness.CONFIG_DIR, "v3-pool-shared.json")
+        config = harness.load_json(config_path)
+        D, I, k = config["hidden_size"], config["moe_intermediate_size"], config["num_experts_per_tok"]
+        pools = expert_pools.pools(config)
+        count = lambda shape: shape[0] * (shape[1] if len(shape) > 1 else 1)
+        shapes = harness.v3_tensor_shapes(config)  # a pool's tensors once
+        is_expert = lambda name: ".mlp.experts." in name or ".mlp.shared_experts." in name
+        # Per token: every tensor but the experts, then in each MoE layer its top-k of the pool
+        # and the (pooled) shared experts, as the layer runs them.
+        per_layer = 3 * D * I * (k + config["n_shared_experts"])
+        active = sum(count(s) for n, s in shapes.items() if not is_expert(n)) + \
+            len(expert_pools.moe_layers(config)) * per_layer
+        with tempfile.TemporaryDirectory(prefix="megamoe-inspect-pools-") as d:
+            harness.synth(config_path, "bf16", 5, d + "/model")
+            for source in (config_path, d + "/model"):
+                with self.subTest(source=source):
+                    summary = inspect_json(source)
+                    self.assertEqual(summary["total_parameters"], sum(count(s) for s in shapes.values()))
+                    self.assertEqual(summary["routed_expert_parameters"],
+                                     len(pools) * config["n_routed_experts"] * 3 * D * I)
+                    self.assertEqual(summary["active_parameters"], active)
+                    self.assertEqual(summary["expert_pools"], pools)
+            text = harness.run_megamoe("inspect", d + "/model")
+        self.assertIn("2 pools of 12 routed experts and the shared experts for MoE layers 1,2,3 | 4", text)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 
 import harness
 import deepseek_v3
+import expert_pools
 import safetensors_np
 from deepseek_v3 import apply_rope, rms_norm
 
@@ -288,6 +289,29 @@ class ReferenceModel(unittest.TestCase):
                                             shards)
             np.testing.assert_array_equal(deepseek_v3.logits(os.path.join(d, "1"), tokens),
                                           deepseek_v3.logits(os.path.join(d, "3"), tokens))
+
+    def test_expert_pool_equals_copied_experts(self):
+        # A pooled checkpoint computes what a per-layer one does when each layer holds a copy of
+        # its group's first layer's routed and shared experts (MODEL.md section 4).
+        for name in ("v3-pool-shared", "v2-pool-layer-freq"):
+            config = tiny_config(name)
+            pooled = harness.random_v3_weights(config, seed=17)
+            per_layer = dict(config, expert_sharing_group_size=1, share_shared_experts=False)
+            copied = {}
+            for tensor in harness.v3_tensor_shapes(per_layer):
+                source = tensor
+                for layer, (routed, shared) in expert_pools.expert_owners(config).items():
+                    prefix = f"model.layers.{layer}.mlp."
+                    for kind, owner in (("experts.", routed), ("shared_experts.", shared)):
+                        if tensor.startswith(prefix + kind):
+                            source = tensor.replace(prefix, f"model.layers.{owner}.mlp.")
+                copied[tensor] = pooled[source]
+            tokens = harness.random_tokens(config["vocab_size"], TOKEN_COUNT, seed=17)
+            with self.subTest(config=name), tempfile.TemporaryDirectory() as d:
+                harness.write_v3_checkpoint(d + "/pooled", config, pooled, "f32")
+                harness.write_v3_checkpoint(d + "/copied", per_layer, copied, "f32")
+                np.testing.assert_array_equal(deepseek_v3.logits(d + "/pooled", tokens),
+                                              deepseek_v3.logits(d + "/copied", tokens))
 
     def test_command_line_writes_the_module_logits(self):
         config = tiny_config("v2-lite-greedy")

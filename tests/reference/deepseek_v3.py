@@ -1,6 +1,7 @@
 """Independent float64 reference of the DeepSeek-V2/V3 forward pass (MODEL.md sections 1-2).
 
-Whole-prompt prefill, no cache: the naive MLA form, every gate variant, YaRN. The MTP layer
+Whole-prompt prefill, no cache: the naive MLA form, every gate variant, YaRN, cross-layer expert
+pools (section 4, expert_pools.py). The MTP layer
 (`model.layers.{num_hidden_layers}.*`) is not part of the forward pass.
 
     /usr/bin/python3 tests/reference/deepseek_v3.py --model DIR --tokens 1,2,3 --output FILE.npy
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import expert_pools
 import safetensors_np
 
 
@@ -59,16 +61,25 @@ def apply_rope(x, positions, freqs, scale):
 
 
 class DeepseekV3Reference:
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, activation_rounding=None):
+        """`activation_rounding` "q8_0" rounds the inputs of products with megamoe's q8_0 / q4_0
+        weights as its int8 kernels do (an inference choice, MODEL.md section 3); None keeps them
+        exact. kv_b_proj is exempt: megamoe absorbs it into the query and output (MODEL.md
+        section 2), so no activation meets it in a matrix product."""
+        self.activation_rounding = activation_rounding
         self.checkpoint = safetensors_np.Checkpoint(model_dir)
         self.config = self.checkpoint.config
         self.eps = self.config["rms_norm_eps"]
         self.freqs, self.rope_scale, self.softmax_mscale = rope_parameters(self.config)
+        self.expert_owners = expert_pools.expert_owners(self.config)
 
     def weight(self, name):
         return self.checkpoint.tensor(name).double()
 
     def linear(self, x, name):
+        if (self.activation_rounding == "q8_0" and self.checkpoint.dtype(name) == "U8"
+                and not name.endswith("kv_b_proj.weight")):
+            x = safetensors_np.q8_0_round_trip(x)
         return x @ self.weight(name).T
 
     def norm(self, x, name):
@@ -145,16 +156,18 @@ class DeepseekV3Reference:
 
     def ffn(self, layer, x):
         c = self.config
-        p = f"model.layers.{layer}.mlp."
-        if layer < c["first_k_dense_replace"]:
-            return self.mlp(p, x)
+        if layer not in self.expert_owners:
+            return self.mlp(f"model.layers.{layer}.mlp.", x)
+        # The layer's own gate; the experts of its pool (expert_pools.py).
+        routed_layer, shared_layer = self.expert_owners[layer]
         weights, experts = self.route(layer, x)
         out = torch.zeros_like(x)
         for expert in experts.unique().tolist():
             tokens, slots = (experts == expert).nonzero(as_tuple=True)
-            out[tokens] += weights[tokens, slots, None] * self.mlp(f"{p}experts.{expert}.", x[tokens])
+            out[tokens] += weights[tokens, slots, None] * self.mlp(
+                f"model.layers.{routed_layer}.mlp.experts.{expert}.", x[tokens])
         if c["n_shared_experts"]:
-            out += self.mlp(p + "shared_experts.", x)
+            out += self.mlp(f"model.layers.{shared_layer}.mlp.shared_experts.", x)
         return out
 
     def logits(self, tokens):
@@ -166,10 +179,10 @@ class DeepseekV3Reference:
         return self.linear(self.norm(h, "model.norm.weight"), "lm_head.weight")
 
 
-def logits(model_dir, tokens):
+def logits(model_dir, tokens, activation_rounding=None):
     """float32 logits [T, vocab] for the token ids at positions 0..T-1."""
     with torch.no_grad():
-        return DeepseekV3Reference(model_dir).logits(list(tokens)).float().numpy()
+        return DeepseekV3Reference(model_dir, activation_rounding).logits(list(tokens)).float().numpy()
 
 
 def main():
