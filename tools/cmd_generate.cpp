@@ -3,7 +3,10 @@
 
 #include "commands.h"
 #include "generation_options.h"
+#include "model/expert_stats.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/json_file.h"
 #include "util/token_list.h"
 
 namespace megamoe::cli {
@@ -11,6 +14,7 @@ namespace megamoe::cli {
 void register_generate(CLI::App& app) {
   struct Options : GenerationOptions {
     std::string prompt, prompt_ids;
+    std::filesystem::path expert_stats;
     bool print_ids = false;
   };
   auto options = std::make_shared<Options>();
@@ -20,10 +24,23 @@ void register_generate(CLI::App& app) {
   auto* prompt_ids = cmd->add_option("--prompt-ids", options->prompt_ids, "Prompt as token ids, e.g. 1,2,3");
   prompt->excludes(prompt_ids);
   cmd->add_flag("--print-ids", options->print_ids, "Print the generated token ids instead of text");
+  cmd->add_option("--expert-stats", options->expert_stats,
+                  "Write the routed experts' loads and balance statistics (MaxVio, ...) per MoE layer to this JSON file");
   cmd->callback([options] {
     if (options->prompt.empty() && options->prompt_ids.empty()) fail("give --prompt TEXT or --prompt-ids IDS");
     const bool text_prompt = options->prompt_ids.empty();
+    const std::filesystem::path& stats_path = options->expert_stats;
+    if (!stats_path.empty() && !stats_path.parent_path().empty() && !std::filesystem::is_directory(stats_path.parent_path()))
+      fail("--expert-stats {}: no such directory", stats_path.string());
     GenerationSetup setup = load_for_generation(*options, text_prompt || !options->print_ids);
+    std::optional<ModelConfig> config;  // with --expert-stats: which layers are MoE layers, and their pools
+    std::unique_ptr<ExpertLoad> load;
+    if (!stats_path.empty()) {
+      const std::filesystem::path config_path = std::filesystem::path(options->model) / "config.json";
+      config = parse_model_config(read_json_file(config_path), config_path.string());
+      load = std::make_unique<ExpertLoad>(config->num_hidden_layers, config->n_routed_experts);
+      setup.model->record_expert_load(load.get());
+    }
     std::vector<int32_t> prompt_tokens;
     if (text_prompt) prompt_tokens = encode_prompt(setup, options->prompt);
     else prompt_tokens = parse_token_list(options->prompt_ids, "--prompt-ids");
@@ -43,12 +60,11 @@ void register_generate(CLI::App& app) {
           std::printf("%s%d", printed ? " " : "", sequence.generated()[printed]);
       } else {
         printed = sequence.generated().size();
-        std::fputs(sequence.take_new_text().c_str(), stdout);
+        print_generated(sequence.take_new_text());
       }
       std::fflush(stdout);
     }
-    std::fputs(options->print_ids ? "\n" : sequence.take_new_text().append("\n").c_str(), stdout);
-    std::fflush(stdout);
+    print_generated(options->print_ids ? "\n" : sequence.take_new_text().append("\n"));
     const auto end = Clock::now();
     const double prefill_s = std::chrono::duration<double>(first_token - start).count();
     const double decode_s = std::chrono::duration<double>(end - first_token).count();
@@ -59,6 +75,11 @@ void register_generate(CLI::App& app) {
                  prompt_tokens.size(), double(prompt_tokens.size()) / prefill_s, generated,
                  generated > 1 ? double(generated - 1) / decode_s : 0.0, double(sequence.cache_bytes()) / (1 << 20),
                  std::string(to_string(sequence.finish_reason())).c_str());
+    if (!stats_path.empty()) {
+      AtomicFile file(stats_path);
+      file.write(expert_load_stats(*load, *config).dump(1) + "\n");
+      file.commit();
+    }
   });
 }
 

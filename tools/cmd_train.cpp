@@ -1,5 +1,9 @@
 // megamoe train: a DeepSeek-V2/V3 model from scratch on text (src/train/trainer.h).
+#include <cstdio>
+
 #include "commands.h"
+#include "dist/communicator.h"
+#include "report/run_metrics.h"
 #include "train/trainer.h"
 
 namespace megamoe::cli {
@@ -7,6 +11,7 @@ namespace megamoe::cli {
 void register_train(CLI::App& app) {
   struct Options : TrainOptions {
     std::string save_dtype_name = "f32";
+    std::optional<std::string> balance_name;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("train", "Train a DeepSeek-V2/V3 model from scratch on text");
@@ -29,6 +34,13 @@ void register_train(CLI::App& app) {
   cmd->add_option("--grad-clip", o->grad_clip, "Clip the gradient's global norm to this, 0 = off (default 1)");
   cmd->add_option("--val-fraction", o->val_fraction, "Share of the tokens held out for validation (default 0.1)");
   cmd->add_option("--seed", o->seed, "Seed of the initial weights and the sampled lines (default 0)");
+  cmd->add_option("--balance", o->balance_name,
+                  "Load balancing: none, aux-loss (Switch), seq-aux-loss (DeepSeek-V3) or bias (auxiliary-loss-free) "
+                  "(default none)");
+  cmd->add_option("--balance-alpha", o->balance_alpha,
+                  "Weight of the auxiliary loss (default 1e-2 for aux-loss, 1e-4 for seq-aux-loss)");
+  cmd->add_option("--bias-update-rate", o->bias_update_rate, "u of --balance bias: b_i += u * sign(mean - load_i) "
+                                                              "after each step (default 1e-3)");
   cmd->add_option("--eval-every", o->eval_every, "Validate every so many steps, 0 = at the end only")
       ->capture_default_str();
   cmd->add_option("--eval-batches", o->eval_batches, "Most batches of validation windows per validation")
@@ -47,7 +59,13 @@ void register_train(CLI::App& app) {
       ->capture_default_str();
   cmd->callback([o] {
     o->save_dtype = o->save_dtype_name == "bf16" ? SavedDType::BF16 : SavedDType::F32;
+    if (o->balance_name) o->balance = parse_balance_strategy(*o->balance_name, "--balance");
     train(*o);
+    if (o->metrics.empty() || dist::rank() != 0) return;  // under mpirun rank 0 writes the metrics
+    // The run's plots beside its metrics, and its expert balance (src/report/run_metrics.h).
+    std::fputs(balance_table(read_run_metrics(o->metrics)).c_str(), stdout);
+    for (const auto& png : plot_training_metrics(o->metrics, o->metrics.parent_path()))
+      std::fprintf(stderr, "megamoe: plot %s\n", png.c_str());
   });
 }
 

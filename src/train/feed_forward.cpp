@@ -1,6 +1,7 @@
 // SwiGLU MLPs and the MoE layer for training, forward and backward.
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "ops/elementwise.h"
 #include "train/layers.h"
@@ -44,21 +45,6 @@ void mlp_backward(float* dx, const MlpScratch& s, const float* dy, const MlpActi
   linear_backward(dx, params.grad(p.gate), s.dgate_up, x, params.value(p.gate), rows, 2 * I, D, add_dx);
 }
 
-void ExpertGroups::build(const Routing& routing, int64_t n_experts) {
-  const int64_t slots = routing.tokens * routing.top_k;
-  start.assign(n_experts + 1, 0);
-  for (int64_t s = 0; s < slots; ++s) ++start[routing.experts[s] + 1];
-  for (int64_t e = 0; e < n_experts; ++e) start[e + 1] += start[e];
-  slot_of_row.resize(slots);
-  row_of_slot.resize(slots);
-  std::vector<int64_t> next(start.begin(), start.end() - 1);
-  for (int64_t s = 0; s < slots; ++s) {
-    const int64_t row = next[routing.experts[s]]++;
-    slot_of_row[row] = s;
-    row_of_slot[s] = row;
-  }
-}
-
 namespace {
 
 // scores [E] = softmax or sigmoid of one token's router logits, as route() scores them.
@@ -66,6 +52,48 @@ void score(float* scores, const float* logits, int64_t E, ScoringFunc scoring) {
   std::copy_n(logits, E, scores);
   if (scoring == ScoringFunc::Softmax) softmax(scores, E);
   else for (int64_t e = 0; e < E; ++e) scores[e] = sigmoid(scores[e]);
+}
+
+// a.aux_loss = the layer's auxiliary balancing loss (BalanceLoss), and a.aux_grad its gradient
+// with respect to each token's normalized scores (the same for all tokens of a group).
+void balance_loss_forward(MoeActivations& a, const BalanceLoss& balance, int64_t E, int64_t k,
+                          const BatchShape& shape) {
+  a.aux_loss = 0;
+  if (!balance.on()) return;
+  const int64_t T = shape.seq_len, N = shape.tokens();
+  const int64_t G = balance.strategy == BalanceStrategy::SeqAuxLoss ? T : N, groups = N / G;  // tokens per group
+  std::vector<int64_t> counts(E);
+  std::vector<double> probs(E);  // sum over the group of the normalized scores
+  for (int64_t g = 0; g < groups; ++g) {
+    std::fill(counts.begin(), counts.end(), 0);
+    std::fill(probs.begin(), probs.end(), 0.0);
+    for (int64_t n = g * G; n < (g + 1) * G; ++n) {
+      for (int64_t j = 0; j < k; ++j) ++counts[a.routing.experts[n * k + j]];
+      const float* scores = a.scores + n * E;
+      double sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += scores[e];
+      for (int64_t e = 0; e < E; ++e) probs[e] += scores[e] / sum;
+    }
+    double group_tokens = double(G);  // the global batch's under data parallelism
+    if (balance.strategy == BalanceStrategy::AuxLoss && balance.sum_over_ranks) {
+      std::vector<double> sums(counts.begin(), counts.end());  // [2E]: counts, then score sums
+      sums.insert(sums.end(), probs.begin(), probs.end());
+      balance.sum_over_ranks(sums);
+      std::copy_n(sums.begin(), E, counts.begin());
+      std::copy_n(sums.begin() + E, E, probs.begin());
+      group_tokens = std::accumulate(sums.begin(), sums.begin() + E, 0.0) / double(k);
+    }
+    double loss = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double f = double(E) * double(counts[e]) / (double(k) * group_tokens);
+      loss += f * probs[e] / group_tokens;
+      // d loss / d s'_{n,e} for each token n of the group, the mean over groups included. Over the
+      // local G: data-parallel ranks average their gradients, which divides by the rank count.
+      const float grad = float(balance.alpha * f / double(G * groups));
+      for (int64_t b = g * G / T; b < (g + 1) * G / T; ++b) a.aux_grad[b * E + e] = grad;
+    }
+    a.aux_loss += balance.alpha * loss / double(groups);
+  }
 }
 
 }  // namespace
@@ -77,6 +105,7 @@ void MoeActivations::place(FloatArena& arena, const ModelConfig& c, const BatchS
   experts.place(arena, slots, c.moe_intermediate_size);
   grouped_y = arena.take(slots * D);
   shared.place(arena, N, c.n_shared_experts * c.moe_intermediate_size);
+  aux_grad = arena.take(shape.sequences * c.n_routed_experts);
 }
 
 void MoeScratch::place(FloatArena& arena, const ModelConfig& c, const BatchShape& shape) {
@@ -90,7 +119,7 @@ void MoeScratch::place(FloatArena& arena, const ModelConfig& c, const BatchShape
 }
 
 void moe_forward(float* out, MoeActivations& a, const float* x, const MoeParams& p, const ParamBlocks& params,
-                 const ModelConfig& c, const RouterSpec& router, const BatchShape& shape) {
+                 const ModelConfig& c, const RouterSpec& router, const BatchShape& shape, const BalanceLoss& balance) {
   const int64_t N = shape.tokens(), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
   // Router logits go into `scores`, which route() reads before they become scores in place.
@@ -98,16 +127,19 @@ void moe_forward(float* out, MoeActivations& a, const float* x, const MoeParams&
   route(&a.routing, a.scores, N, p.bias.present() ? params.value(p.bias) : nullptr, router);
 #pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
   for (int64_t n = 0; n < N; ++n) score(a.scores + n * E, a.scores + n * E, E, router.scoring);
+  balance_loss_forward(a, balance, E, k, shape);
 
   a.groups.build(a.routing, E);
   const int64_t slots = N * k;
 #pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
   for (int64_t row = 0; row < slots; ++row) std::copy_n(x + a.groups.slot_of_row[row] / k * D, D, a.grouped_x + row * D);
-  // One expert per thread at a time; each runs its own rows with one-thread BLAS calls.
+  // One expert per thread at a time; each runs its own rows with one-thread BLAS calls. Only the
+  // active experts: with thousands of experts most receive no token in a batch.
+  const int64_t active = int64_t(a.groups.active.size());
 #pragma omp parallel for schedule(dynamic, 1) if (slots * D * I >= kParallelGrain)
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t i = 0; i < active; ++i) {
+    const int32_t e = a.groups.active[i];
     const int64_t first = a.groups.start[e], count = a.groups.count(e);
-    if (count == 0) continue;
     mlp_forward(a.grouped_y + first * D, a.experts.rows_from(first, I), a.grouped_x + first * D, count, p.experts[e],
                 params, D);
   }
@@ -128,7 +160,7 @@ void moe_forward(float* out, MoeActivations& a, const float* x, const MoeParams&
 
 void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivations& a, const float* x,
                   const MoeParams& p, const ParamBlocks& params, const ModelConfig& c, const RouterSpec& router,
-                  const BatchShape& shape) {
+                  const BatchShape& shape, const BalanceLoss& balance) {
   const int64_t N = shape.tokens(), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
 
@@ -149,10 +181,11 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
       s.dweights[n * k + j] = float(dot);
     }
   }
+  const int64_t active = int64_t(a.groups.active.size());
 #pragma omp parallel for schedule(dynamic, 1) if (N * k * D * I >= kParallelGrain)
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t i = 0; i < active; ++i) {
+    const int32_t e = a.groups.active[i];
     const int64_t first = a.groups.start[e], count = a.groups.count(e);
-    if (count == 0) continue;
     mlp_backward(s.dgrouped_x + first * D, s.experts.rows_from(first, I), s.dgrouped_y + first * D,
                  a.experts.rows_from(first, I), a.grouped_x + first * D, count, p.experts[e], params, D);
   }
@@ -190,7 +223,24 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
       for (int64_t j = 0; j < k; ++j) ds[chosen[j]] += float(f * dw[j]);
     }
   }
-  // (An auxiliary balancing loss adds its score gradients to s.dscores here.)
+  // The auxiliary loss: s' = s / S with S = sum_j s_j, so ds_j += (g_j - sum_i g_i s'_i) / S for
+  // g = d loss / d s' of the token's group.
+  if (balance.on()) {
+    const int64_t T = shape.seq_len;
+#pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
+    for (int64_t n = 0; n < N; ++n) {
+      const float* scores = a.scores + n * E;
+      const float* g = a.aux_grad + n / T * E;
+      float* ds = s.dscores + n * E;
+      double sum = 0, dot = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        sum += scores[e];
+        dot += double(g[e]) * scores[e];
+      }
+      dot /= sum;
+      for (int64_t e = 0; e < E; ++e) ds[e] += float((g[e] - dot) / sum);
+    }
+  }
 #pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
   for (int64_t n = 0; n < N; ++n) {
     const float* scores = a.scores + n * E;

@@ -5,6 +5,8 @@
 // gradient of its input. All arrays live in blocks the caller allocates once (see FloatArena).
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <vector>
 
 #include "model/config.h"
@@ -136,15 +138,27 @@ void mlp_backward(float* dx, const MlpScratch& s, const float* dy, const MlpActi
 
 // ---- MoE: gate, routed experts, shared experts ----
 
-// The routed slots (token t, choice j) = t*k + j, sorted by expert (a counting sort), so each
-// expert runs once on its contiguous rows [start[e], start[e+1]).
-struct ExpertGroups {
-  std::vector<int64_t> start;        // [E+1]
-  std::vector<int64_t> slot_of_row;  // [N*k]
-  std::vector<int64_t> row_of_slot;  // [N*k]
+// How training keeps the routed experts' loads even (MODEL.md section 4, docs/training.md).
+enum class BalanceStrategy {
+  None,        // no balancing
+  AuxLoss,     // Switch auxiliary loss alpha * E * sum_i f_i P_i over the batch
+  SeqAuxLoss,  // DeepSeek-V3 sequence-wise auxiliary loss: the same per sequence, averaged
+  Bias,        // auxiliary-loss-free: after each step b_i += u * sign(mean load - load_i)
+};
 
-  void build(const Routing& routing, int64_t n_experts);
-  int64_t count(int64_t expert) const { return start[expert + 1] - start[expert]; }
+// The auxiliary balancing loss of each MoE layer, added to the training loss. Over a group of G
+// tokens (the batch for AuxLoss, each sequence for SeqAuxLoss): f_i = E / (k G) * count_i (count_i:
+// slots routed to expert i), P_i = mean over the group of s'_i = s_i / sum_j s_j (the normalized
+// scores; the softmax itself for softmax gates); loss = alpha * sum_i f_i P_i, averaged over the
+// groups. f has no gradient (the top-k choice has none); P carries it to the scores and the gate.
+struct BalanceLoss {
+  BalanceStrategy strategy = BalanceStrategy::None;
+  double alpha = 0;
+  // Data-parallel training (docs/distributed.md): AuxLoss's batch is the global one, so its
+  // per-expert counts and score sums [2E] are summed over every rank's batch by this call; only
+  // training forwards use it. Empty in one process.
+  std::function<void(std::span<double>)> sum_over_ranks;
+  bool on() const { return strategy == BalanceStrategy::AuxLoss || strategy == BalanceStrategy::SeqAuxLoss; }
 };
 
 struct MoeActivations {
@@ -155,13 +169,15 @@ struct MoeActivations {
   MlpActivations experts;  // [N*k, I_moe]
   float* grouped_y;      // [N*k, D] each slot's expert output, before weighting
   MlpActivations shared;   // [N, n_shared*I_moe]
+  float* aux_grad;       // [B, E] d(auxiliary loss)/d(normalized score) of each sequence's tokens
+  double aux_loss = 0;   // the layer's auxiliary balancing loss (0 without one)
 
   void place(FloatArena& arena, const ModelConfig& c, const BatchShape& shape);
 };
 
 struct MoeScratch {
   float* dweights;    // [N, k] gradient of the combine weights
-  float* dscores;     // [N, E] gradient of the scores (an auxiliary balancing loss would add here)
+  float* dscores;     // [N, E] gradient of the scores (the combine weights' and the auxiliary loss's)
   float* dgrouped_y;  // [N*k, D]
   float* dgrouped_x;  // [N*k, D]
   MlpScratch experts;  // [N*k, I_moe]
@@ -173,10 +189,12 @@ struct MoeScratch {
 // out [N, D] = shared(x) + sum_j weight[t,j] * expert_{e[t,j]}(x) for x [N, D].
 // The top-k choice itself has no gradient: gradients reach the chosen experts' weights and,
 // through the combine weights, the scores and the gate, exactly as the forward pass uses them.
+// With `balance` on, a.aux_loss is the layer's auxiliary loss and backward adds its gradient.
 void moe_forward(float* out, MoeActivations& a, const float* x, const MoeParams& p, const ParamBlocks& params,
-                 const ModelConfig& c, const RouterSpec& router, const BatchShape& shape);
+                 const ModelConfig& c, const RouterSpec& router, const BatchShape& shape,
+                 const BalanceLoss& balance = {});
 void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivations& a, const float* x,
                   const MoeParams& p, const ParamBlocks& params, const ModelConfig& c, const RouterSpec& router,
-                  const BatchShape& shape);
+                  const BatchShape& shape, const BalanceLoss& balance = {});
 
 }  // namespace megamoe

@@ -25,7 +25,7 @@ AdamW::AdamW(const ParameterLayout& layout, AdamWSettings settings)
   }
 }
 
-void AdamW::update(std::span<float> params, std::span<const float> grads, double lr, int64_t step) {
+void AdamW::update(std::span<float> params, std::span<float> grads, double lr, int64_t step) {
   const AdamWSettings& s = settings_;
   const double bias1 = 1 - std::pow(s.beta1, double(step)), bias2 = 1 - std::pow(s.beta2, double(step));
   const float step_size = float(lr / bias1), inv_sqrt_bias2 = float(1 / std::sqrt(bias2));
@@ -33,7 +33,7 @@ void AdamW::update(std::span<float> params, std::span<const float> grads, double
   for (const Segment& seg : segments_) {
     const float shrink = seg.decay ? float(1 - lr * s.weight_decay) : 1.f;
     float* p = params.data() + seg.offset;
-    const float* g = grads.data() + seg.offset;
+    float* g = grads.data() + seg.offset;
     float* m = m_.data() + seg.offset;
     float* v = v_.data() + seg.offset;
 #pragma omp parallel for schedule(static) if (seg.size >= kParallelGrain)
@@ -41,6 +41,7 @@ void AdamW::update(std::span<float> params, std::span<const float> grads, double
       m[i] = b1 * m[i] + (1 - b1) * g[i];
       v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
       p[i] = p[i] * shrink - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bias2 + eps);
+      g[i] = 0;
     }
   }
 }

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "ops/elementwise.h"
 #include "train/train_ops.h"
@@ -22,6 +23,8 @@ TrainableModel::TrainableModel(const ModelConfig& config, int64_t max_sequences,
   place_scratch(scratch_block_);
   scratch_block_.allocate();
   place_scratch(scratch_block_);
+  for (int64_t L = 0; L < config.num_hidden_layers; ++L)
+    if (layout_.layers[L].moe) moe_layers_.push_back(L);
   inputs_.resize(max_sequences * seq_len);
   targets_.resize(max_sequences * seq_len);
 }
@@ -69,6 +72,9 @@ double TrainableModel::forward(const int32_t* tokens, int64_t sequences, bool fo
   const ParamBlocks params{params_.data(), grads_.data()};
   const float eps = float(c.rms_norm_eps);
   sequences_ = sequences;
+  // Evaluation batches are each rank's own: their auxiliary loss sums nothing over the ranks.
+  BalanceLoss local = balance_;
+  local.sum_over_ranks = nullptr;
   for (int64_t b = 0; b < sequences; ++b)
     for (int64_t t = 0; t < T; ++t) {
       const int32_t input = tokens[b * (T + 1) + t], target = tokens[b * (T + 1) + t + 1];
@@ -88,7 +94,7 @@ double TrainableModel::forward(const int32_t* tokens, int64_t sequences, bool fo
     attention_forward(branch_, a.attn, a.attn_in, p.attn, params, c, attention_, shape);
     for (int64_t i = 0; i < N * D; ++i) a.middle[i] = a.input[i] + branch_[i];
     rms_norm(a.ffn_in, a.middle, params.value(p.ffn_norm), N, D, eps);
-    if (p.moe) moe_forward(branch_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape);
+    if (p.moe) moe_forward(branch_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape, for_backward ? balance_ : local);
     else mlp_forward(branch_, a.dense, a.ffn_in, N, p.dense, params, D);
     for (int64_t i = 0; i < N * D; ++i) next[i] = a.middle[i] + branch_[i];
   }
@@ -114,7 +120,8 @@ void TrainableModel::backward() {
     const LayerParams& p = layout_.layers[L];
     // h_out = middle + ffn(rms(middle)): the residual's gradient flows on and into the branch.
     if (p.moe)
-      moe_backward(d_branch_, moe_scratch_, d_residual_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape);
+      moe_backward(d_branch_, moe_scratch_, d_residual_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape,
+                   balance_);
     else
       mlp_backward(d_branch_, dense_scratch_, d_residual_, a.dense, a.ffn_in, N, p.dense, params, D);
     rms_norm_backward(d_residual_, params.grad(p.ffn_norm), d_branch_, a.middle, params.value(p.ffn_norm), N, D, eps,
@@ -135,9 +142,30 @@ void TrainableModel::backward() {
 std::vector<int64_t> TrainableModel::expert_counts(int64_t layer) const {
   const ExpertGroups& groups = layers_[layer].moe.groups;
   std::vector<int64_t> counts(config_.n_routed_experts, 0);
-  if (groups.start.empty()) return counts;
-  for (int64_t e = 0; e < config_.n_routed_experts; ++e) counts[e] = groups.count(e);
+  for (int32_t e : groups.active) counts[e] = groups.count(e);
   return counts;
+}
+
+double TrainableModel::aux_loss() const {
+  double total = 0;
+  for (int64_t L : moe_layers_) total += layers_[L].moe.aux_loss;
+  return total;
+}
+
+void TrainableModel::update_router_biases(double rate, const std::vector<std::vector<int64_t>>& loads) {
+  const int64_t E = config_.n_routed_experts;
+  for (size_t i = 0; i < moe_layers_.size(); ++i) {
+    const int64_t L = moe_layers_[i];
+    const ParamTensor& bias = layout_.layers[L].ffn.bias;
+    if (!bias.present()) fail("layer {} has no router bias to update", L);
+    const std::vector<int64_t>& counts = loads[i];
+    const double mean = double(std::accumulate(counts.begin(), counts.end(), int64_t(0))) / double(E);
+    float* b = params_.data() + bias.offset;
+    for (int64_t e = 0; e < E; ++e) {
+      const double load = double(counts[e]);
+      b[e] += float(rate * ((mean > load) - (mean < load)));
+    }
+  }
 }
 
 }  // namespace megamoe

@@ -35,12 +35,25 @@ class TrainableModel {
   // seq_len the targets. Returns the mean cross-entropy over the sequences * seq_len predictions.
   // `for_backward` = false (evaluation) skips computing the loss gradient of the logits.
   double forward(const int32_t* tokens, int64_t sequences, bool for_backward = true);
-  // Adds the gradient of the last forward(..., true)'s loss to gradients().
+  // Adds the gradient of the last forward(..., true)'s loss, plus the auxiliary balancing loss,
+  // to gradients().
   void backward();
   void zero_gradients();
 
   // Tokens each routed expert received in the last forward(): [E] for MoE layer `layer`.
   std::vector<int64_t> expert_counts(int64_t layer) const;
+  // The MoE layers, in order.
+  const std::vector<int64_t>& moe_layers() const { return moe_layers_; }
+
+  // An auxiliary balancing loss (AuxLoss, SeqAuxLoss) that forward() computes besides the
+  // cross-entropy and backward() adds the gradient of; None by default.
+  void set_balance_loss(const BalanceLoss& balance) { balance_ = balance; }
+  // The auxiliary loss of the last forward(), summed over the MoE layers (0 without one).
+  double aux_loss() const;
+  // Auxiliary-loss-free balancing: every MoE layer's router bias moves by `rate` towards even
+  // loads, b_i += rate * sign(mean load - load_i), from `loads` [MoE layer][expert]: the
+  // expert_counts() of the last forward(), or their sum over data-parallel ranks.
+  void update_router_biases(double rate, const std::vector<std::vector<int64_t>>& loads);
 
  private:
   struct LayerActivations {
@@ -59,6 +72,8 @@ class TrainableModel {
   ParameterLayout layout_;
   AttentionSetup attention_;
   RouterSpec router_;
+  BalanceLoss balance_;
+  std::vector<int64_t> moe_layers_;
   int64_t max_sequences_, seq_len_;
   std::vector<float> params_, grads_;  // [layout.size] each
 

@@ -6,13 +6,16 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "dist/communicator.h"
 #include "io/safetensors.h"
+#include "model/expert_stats.h"
 #include "model/model.h"
 #include "runtime/generation.h"
 #include "tokenizer/bpe_trainer.h"
@@ -39,6 +42,24 @@ constexpr int kStateFormat = 1;
 // Keys of config.json that the trainer writes itself (from the tokenizer and the saved dtype).
 const std::set<std::string> kDerivedConfigKeys = {"bos_token_id", "eos_token_id", "torch_dtype"};
 
+// Data parallelism under mpirun (docs/distributed.md): each rank trains on its share of every
+// global batch and the ranks sum what the global batch's numbers need, so N ranks step exactly as
+// one process with N times the batch. Only rank 0 writes (checkpoints, metrics, progress, samples).
+bool leader() { return dist::rank() == 0; }
+
+// In place: the sums over the ranks (nothing in one process).
+void sum_over_ranks(std::span<double> values) {
+  if (dist::distributed()) dist::all_reduce_sum(values);
+}
+void sum_over_ranks(std::vector<std::vector<int64_t>>* loads) {  // [MoE layer][expert]
+  if (!dist::distributed()) return;
+  std::vector<int64_t> flat;
+  for (const auto& layer : *loads) flat.insert(flat.end(), layer.begin(), layer.end());
+  dist::all_reduce_sum(std::span<int64_t>(flat));
+  for (size_t i = 0, at = 0; i < loads->size(); at += (*loads)[i].size(), ++i)
+    std::copy_n(flat.begin() + int64_t(at), (*loads)[i].size(), (*loads)[i].begin());
+}
+
 void write_file(const fs::path& path, std::string_view content) {
   AtomicFile file(path);
   file.write(content);
@@ -51,18 +72,35 @@ struct Hyperparameters {
   double lr = 1e-3, min_lr_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0, val_fraction = 0.1;
   uint64_t seed = 0;
   AdamWSettings adamw;
+  BalanceLoss balance;            // strategy, and alpha of the auxiliary losses (0 otherwise)
+  double bias_update_rate = 0;    // u of the Bias strategy (0 otherwise)
 
   json to_json() const {
     return {{"batch_size", batch_size},     {"seq_len", seq_len},           {"lr", lr},
             {"warmup_steps", warmup_steps}, {"min_lr_ratio", min_lr_ratio}, {"weight_decay", weight_decay},
             {"grad_clip", grad_clip},       {"val_fraction", val_fraction}, {"seed", seed},
-            {"beta1", adamw.beta1},         {"beta2", adamw.beta2},         {"eps", adamw.eps}};
+            {"beta1", adamw.beta1},         {"beta2", adamw.beta2},         {"eps", adamw.eps},
+            {"balance", std::string(to_string(balance.strategy))},
+            {"balance_alpha", balance.alpha},
+            {"bias_update_rate", bias_update_rate}};
   }
 };
 
+const std::pair<BalanceStrategy, std::string_view> kBalanceNames[] = {{BalanceStrategy::None, "none"},
+                                                                      {BalanceStrategy::AuxLoss, "aux-loss"},
+                                                                      {BalanceStrategy::SeqAuxLoss, "seq-aux-loss"},
+                                                                      {BalanceStrategy::Bias, "bias"}};
+
 // The flags' values, or a resumed run's: a flag given with another value than the run's is an error.
-Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved, const fs::path& state_path) {
+Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved_run, const fs::path& state_path) {
   Hyperparameters h;
+  // Runs saved before balancing strategies existed trained without one.
+  json saved_with_defaults = saved_run ? *saved_run : json();
+  if (saved_run)
+    for (auto [key, value] : {std::pair<const char*, json>{"balance", "none"}, {"balance_alpha", 0.0},
+                              {"bias_update_rate", 0.0}})
+      if (!saved_with_defaults.contains(key)) saved_with_defaults[key] = value;
+  const json* saved = saved_run ? &saved_with_defaults : nullptr;
   auto pick = [&]<typename T>(const char* key, const char* flag, const std::optional<T>& given, T fallback) {
     if (!saved) return given.value_or(fallback);
     if (!saved->contains(key)) fail("{}: missing hyperparameter '{}'", state_path.string(), key);
@@ -77,7 +115,9 @@ Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved
            json(value).dump(), state_path.string());
     return value;
   };
-  h.batch_size = pick("batch_size", "--batch-size", std::optional<int64_t>(o.batch_size), int64_t(0));
+  // The global batch: a run resumes with any number of ranks that splits it.
+  h.batch_size = pick("batch_size", dist::distributed() ? "--batch-size times the ranks" : "--batch-size",
+                      std::optional<int64_t>(o.batch_size * dist::size()), int64_t(0));
   h.seq_len = pick("seq_len", "--seq-len", std::optional<int64_t>(o.seq_len), int64_t(0));
   h.lr = pick("lr", "--lr", o.lr, h.lr);
   h.warmup_steps = pick("warmup_steps", "--warmup-steps", o.warmup_steps, std::min<int64_t>(100, o.steps / 10));
@@ -86,6 +126,16 @@ Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved
   h.grad_clip = pick("grad_clip", "--grad-clip", o.grad_clip, h.grad_clip);
   h.val_fraction = pick("val_fraction", "--val-fraction", o.val_fraction, h.val_fraction);
   h.seed = pick("seed", "--seed", o.seed, h.seed);
+  const std::optional<std::string> balance_name =
+      o.balance ? std::optional<std::string>(to_string(*o.balance)) : std::nullopt;
+  h.balance.strategy = parse_balance_strategy(pick("balance", "--balance", balance_name, std::string("none")),
+                                              state_path.string() + ": hyperparameter 'balance'");
+  const bool aux = h.balance.on(), bias = h.balance.strategy == BalanceStrategy::Bias;
+  if (o.balance_alpha && !aux) fail("--balance-alpha applies to --balance aux-loss or seq-aux-loss only");
+  if (o.bias_update_rate && !bias) fail("--bias-update-rate applies to --balance bias only");
+  const double default_alpha = h.balance.strategy == BalanceStrategy::AuxLoss ? 1e-2 : 1e-4;
+  h.balance.alpha = pick("balance_alpha", "--balance-alpha", o.balance_alpha, aux ? default_alpha : 0.0);
+  h.bias_update_rate = pick("bias_update_rate", "--bias-update-rate", o.bias_update_rate, bias ? 1e-3 : 0.0);
   if (h.batch_size < 1) fail("--batch-size must be at least 1");
   if (h.seq_len < 1) fail("--seq-len must be at least 1");
   if (h.lr <= 0) fail("--lr must be positive");
@@ -93,7 +143,26 @@ Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved
   if (h.min_lr_ratio < 0 || h.min_lr_ratio > 1) fail("--min-lr-ratio must be in [0, 1]");
   if (h.weight_decay < 0) fail("--weight-decay must not be negative");
   if (h.val_fraction < 0 || h.val_fraction >= 1) fail("--val-fraction must be in [0, 1)");
+  if (aux && !(h.balance.alpha > 0 && std::isfinite(h.balance.alpha)))
+    fail("--balance-alpha must be a positive number");
+  if (bias && !(h.bias_update_rate > 0 && std::isfinite(h.bias_update_rate)))
+    fail("--bias-update-rate must be a positive number");
   return h;
+}
+
+// A balancing strategy needs MoE layers; the Bias strategy needs router biases. Greedy and
+// group-limited gates have none, and refusing beats adding one: inference of such a config reads
+// no e_score_correction_bias, so it would route differently from training (set 'topk_method' to
+// noaux_tc for a gate with a bias).
+void check_balance(const Hyperparameters& h, const ParameterLayout& layout, const fs::path& config_path) {
+  if (h.balance.strategy == BalanceStrategy::None) return;
+  const auto moe = std::find_if(layout.layers.begin(), layout.layers.end(), [](const LayerParams& l) { return l.moe; });
+  if (moe == layout.layers.end())
+    fail("--balance {}: the model of {} has no MoE layer", to_string(h.balance.strategy), config_path.string());
+  if (h.balance.strategy == BalanceStrategy::Bias && !moe->ffn.bias.present())
+    fail("--balance bias needs a router bias (e_score_correction_bias), which only 'topk_method': \"noaux_tc\" "
+         "gates have; {} has another gate (inference would ignore a bias trained for it)",
+         config_path.string());
 }
 
 // A --resume must continue the same model: the first key whose value differs is the error.
@@ -292,16 +361,26 @@ RunState load_checkpoint(const Run& run, const json& state_json, const fs::path&
   return state;
 }
 
-// Mean loss over the validation windows (at most eval_batches batches), read in order.
+// Mean loss over the validation windows (at most eval_batches global batches), read in order and
+// split between the ranks; `loads` [MoE layer][expert] receives the tokens each routed expert got.
 double validation_loss(TrainableModel& model, const WindowReader& windows, int64_t max_batches,
-                       std::vector<int32_t>& rows) {
-  const int64_t B = model.max_sequences(), count = std::min(windows.windows(), max_batches * B);
+                       std::vector<int32_t>& rows, std::vector<std::vector<int64_t>>* loads) {
+  const int64_t B = model.max_sequences(), count = std::min(windows.windows(), max_batches * B * dist::size());
+  const int64_t begin = count * dist::rank() / dist::size(), end = count * (dist::rank() + 1) / dist::size();
+  const std::vector<int64_t>& moe_layers = model.moe_layers();
+  loads->assign(moe_layers.size(), std::vector<int64_t>(model.config().n_routed_experts, 0));
   double total = 0;
-  for (int64_t first = 0; first < count; first += B) {
-    const int64_t n = std::min(B, count - first);
+  for (int64_t first = begin; first < end; first += B) {
+    const int64_t n = std::min(B, end - first);
     windows.read(rows.data(), first, n);
     total += model.forward(rows.data(), n, /*for_backward=*/false) * double(n);
+    for (size_t i = 0; i < moe_layers.size(); ++i) {
+      const std::vector<int64_t> counts = model.expert_counts(moe_layers[i]);
+      for (size_t e = 0; e < counts.size(); ++e) (*loads)[i][e] += counts[e];
+    }
   }
+  sum_over_ranks(std::span<double>(&total, 1));
+  sum_over_ranks(loads);
   return total / double(count);
 }
 
@@ -362,40 +441,67 @@ void train_steps(const Run& run, RunState& state, const WindowReader& train_wind
   using Clock = std::chrono::steady_clock;
   const TrainOptions& o = run.options;
   TrainableModel& model = run.model;
-  const int64_t B = run.hyper.batch_size, T = run.hyper.seq_len;
+  const int64_t B = run.hyper.batch_size, T = run.hyper.seq_len;  // B: the global batch
+  const int64_t rank_B = model.max_sequences();                     // this rank's share of it
   const LearningRateSchedule schedule{run.hyper.lr, run.hyper.min_lr_ratio, run.hyper.warmup_steps, o.steps};
-  std::vector<int32_t> rows(size_t(B * (T + 1)));  // [B, T+1]
-  Progress progress("train", o.steps, "steps", state.step);
+  std::vector<int32_t> rows(size_t(rank_B * (T + 1)));  // [rank_B, T+1]
+  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> no_output(leader() ? nullptr : std::fopen("/dev/null", "w"),
+                                                                  &std::fclose);
+  Progress progress("train", o.steps, "steps", state.step, leader() ? stderr : no_output.get());
   std::string last_validation;
   while (state.step < o.steps) {
     const auto start = Clock::now();
-    train_windows.read(rows.data(), state.windows_read, B);
-    model.zero_gradients();
-    const double loss = model.forward(rows.data(), B);
+    train_windows.read(rows.data(), state.windows_read + dist::rank() * rank_B, rank_B);
+    // The gradients are zero here: from the start, and AdamW::update consumes them.
+    double loss = model.forward(rows.data(), rank_B);  // cross-entropy; the auxiliary loss apart
     model.backward();
+    std::vector<std::vector<int64_t>> batch_loads;  // [MoE layer][expert] of the global batch
+    for (int64_t L : model.moe_layers()) batch_loads.push_back(model.expert_counts(L));
+    if (dist::distributed()) {  // the global batch's mean loss and its gradient
+      sum_over_ranks(std::span<double>(&loss, 1));
+      loss /= double(dist::size());
+      dist::all_reduce_sum(model.gradients());
+      for (float& g : model.gradients()) g /= float(dist::size());
+      sum_over_ranks(&batch_loads);
+    }
     const double grad_norm = clip_gradient_norm(model.gradients(), run.hyper.grad_clip);
     const double lr = schedule.at(state.step);
     run.optimizer.update(model.parameters(), model.gradients(), lr, state.step + 1);
+    if (run.hyper.balance.strategy == BalanceStrategy::Bias)
+      model.update_router_biases(run.hyper.bias_update_rate, batch_loads);
     state.windows_read += B;
     ++state.step;
     const double tokens_per_s = double(B * T) / std::chrono::duration<double>(Clock::now() - start).count();
-    metrics.write({{"step", state.step},
-                   {"loss", loss},
-                   {"lr", lr},
-                   {"grad_norm", grad_norm},
-                   {"tokens_per_s", tokens_per_s},
-                   {"epoch", double(state.windows_read) / double(train_windows.windows())}});
+    json line = {{"step", state.step},
+                 {"loss", loss},
+                 {"lr", lr},
+                 {"grad_norm", grad_norm},
+                 {"tokens_per_s", tokens_per_s},
+                 {"epoch", double(state.windows_read) / double(train_windows.windows())}};
+    if (run.hyper.balance.on()) line["aux_loss"] = model.aux_loss();
+    if (!batch_loads.empty()) {
+      const json stats = load_stats_json(batch_loads, "maxvio_batch", /*with_loads=*/false);
+      line["maxvio_batch"] = stats["maxvio_batch"];
+      line["maxvio_batch_per_layer"] = stats["maxvio_batch_per_layer"];
+    }
+    metrics.write(line);
 
     const bool last = state.step == o.steps, stopping = state.step == o.stop_at;
     if (validation_windows.windows() > 0 && ((o.eval_every > 0 && state.step % o.eval_every == 0) || last)) {
-      const double val_loss = validation_loss(model, validation_windows, o.eval_batches, rows);
-      metrics.write({{"step", state.step}, {"val_loss", val_loss}});
+      std::vector<std::vector<int64_t>> loads;  // [MoE layer][expert]
+      const double val_loss = validation_loss(model, validation_windows, o.eval_batches, rows, &loads);
+      json line = {{"step", state.step}, {"val_loss", val_loss}};
+      std::vector<int64_t> pool_of;  // [MoE layer]
+      for (int64_t L : model.moe_layers()) pool_of.push_back(model.config().expert_pool_of_layer(L));
+      if (!loads.empty()) line.update(load_stats_json(loads, "maxvio_global", /*with_loads=*/true, pool_of));
+      metrics.write(line);
       last_validation = fmt::format(" | val {:.4f}", val_loss);
       progress.message(fmt::format("step {}: validation loss {:.4f}", state.step, val_loss));
     }
     progress.update(state.step, fmt::format("loss {:.4f}{} | {} tok/s", loss, last_validation,
                                             format_si(tokens_per_s)));
-    if ((o.save_every > 0 && state.step % o.save_every == 0) || last || stopping) save_checkpoint(run, state);
+    if (((o.save_every > 0 && state.step % o.save_every == 0) || last || stopping) && leader())
+      save_checkpoint(run, state);
     if (stopping) break;
   }
   progress.finish();
@@ -411,7 +517,7 @@ void train(const TrainOptions& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const fs::path data_dir = fs::path(o.output.string() + ".data");  // token file and trained tokenizers
   const fs::path state_path = o.output / kStateFile;
-  remove_abandoned_saves(o.output);
+  if (leader()) remove_abandoned_saves(o.output);
 
   // The run's settings: from the flags, or checked against the run being resumed.
   json state_json;
@@ -434,14 +540,20 @@ void train(const TrainOptions& o) {
   if (hyper.seq_len > config.max_position_embeddings)
     fail("--seq-len {} is longer than the model's context: 'max_position_embeddings' is {} in {}", hyper.seq_len,
          config.max_position_embeddings, o.model_config.string());
-  ParameterLayout::make(config);  // before any work: names the key of a config the trainer cannot train
+  check_balance(hyper, ParameterLayout::make(config), o.model_config);  // before any work
 
   // Tokenizer and tokens.
   const std::vector<fs::path> files = list_data_files(o.data);
   const std::string data_digest = data_fingerprint(o.data, files);
+  // Rank 0 trains the tokenizer and tokenizes the text; then the other ranks read what it wrote.
+  if (dist::distributed() && !leader()) dist::barrier();
   const TokenizerFiles tokenizer = choose_tokenizer(o, config, files, data_digest, data_dir);
   const TokenFile token_file = TokenFile::prepare(data_dir / "tokens.safetensors", files, data_digest,
                                                   *tokenizer.tokenizer, tokenizer.digest);
+  if (dist::distributed()) {
+    if (leader()) dist::barrier();
+    dist::check_same(data_digest + " " + tokenizer.digest, "the training data or tokenizer");
+  }
   const DataSplit split = split_tokens(token_file.tokens(), hyper.val_fraction, hyper.seq_len,
                                        "--data " + o.data.string());
   const WindowReader train_windows(split.train, hyper.seq_len), validation_windows(split.validation, hyper.seq_len);
@@ -455,7 +567,10 @@ void train(const TrainOptions& o) {
   }
   config_json["torch_dtype"] = o.save_dtype == SavedDType::F32 ? "float32" : "bfloat16";
 
-  TrainableModel model(config, hyper.batch_size, hyper.seq_len);
+  TrainableModel model(config, hyper.batch_size / dist::size(), hyper.seq_len);
+  BalanceLoss balance = hyper.balance;
+  if (dist::distributed()) balance.sum_over_ranks = [](std::span<double> sums) { dist::all_reduce_sum(sums); };
+  model.set_balance_loss(balance);
   AdamW optimizer(model.layout(), hyper.adamw);
   const Run run{o, hyper, config_json, tokenizer, data_digest, model, optimizer};
   RunState state;
@@ -467,25 +582,27 @@ void train(const TrainOptions& o) {
     initialize_parameters(model.parameters().data(), model.layout(), random.next(), init_std);
     state.rng_state = random.state();
   }
-  MetricsFile metrics(o.metrics, o.resume ? std::optional<int64_t>(state.step) : std::nullopt);
+  MetricsFile metrics(leader() ? o.metrics : fs::path(), o.resume ? std::optional<int64_t>(state.step) : std::nullopt);
 
   const int64_t B = hyper.batch_size, T = hyper.seq_len;
-  std::fprintf(stderr,
+  if (leader()) std::fprintf(stderr,
                "megamoe: %s parameters, %s activations | data: %s training tokens (%lld windows of %lld), %s "
-               "validation tokens%s | %lld x %lld tokens per step, %d threads\n",
+               "validation tokens%s | %lld x %lld tokens per step, %d threads%s\n",
                format_si(double(model.layout().size)).c_str(),
                (format_si(double(model.activation_bytes())) + "B").c_str(), format_si(double(split.train.size())).c_str(),
                (long long)train_windows.windows(), (long long)T, format_si(double(split.validation.size())).c_str(),
-               token_file.reused() ? " (token file reused)" : "", (long long)B, (long long)T, omp_get_max_threads());
-  if (o.resume) std::fprintf(stderr, "megamoe: resuming %s at step %lld\n", o.output.string().c_str(),
+               token_file.reused() ? " (token file reused)" : "", (long long)B, (long long)T, omp_get_max_threads(),
+               dist::distributed() ? fmt::format(" on each of {} data-parallel ranks", dist::size()).c_str() : "");
+  if (o.resume && leader()) std::fprintf(stderr, "megamoe: resuming %s at step %lld\n", o.output.string().c_str(),
                              (long long)state.step);
   if (state.step >= o.steps) {
-    if (!o.resume) save_checkpoint(run, state);
-    std::fprintf(stderr, "megamoe: %lld steps done; nothing to train\n", (long long)state.step);
+    if (!o.resume && leader()) save_checkpoint(run, state);
+    if (leader()) std::fprintf(stderr, "megamoe: %lld steps done; nothing to train\n", (long long)state.step);
     return;
   }
 
   train_steps(run, state, train_windows, validation_windows, metrics);
+  if (!leader()) return;
   if (state.step < o.steps) {
     std::fprintf(stderr, "megamoe: stopped at step %lld as asked; continue with --resume\n", (long long)state.step);
     return;
@@ -495,21 +612,37 @@ void train(const TrainOptions& o) {
   print_samples(o.output, o.sample_lines, o.sample_tokens, random);
 }
 
+std::string_view to_string(BalanceStrategy strategy) {
+  for (const auto& [value, name] : kBalanceNames)
+    if (value == strategy) return name;
+  return "?";
+}
+
+BalanceStrategy parse_balance_strategy(std::string_view name, const std::string& what) {
+  for (const auto& [value, known] : kBalanceNames)
+    if (known == name) return value;
+  fail("{}: unknown balancing strategy '{}' (none, aux-loss, seq-aux-loss or bias)", what, name);
+}
+
 void write_gradients(const fs::path& model_dir, std::span<const int32_t> tokens, int64_t sequences,
-                     const fs::path& output) {
+                     const fs::path& output, const BalanceLoss& balance) {
   if (sequences < 1) fail("--sequences must be at least 1");
   if (tokens.size() % size_t(sequences) || int64_t(tokens.size()) / sequences < 2)
     fail("--tokens: {} ids do not make {} rows of T + 1 >= 2 tokens", tokens.size(), sequences);
   const int64_t T = int64_t(tokens.size()) / sequences - 1;
   const ModelConfig config = parse_model_config(read_json_file(model_dir / "config.json"),
                                                 (model_dir / "config.json").string());
+  if (balance.strategy == BalanceStrategy::Bias) fail("--balance bias has no loss, hence no gradient to check");
+  if (balance.on() && !(balance.alpha > 0 && std::isfinite(balance.alpha)))
+    fail("--balance-alpha must be a positive number");
   TrainableModel model(config, sequences, T);
   load_parameters(model.parameters().data(), model.layout(), model_dir);
+  model.set_balance_loss(balance);
   model.zero_gradients();
-  const double loss = model.forward(tokens.data(), sequences);
+  const double loss = model.forward(tokens.data(), sequences) + model.aux_loss();
   model.backward();
   write_safetensors(output, parameter_tensors(model.gradients().data(), model.layout(), SavedDType::F32),
-                    {{"loss", fmt::format("{:.17g}", loss)}});
+                    {{"loss", fmt::format("{:.17g}", loss)}, {"aux_loss", fmt::format("{:.17g}", model.aux_loss())}});
 }
 
 }  // namespace megamoe

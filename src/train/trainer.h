@@ -11,7 +11,9 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
+#include "train/layers.h"
 #include "train/parameters.h"
 
 namespace megamoe {
@@ -27,6 +29,10 @@ struct TrainOptions {
   std::optional<double> lr, min_lr_ratio, weight_decay, grad_clip, val_fraction;
   std::optional<int64_t> warmup_steps;
   std::optional<uint64_t> seed;
+  // Load balancing: unset ones take a new run's defaults (None; alpha 1e-2 for AuxLoss, 1e-4 for
+  // SeqAuxLoss; u 1e-3), or a resumed run's values.
+  std::optional<BalanceStrategy> balance;
+  std::optional<double> balance_alpha, bias_update_rate;
   int64_t eval_every = 100;   // validation every so many steps (and after the last)
   int64_t eval_batches = 8;   // at most so many batches of validation windows
   int64_t save_every = 100;   // checkpoint every so many steps (and after the last); 0: last only
@@ -40,10 +46,17 @@ struct TrainOptions {
 
 void train(const TrainOptions& options);
 
+// "none", "aux-loss", "seq-aux-loss", "bias" (the --balance values), and back; Error naming
+// `what` for another name.
+std::string_view to_string(BalanceStrategy strategy);
+BalanceStrategy parse_balance_strategy(std::string_view name, const std::string& what);
+
 // `megamoe gradients`: the mean next-token cross-entropy of `tokens` ([sequences, T + 1], row by
 // row) under the model in `model_dir`, and its gradient for every parameter, written as F32
 // safetensors under the checkpoint names (metadata "loss"). For checking against references.
+// `balance` (None, AuxLoss or SeqAuxLoss) adds that auxiliary loss: "loss" is then the total,
+// "aux_loss" (metadata) its auxiliary part.
 void write_gradients(const std::filesystem::path& model_dir, std::span<const int32_t> tokens, int64_t sequences,
-                     const std::filesystem::path& output);
+                     const std::filesystem::path& output, const BalanceLoss& balance = {});
 
 }  // namespace megamoe

@@ -141,6 +141,26 @@ class Train(unittest.TestCase):
                 self.assertIsInstance(m[key], float, key)
         self.assertEqual([m["step"] for m in lines if "val_loss" in m], [3, 6])
         self.assertLess(steps[-1]["loss"], steps[0]["loss"])
+        self.assertFalse(any("aux_loss" in m for m in steps))  # no auxiliary loss by default
+        # Balance metrics of the one MoE layer: MaxVio of each step's batch, and of the validation set.
+        E, k = CONFIG["n_routed_experts"], CONFIG["num_experts_per_tok"]
+        for m in steps:
+            self.assertEqual(len(m["maxvio_batch_per_layer"]), 1)
+            self.assertEqual(m["maxvio_batch"], m["maxvio_batch_per_layer"][0])
+            self.assertTrue(0 <= m["maxvio_batch"] <= E - 1)
+        for m in (m for m in lines if "val_loss" in m):
+            loads = np.array(m["expert_loads"])
+            self.assertEqual(loads.shape, (1, E))
+            self.assertEqual(loads.sum() % (SEQ_LEN * k), 0)  # whole windows of k slots per token
+            mean = loads.mean()
+            share = loads[0] / loads.sum()
+            entropy = -sum(p * np.log(p) for p in share if p > 0) / np.log(E)
+            expected = {"maxvio_global": (loads.max() - mean) / mean, "load_cv": loads.std() / mean,
+                        "dead_expert_share": float((loads == 0).mean()), "routing_entropy": entropy}
+            for key, value in expected.items():
+                self.assertAlmostEqual(m[key], value, places=12, msg=key)
+                self.assertAlmostEqual(m[key + "_per_layer"][0], value, places=12, msg=key)
+                self.assertAlmostEqual(m[key + "_per_pool"][0], value, places=12, msg=key)
         self.assertEqual(len([line for line in self.stdout.splitlines() if line.startswith("sample ")]), 3)
 
     # ---- numbers ----
@@ -179,6 +199,117 @@ class Train(unittest.TestCase):
         print("megamoe  ", " ".join(f"{l:.6f}" for l in ours))
         print("reference", " ".join(f"{l:.6f}" for l in reference))
         np.testing.assert_allclose(ours, reference, rtol=1e-5)
+
+    def test_expert_pools_train_save_once_and_reload(self):
+        # MoE layers 1-3 in one pool of routed and shared experts: one tensor per pool in the
+        # checkpoint and the optimizer state, the same losses as the PyTorch reference (gradients of
+        # all three layers summed into the pool, one AdamW update per pool), and a checkpoint that
+        # generate and the reference load.
+        pooled = dict(CONFIG, num_hidden_layers=4, expert_sharing_group_size=3, share_shared_experts=True)
+        config = self.path("pooled.json")
+        write_text(config, json.dumps(pooled))
+        init, run = self.path("pooled-init"), self.path("pooled")
+        flags = ("--warmup-steps", 2, "--tokenizer", self.run_dir, "--sample-lines", 0)
+        self.train(init, "--steps", 0, *flags, config=config)
+        self.train(run, "--steps", 4, "--metrics", run + ".jsonl", *flags, config=config)
+
+        checkpoint = safetensors_np.Checkpoint(run)
+        self.assertEqual(sorted(checkpoint.entries), sorted(harness.v3_tensor_shapes(pooled)))
+        header, _, _ = safetensors_np.read_header(os.path.join(run, "training", "optimizer.safetensors"))
+        for names in (checkpoint.entries, header):
+            experts = {n.split(".mlp.")[0] for n in names if "experts." in n}
+            self.assertEqual(experts, {"model.layers.1"})
+
+        tokens = deepseek_v3_train.read_tokens(init + ".data/tokens.safetensors")
+        reference = deepseek_v3_train.train(deepseek_v3_train.TrainingReference(init), tokens, 4, SEQ_LEN, BATCH,
+                                            lr=3e-3, warmup=2)
+        np.testing.assert_allclose([l for _, l in losses(run + ".jsonl")], reference, rtol=1e-5)
+
+        text = harness.run_megamoe("generate", "--model", run, "--prompt", "The license", "--max-tokens", 8,
+                                   "--temperature", 0.8, "--seed", 1)
+        self.assertTrue(text.strip())
+        tokens = harness.random_tokens(CONFIG["vocab_size"], 9, 2)
+        import deepseek_v3
+        harness.assert_logits_close(self, harness.megamoe_logits(run, tokens, self.path("pooled.npy")),
+                                    deepseek_v3.logits(run, tokens), 1e-4, "trained pooled model")
+
+    # ---- load balancing ----
+
+    def test_bias_balancing_evens_the_loads(self):
+        # 16 experts top-2 without group limits; the same seed and data with and without the bias.
+        config = self.path("balance.json")
+        write_text(config, json.dumps(dict(CONFIG, n_routed_experts=16, n_group=1, topk_group=1)))
+        flags = ("--steps", 30, "--eval-every", 30, "--tokenizer", self.run_dir, "--sample-lines", 0)
+        runs = {}
+        for balance in ("none", "bias"):
+            run = self.path(f"balance-{balance}")
+            extra = ("--bias-update-rate", "2e-2") if balance == "bias" else ()
+            self.train(run, *flags, "--balance", balance, *extra, "--metrics", run + ".jsonl", config=config)
+            runs[balance] = metrics(run + ".jsonl")
+        late = {b: np.mean([m["maxvio_batch"] for m in lines if "loss" in m][-10:]) for b, lines in runs.items()}
+        final = {b: [m for m in lines if "val_loss" in m][-1]["maxvio_global"] for b, lines in runs.items()}
+        print(f"MaxVio_batch over the last 10 steps: {late}; MaxVio_global at the end: {final}")
+        self.assertLess(late["bias"], 0.7 * late["none"])
+        self.assertLess(final["bias"], final["none"])
+        # The bias is in the checkpoint (F32), and the run's settings in its state.
+        bias = safetensors_np.Checkpoint(self.path("balance-bias")).array("model.layers.1.mlp.gate.e_score_correction_bias")
+        self.assertGreater(np.abs(bias).max(), 0.05)
+        self.assertTrue(np.all(safetensors_np.Checkpoint(self.path("balance-none")).array(
+            "model.layers.1.mlp.gate.e_score_correction_bias") == 0))
+        hyper = harness.load_json(self.path("balance-bias", "training", "state.json"))["hyperparameters"]
+        self.assertEqual((hyper["balance"], hyper["bias_update_rate"]), ("bias", 2e-2))
+
+    def test_aux_loss_is_logged_apart_and_resumed(self):
+        # seq-aux-loss: `loss` stays the cross-entropy, `aux_loss` is the auxiliary term (alpha at
+        # perfect balance, more otherwise); a resumed run keeps the strategy without repeating it.
+        run, resumed = self.path("seq-aux"), self.path("seq-aux-resumed")
+        flags = ("--steps", 4, "--eval-every", 2, "--tokenizer", self.run_dir, "--sample-lines", 0)
+        self.train(run, *flags, "--balance", "seq-aux-loss", "--balance-alpha", "0.5", "--metrics", run + ".jsonl")
+        self.train(resumed, *flags, "--balance", "seq-aux-loss", "--balance-alpha", "0.5", "--stop-at", 2,
+                   "--metrics", resumed + ".jsonl")
+        self.train(resumed, *flags, "--resume", "--metrics", resumed + ".jsonl")
+        steps = [m for m in metrics(run + ".jsonl") if "loss" in m]
+        for m in steps:
+            self.assertGreaterEqual(m["aux_loss"], 0.5 * (1 - 1e-6))
+            self.assertLess(m["aux_loss"], 0.5 * CONFIG["n_routed_experts"])
+        self.assertEqual([m["loss"] for m in metrics(resumed + ".jsonl") if "loss" in m], [m["loss"] for m in steps])
+        hyper = harness.load_json(os.path.join(resumed, "training", "state.json"))["hyperparameters"]
+        self.assertEqual((hyper["balance"], hyper["balance_alpha"]), ("seq-aux-loss", 0.5))
+        self.train_fails(resumed, "--steps", 6, "--resume", "--balance", "aux-loss", expect="--balance \"aux-loss\" differs")
+
+    def test_bad_balance_flags(self):
+        greedy = self.path("greedy.json")
+        write_text(greedy, json.dumps(dict(CONFIG, topk_method="greedy", n_group=1, topk_group=1)))
+        for extra, expect, config in ((("--balance", "fancy"), "unknown balancing strategy 'fancy'", None),
+                                      (("--balance", "aux-loss", "--balance-alpha", "0"), "positive", None),
+                                      (("--balance", "bias", "--bias-update-rate", "-1"), "positive", None),
+                                      (("--balance", "bias", "--balance-alpha", "0.1"), "--balance-alpha applies", None),
+                                      (("--bias-update-rate", "0.1",), "--bias-update-rate applies", None),
+                                      (("--balance", "bias"), "noaux_tc", greedy)):
+            with self.subTest(extra=extra):
+                self.train_fails(self.path("none"), "--steps", 1, *extra, config=config, expect=expect)
+        self.assertFalse(os.path.exists(self.path("none")))
+
+    def test_generate_writes_expert_stats(self):
+        path = self.path("stats", "expert-stats.json")
+        os.makedirs(os.path.dirname(path))
+        ids = harness.run_megamoe("generate", "--model", self.run_dir, "--prompt-ids", "1,2,3,4,5", "--max-tokens", 6,
+                                  "--ignore-eos", "--print-ids", "--expert-stats", path, "--temperature", 0)
+        forwarded = 5 + len(ids.split()) - 1  # the prompt, then every generated token but the last
+        stats = harness.load_json(path)
+        self.assertEqual(stats["layers"], [1])
+        loads = np.array(stats["expert_loads"])
+        self.assertEqual(loads.shape, (1, CONFIG["n_routed_experts"]))
+        self.assertEqual(loads.sum(), forwarded * CONFIG["num_experts_per_tok"])
+        mean = loads.mean()
+        self.assertAlmostEqual(stats["maxvio"], (loads.max() - mean) / mean, places=12)
+        self.assertAlmostEqual(stats["load_cv_per_layer"][0], loads.std() / mean, places=12)
+        self.assertAlmostEqual(stats["dead_expert_share"], float((loads == 0).mean()), places=12)
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["expert-stats.json"])  # no temporary left
+        result = subprocess.run([harness.megamoe_binary(), "generate", "--model", self.run_dir, "--prompt-ids", "1",
+                                 "--expert-stats", self.path("no-such-dir", "x.json")], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no-such-dir", result.stderr)
 
     # ---- bad input ----
 

@@ -6,6 +6,7 @@ every tiny DeepSeek-V2/V3 config, and the reference itself against finite differ
         /usr/bin/python3 -m unittest -v test_train_gradients
 """
 import os
+import subprocess
 import tempfile
 import unittest
 
@@ -47,37 +48,69 @@ class TrainGradients(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
+    def check_against_autograd(self, name, balance="none", alpha=0.0):
+        model, config = self.models[name]
+        rows = np.array(harness.random_tokens(config["vocab_size"], SEQUENCES * (SEQ_LEN + 1), 3))
+        output = os.path.join(self.tmp.name, f"{name}.{balance}.grads.safetensors")
+        flags = ["--balance", balance, "--balance-alpha", alpha] if balance != "none" else []
+        harness.run_megamoe("gradients", "--model", model, "--tokens", ",".join(map(str, rows)),
+                            "--sequences", SEQUENCES, "--output", output, *flags)
+        loss, gradients = read_gradients(output)
+        reference = TrainingReference(model, balance=balance, alpha=alpha)
+        ref_loss, ref_gradients = reference.gradients(rows.reshape(SEQUENCES, -1))
+        self.assertAlmostEqual(loss, ref_loss, delta=1e-6 * ref_loss, msg=f"{name}: loss")
+        if balance != "none":
+            _, ref_aux = reference.losses(rows.reshape(SEQUENCES, -1))
+            aux = float(safetensors_np.read_header(output)[1]["aux_loss"])
+            self.assertAlmostEqual(aux, float(ref_aux), delta=1e-6 * float(ref_aux), msg=f"{name}: aux_loss")
+        self.assertEqual(sorted(gradients), sorted(harness.v3_tensor_shapes(config)), name)
+        worst = 0.0
+        for tensor, reference_gradient in ref_gradients.items():
+            scale = np.abs(reference_gradient).max()
+            error = np.abs(gradients[tensor] - reference_gradient).max()
+            if scale == 0:  # frozen router biases, experts no token chose
+                self.assertEqual(error, 0.0, f"{name}: {tensor} should have no gradient")
+                continue
+            self.assertLessEqual(error / scale, TOLERANCE, f"{name}: {tensor}")
+            worst = max(worst, error / scale)
+        print(f"{name} ({balance}): loss {loss:.6f} (reference {ref_loss:.6f}), worst tensor error {worst:.1e}")
+
     def test_every_tensor_matches_autograd(self):
         self.assertTrue(self.models, "no tiny V2/V3 configs in tests/configs")
-        for name, (model, config) in self.models.items():
+        for name in self.models:
             with self.subTest(config=name):
-                rows = np.array(harness.random_tokens(config["vocab_size"], SEQUENCES * (SEQ_LEN + 1), 3))
-                output = os.path.join(self.tmp.name, name + ".grads.safetensors")
-                harness.run_megamoe("gradients", "--model", model, "--tokens", ",".join(map(str, rows)),
-                                    "--sequences", SEQUENCES, "--output", output)
-                loss, gradients = read_gradients(output)
-                ref_loss, ref_gradients = TrainingReference(model).gradients(rows.reshape(SEQUENCES, -1))
-                self.assertAlmostEqual(loss, ref_loss, delta=1e-6 * ref_loss, msg=f"{name}: loss")
-                self.assertEqual(sorted(gradients), sorted(harness.v3_tensor_shapes(config)), name)
-                worst = 0.0
-                for tensor, reference in ref_gradients.items():
-                    scale = np.abs(reference).max()
-                    error = np.abs(gradients[tensor] - reference).max()
-                    if scale == 0:  # frozen router biases, experts no token chose
-                        self.assertEqual(error, 0.0, f"{name}: {tensor} should have no gradient")
-                        continue
-                    self.assertLessEqual(error / scale, TOLERANCE, f"{name}: {tensor}")
-                    worst = max(worst, error / scale)
-                print(f"{name}: loss {loss:.6f} (reference {ref_loss:.6f}), worst tensor error {worst:.1e}")
+                self.check_against_autograd(name)
+
+    def test_balance_losses_match_autograd(self):
+        # A large alpha, so the auxiliary loss's share of the gate's gradient is far above the
+        # tolerance: a wrong gradient of it cannot hide behind the cross-entropy's.
+        for name in ("v2-lite-greedy", "v3-noaux-yarn"):  # softmax and sigmoid scores
+            for balance in ("aux-loss", "seq-aux-loss"):
+                with self.subTest(config=name, balance=balance):
+                    self.check_against_autograd(name, balance, 3.0)
+
+    def test_balance_flags_rejected(self):
+        model, _ = self.models["v3-noaux-yarn"]
+        output = os.path.join(self.tmp.name, "rejected.safetensors")
+        for flags, message in ((["--balance", "bias"], "no loss"), (["--balance", "fancy"], "unknown balancing"),
+                               (["--balance", "aux-loss", "--balance-alpha", "-1"], "positive"),
+                               (["--balance-alpha", "0.1"], "applies to")):
+            with self.subTest(flags=flags):
+                result = subprocess.run([harness.megamoe_binary(), "gradients", "--model", model, "--tokens",
+                                         "1,2,3", "--output", output, *flags], capture_output=True, text=True)
+                self.assertEqual(result.returncode, 1, result.stderr)
+                self.assertIn(message, result.stderr)
+                self.assertFalse(os.path.exists(output))
 
     def test_reference_gradients_match_finite_differences(self):
         # The reference's autograd against central differences, in float64, along each tensor's
         # own gradient (the largest signal); steps small enough to keep every expert choice.
+        # With the sequence-wise auxiliary loss on, so its autograd is checked too.
         name = "v3-noaux-yarn"
         model, config = self.models[name]
         rows = np.array(harness.random_tokens(config["vocab_size"], SEQUENCES * (SEQ_LEN + 1), 4))
         rows = rows.reshape(SEQUENCES, -1)
-        reference = TrainingReference(model)
+        reference = TrainingReference(model, balance="seq-aux-loss", alpha=3.0)
         _, gradients = reference.gradients(rows)
         with torch.no_grad():
             for tensor, gradient in gradients.items():

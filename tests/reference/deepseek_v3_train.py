@@ -4,9 +4,14 @@ training recipe as docs/training.md states it).
 The forward pass is the inference reference's (deepseek_v3.py: norms, gate variants, experts)
 with its weights turned into autograd parameters and attention taken over a batch, so autograd
 gives the exact gradients of the same function: the top-k choice has none, the chosen experts and,
-through the combine weights, the scores and the gate receive them. Training: mean next-token
-cross-entropy, torch.optim.AdamW (decay on matrices only, router biases frozen),
-clip_grad_norm_, linear warmup then cosine decay, batches read as consecutive windows.
+through the combine weights, the scores and the gate receive them. An expert pool's tensors are
+one parameter each (named once in the checkpoint), so autograd sums every layer's gradient into
+them and AdamW steps them once. Training: mean next-token cross-entropy, torch.optim.AdamW
+(decay on matrices only, router biases frozen), clip_grad_norm_, linear warmup then cosine decay,
+batches read as consecutive windows.
+
+Optionally an auxiliary balancing loss of every MoE layer is added (MODEL.md section 4):
+"aux-loss" (Switch, over the batch) or "seq-aux-loss" (DeepSeek-V3, per sequence, averaged).
 
     /usr/bin/python3 tests/reference/deepseek_v3_train.py gradients --model DIR --tokens 1,2,... \
         --sequences B --output FILE.npz
@@ -31,9 +36,10 @@ BIAS_SUFFIX = "e_score_correction_bias"
 class TrainingReference(DeepseekV3Reference):
     """DeepseekV3Reference whose weights are parameters of `dtype`, over batches [B, T]."""
 
-    def __init__(self, model_dir, dtype=torch.float64):
+    def __init__(self, model_dir, dtype=torch.float64, balance="none", alpha=0.0):
         super().__init__(model_dir)
         self.dtype = dtype
+        self.balance, self.alpha = balance, alpha
         names = [n for n in self.checkpoint.entries if not n.endswith(safetensors_np.SCALE_SUFFIX)]
         self.params = {n: torch.nn.Parameter(self.checkpoint.tensor(n).to(dtype),
                                              requires_grad=not n.endswith(BIAS_SUFFIX))
@@ -69,20 +75,46 @@ class TrainingReference(DeepseekV3Reference):
         out = torch.einsum("bhts,bshd->bthd", probs, v).reshape(B, T, heads * dv)
         return self.linear(out, p + "o_proj.weight")
 
-    def loss(self, rows):
-        """Mean cross-entropy of rows [B, T+1]: inputs rows[:, :-1], targets rows[:, 1:]."""
+    def balance_loss(self, layer, x, sequences):
+        """The auxiliary balancing loss of MoE layer `layer` over x [B*T, D], from MODEL.md section 4:
+        over a group of G tokens (the batch for aux-loss, each sequence for seq-aux-loss),
+        f_i = E/(k*G) * count_i, P_i = mean of the scores normalized to sum 1 over the experts,
+        alpha * sum_i f_i * P_i, averaged over the groups. f (the top-k choice) has no gradient."""
+        c = self.config
+        E, k = c["n_routed_experts"], c["num_experts_per_tok"]
+        logits = self.linear(x, f"model.layers.{layer}.mlp.gate.weight")
+        scores = logits.sigmoid() if c["scoring_func"] == "sigmoid" else logits.softmax(dim=-1)
+        _, experts = self.route(layer, x)
+        groups = sequences if self.balance == "seq-aux-loss" else 1
+        G = x.shape[0] // groups
+        counts = F.one_hot(experts, E).sum(dim=1).reshape(groups, G, E).sum(dim=1).to(self.dtype)
+        f = E * counts / (k * G)
+        P = (scores / scores.sum(dim=-1, keepdim=True)).reshape(groups, G, E).mean(dim=1)
+        return self.alpha * (f * P).sum(dim=-1).mean()
+
+    def losses(self, rows):
+        """(mean cross-entropy, auxiliary loss summed over the MoE layers) of rows [B, T+1]:
+        inputs rows[:, :-1], targets rows[:, 1:]."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         inputs, targets = rows[:, :-1], rows[:, 1:]
         B, T = inputs.shape
         h = self.weight("model.embed_tokens.weight")[inputs]
+        aux = torch.zeros((), dtype=self.dtype)
         for layer in range(self.config["num_hidden_layers"]):
             p = f"model.layers.{layer}."
             h = h + self.attention(layer, self.norm(h, p + "input_layernorm.weight"))
             x = self.norm(h, p + "post_attention_layernorm.weight").reshape(B * T, -1)
             h = h + self.ffn(layer, x).reshape(B, T, -1)
+            if self.balance != "none" and layer in self.expert_owners:  # the MoE layers
+                aux = aux + self.balance_loss(layer, x, B)
         head = "lm_head.weight" if "lm_head.weight" in self.params else "model.embed_tokens.weight"
         logits = self.linear(self.norm(h, "model.norm.weight"), head)
-        return F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+        return F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1)), aux
+
+    def loss(self, rows):
+        """The training loss of rows [B, T+1]: cross-entropy plus the auxiliary loss."""
+        cross_entropy, aux = self.losses(rows)
+        return cross_entropy + aux
 
     def gradients(self, rows):
         """(loss, {name: gradient as float64 numpy}); frozen and unused tensors get zeros."""
@@ -159,6 +191,8 @@ def main():
     grads.add_argument("--tokens", required=True, help="comma separated ids, --sequences rows of T + 1")
     grads.add_argument("--sequences", type=int, default=1)
     grads.add_argument("--output", required=True, help=".npz with the gradients and 'loss'")
+    grads.add_argument("--balance", choices=("none", "aux-loss", "seq-aux-loss"), default="none")
+    grads.add_argument("--balance-alpha", type=float, default=0.0)
     run = commands.add_parser("train", help="train and print one JSON line per step")
     run.add_argument("--model", required=True, help="initial weights (a model directory)")
     run.add_argument("--tokens", required=True, help="megamoe's token file (<output>.data/tokens.safetensors)")
@@ -171,7 +205,7 @@ def main():
     args = parser.parse_args()
     if args.command == "gradients":
         rows = np.array([int(t) for t in args.tokens.split(",")]).reshape(args.sequences, -1)
-        loss, gradients = TrainingReference(args.model).gradients(rows)
+        loss, gradients = TrainingReference(args.model, balance=args.balance, alpha=args.balance_alpha).gradients(rows)
         np.savez(args.output, loss=loss, **gradients)
         return
     if args.threads:

@@ -233,6 +233,12 @@ TEST(OptimizerTest, AdamWStepMatchesFormula) {
   AdamW adamw(layout, settings);
   const double lr = 0.01;
   adamw.update(params, grads, lr, 1);
+  for (size_t i = 0; i < layout.tensors.size(); ++i) {  // consumed: zero after the update
+    if (layout.tensors[i].role != TensorRole::RouterBias) {
+      EXPECT_EQ(grads[layout.places[i].offset], 0.f) << layout.tensors[i].name;
+    }
+  }
+  std::fill(grads.begin(), grads.end(), 0.25f);
   adamw.update(params, grads, lr, 2);
   // Two steps of the same gradient: m_hat = g and v_hat = g^2 each time, so the update is lr * g / (|g| + eps).
   auto expected = [&](bool decay) {
