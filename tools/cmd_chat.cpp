@@ -35,7 +35,7 @@ void register_chat(CLI::App& app) {
     const Tokenizer& tokenizer = *setup.tokenizer;
     const bool interactive = isatty(STDIN_FILENO);
     // DeepSeek-V4 has its own prompt format (chat_format_v4.h); the others use the tokenizer's template.
-    const bool v4 = setup.model->info().architecture == "DeepseekV4ForCausalLM";
+    const bool v4 = uses_deepseek_v4_prompt(setup.model->info().architecture);
     V4PromptOptions v4_options;
     v4_options.thinking = options->thinking;
     nlohmann::ordered_json messages = nlohmann::ordered_json::array();
@@ -75,10 +75,9 @@ void register_chat(CLI::App& app) {
       Sequence* batch[] = {&answer};
       while (!answer.finished()) {
         step_batch(*setup.model, batch);
-        std::fputs(answer.take_new_text().c_str(), stdout);
-        std::fflush(stdout);
+        print_generated(answer.take_new_text());
       }
-      std::fputs(answer.take_new_text().append("\n").c_str(), stdout);
+      print_generated(answer.take_new_text().append("\n"));
       messages.push_back(answer_message(answer.text()));
       cached_tokens = prompt;
       cached_tokens.insert(cached_tokens.end(), answer.generated().begin(), answer.generated().end());

@@ -15,6 +15,7 @@
 
 #include "serve/metrics.h"
 #include "serve/openai_api.h"
+#include "tokenizer/chat_format_v4.h"
 
 namespace megamoe::serve {
 namespace {
@@ -83,7 +84,12 @@ class HttpServer {
       : options_(options),
         metrics_(setup.model->info().layers, setup.model->info().routed_experts),
         scheduler_(setup, options.limits, metrics_),
-        context_{setup, options.model_name, options.defaults, options.limits.max_batch},
+        context_{setup,
+                 options.model_name,
+                 options.defaults,
+                 options.limits.max_batch,
+                 uses_deepseek_v4_prompt(setup.model->info().architecture),
+                 options.thinking},
         started_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
                      .count()) {
     route();
@@ -199,8 +205,7 @@ void HttpServer::generate(Endpoint endpoint, const httplib::Request& http_reques
   }
   if (!news.error.empty()) return reply_error(response, ApiError(500, news.error, "", "", "server_error"));
   const ResponseHead head = new_response_head(request, options_.model_name);
-  response.set_content(dump(completion_json(head, choices, int64_t(request.generation.prompt.size()))),
-                       "application/json");
+  response.set_content(dump(completion_json(head, choices, request.generation.prompt)), "application/json");
 }
 
 void HttpServer::stream(std::shared_ptr<Job> job, const ApiRequest& request, int socket, httplib::Response& response) {
@@ -208,12 +213,15 @@ void HttpServer::stream(std::shared_ptr<Job> job, const ApiRequest& request, int
     ResponseHead head;
     int64_t prompt_tokens;
     bool include_usage;
-    std::vector<ChoiceDelta> choices;  // whole, for the usage
-    std::vector<bool> started;         // per choice: a chunk was sent
+    std::vector<ChoiceDelta> choices;     // whole, for the usage
+    std::vector<bool> started;            // per choice: a chunk was sent
+    std::vector<StreamedAnswer> answers;  // per choice: what a V4 chat answer has sent
   };
-  auto state = std::make_shared<Stream>(Stream{
-      new_response_head(request, options_.model_name), int64_t(request.generation.prompt.size()), request.include_usage,
-      std::vector<ChoiceDelta>(request.generation.n), std::vector<bool>(request.generation.n)});
+  const size_t n = size_t(request.generation.n);
+  auto state = std::make_shared<Stream>(Stream{new_response_head(request, options_.model_name),
+                                               int64_t(request.generation.prompt.size()), request.include_usage,
+                                               std::vector<ChoiceDelta>(n), std::vector<bool>(n),
+                                               std::vector<StreamedAnswer>(n)});
   ++open_responses_;
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
@@ -229,7 +237,7 @@ void HttpServer::stream(std::shared_ptr<Job> job, const ApiRequest& request, int
         for (size_t i = 0; i < news.choices.size(); ++i) {
           const ChoiceDelta& delta = news.choices[i];
           if (delta.text.empty() && delta.tokens.empty() && delta.finish == FinishReason::Running) continue;
-          events += event(chunk_json(state->head, int64_t(i), delta, !state->started[i]));
+          events += event(chunk_json(state->head, int64_t(i), delta, !state->started[i], state->answers[i]));
           state->started[i] = true;
         }
         if (news.done) {

@@ -17,6 +17,7 @@ struct ServeOptions {
   std::string model_name;  // what /v1/models lists and requests must name
   SchedulerLimits limits;
   GenerationParams defaults;  // for the fields a request leaves out
+  bool thinking = false;      // DeepSeek-V4 chat: thinking mode for the requests that do not choose
   size_t max_body_bytes = 8 << 20;
   double shutdown_grace_seconds = 30;  // how long running requests may go on after SIGINT/SIGTERM
 };

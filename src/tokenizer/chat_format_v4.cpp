@@ -404,4 +404,18 @@ V4Completion parse_deepseek_v4_completion(std::string_view text, bool thinking) 
   return out;
 }
 
+size_t settled_deepseek_v4_length(std::string_view text) {
+  constexpr std::string_view markers[] = {kThinkStart, kThinkEnd, kEos, kToolCallsStart};
+  size_t longest = 0;
+  for (std::string_view marker : markers) longest = std::max(longest, marker.size());
+  for (size_t held = std::min(text.size(), longest - 1); held > 0; --held) {
+    const std::string_view tail = text.substr(text.size() - held);
+    for (std::string_view marker : markers)
+      if (held < marker.size() && marker.starts_with(tail)) return text.size() - held;
+  }
+  return text.size();
+}
+
+bool uses_deepseek_v4_prompt(std::string_view architecture) { return architecture == "DeepseekV4ForCausalLM"; }
+
 }  // namespace megamoe

@@ -45,6 +45,15 @@ struct V4Completion {
 // returns as the OpenAI-style `reasoning_content`, `content` and `tool_calls`.
 V4Completion parse_deepseek_v4_completion(std::string_view text, bool thinking);
 
+// How much of a text still being generated parse_deepseek_v4_completion can read for good: all
+// but a trailing piece that may yet grow into "<think>", "</think>", "<｜end▁of▁sentence｜>" or
+// the start of a tool-call block. The parse of that part only grows as text comes, so a stream
+// sends its new pieces and never a marker.
+size_t settled_deepseek_v4_length(std::string_view text);
+
+// Whether models of this config.json architecture take the V4 prompt format.
+bool uses_deepseek_v4_prompt(std::string_view architecture);
+
 // `value` as Python's json.dumps(value, ensure_ascii=False) writes it (", " and ": " separators,
 // keys in their order), which is how V4 prompts show tool schemas and arguments.
 std::string python_json_dumps(const nlohmann::ordered_json& value);

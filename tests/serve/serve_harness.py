@@ -1,6 +1,7 @@
-"""What the serve tests share: a tiny model with a tokenizer (a synthetic DeepSeek-V3-style
-checkpoint whose vocabulary is a tokenizer trained here), a `megamoe serve` on a free loopback
-port, and small HTTP helpers with time limits on everything."""
+"""What the serve tests share: a tiny model with a tokenizer (a synthetic DeepSeek-V3- or
+V4-style checkpoint whose vocabulary is a tokenizer trained here), a `megamoe serve` on a free
+loopback port, and small HTTP helpers with time limits on everything. Running megamoe and the
+configs come from the model tests' harness (tests/model/harness.py)."""
 import http.client
 import json
 import os
@@ -8,31 +9,17 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-import unittest
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(TESTS_DIR, "configs", "v3-noaux-yarn.json")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model"))
+from harness import CONFIG_DIR, load_json, megamoe_binary, run_megamoe, synth  # noqa: E402,F401
+
+V3_CONFIG = os.path.join(CONFIG_DIR, "v3-noaux-yarn.json")
+V4_CONFIG = os.path.join(CONFIG_DIR, "v4-window-hash.json")
 MODEL_NAME = "tiny"
 TIMEOUT = 30  # seconds any one request, start or stop may take
-
-
-def megamoe_binary():
-    path = os.environ.get("MEGAMOE_BIN")
-    if not path:
-        raise unittest.SkipTest("MEGAMOE_BIN is not set")
-    if not os.access(path, os.X_OK):
-        raise AssertionError(f"MEGAMOE_BIN={path} is not an executable")
-    return path
-
-
-def run_megamoe(*args):
-    command = [megamoe_binary(), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr.strip()}")
-    return result.stdout
 
 
 def corpus(seed=1, lines=400):
@@ -42,27 +29,36 @@ def corpus(seed=1, lines=400):
     return "\n".join(" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(lines)) + "\n"
 
 
-def make_model(directory, with_tokenizer=True):
-    """A tiny V3-style FP8 checkpoint in `directory`: with a tokenizer, its vocabulary is exactly
-    the tokenizer's (so every sampled id decodes); without, the config's."""
+def make_model(directory, with_tokenizer=True, config_path=V3_CONFIG, vocab_size=600, added_tokens=(),
+               **config_keys):
+    """A tiny FP8 checkpoint of `config_path` (V3-style unless told; `config_keys` replace its
+    values) in `directory`: with a tokenizer of `vocab_size` tokens plus `added_tokens` (strings
+    that encode as one token each), its vocabulary is exactly the tokenizer's (so every sampled id
+    decodes); without, the config's."""
     os.makedirs(directory, exist_ok=True)
-    with open(CONFIG) as f:
-        config = json.load(f)
+    config = {**load_json(config_path), **config_keys}
     if with_tokenizer:
         tokenizer_dir = os.path.join(directory, "tokenizer-training")
         corpus_path = os.path.join(directory, "corpus.txt")
         with open(corpus_path, "w") as f:
             f.write(corpus())
-        run_megamoe("tokenizer", "train", "--vocab-size", 600, "--input", corpus_path, "--output", tokenizer_dir)
-        with open(os.path.join(tokenizer_dir, "tokenizer.json")) as f:
-            tokenizer = json.load(f)
+        run_megamoe("tokenizer", "train", "--vocab-size", vocab_size, "--input", corpus_path,
+                    "--output", tokenizer_dir)
+        tokenizer = load_json(os.path.join(tokenizer_dir, "tokenizer.json"))
         ids = list(tokenizer["model"]["vocab"].values()) + [t["id"] for t in tokenizer["added_tokens"]]
+        for content in added_tokens:
+            ids.append(max(ids) + 1)
+            tokenizer["added_tokens"].append({"id": ids[-1], "content": content, "single_word": False,
+                                              "lstrip": False, "rstrip": False, "normalized": False,
+                                              "special": False})
+        with open(os.path.join(tokenizer_dir, "tokenizer.json"), "w") as f:
+            json.dump(tokenizer, f, ensure_ascii=False)
         config["vocab_size"] = max(ids) + 1
-    config_path = os.path.join(directory, "config-for-synth.json")
-    with open(config_path, "w") as f:
+    synth_config = os.path.join(directory, "config-for-synth.json")
+    with open(synth_config, "w") as f:
         json.dump(config, f)
     model = os.path.join(directory, MODEL_NAME)
-    run_megamoe("synth", "--model-config", config_path, "--dtype", "fp8", "--seed", 1, "--output", model)
+    synth(synth_config, "fp8", 1, model)
     if with_tokenizer:
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(os.path.join(tokenizer_dir, name), model)

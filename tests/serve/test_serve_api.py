@@ -103,6 +103,13 @@ class ServeApi(unittest.TestCase):
                                    "--add-generation-prompt", "--ids"], input=json.dumps(messages),
                                   capture_output=True, text=True, check=True).stdout.split()
         self.assertEqual(answer["usage"]["prompt_tokens"], len(rendered))
+        # DeepSeek-V4's switches mean nothing to a V3-style model: the same prompt and answer.
+        status, again = self.server.post("/v1/chat/completions", {
+            "model": MODEL_NAME, "messages": messages, "max_tokens": 10, "ignore_eos": True, "tools": "x",
+            "chat_template_kwargs": {"thinking": True}, "thinking": "on", "reasoning_effort": "max"})
+        self.assertEqual(status, 200, again)
+        self.assertEqual((again["choices"], again["usage"]), (answer["choices"], answer["usage"]))
+        self.assertEqual(set(choice["message"]), {"role", "content"})
 
         events = self.server.stream("/v1/chat/completions", {"messages": messages, "max_tokens": 10,
                                                              "ignore_eos": True})
@@ -241,6 +248,21 @@ class ServeApi(unittest.TestCase):
         self.assertEqual(sorted(load), [1, 2])
         self.assertEqual(load[1], load[2])
         self.assertEqual(load[1] % 4, 0)
+        # MaxVio of each MoE layer's loads, (max - mean) / mean, next to them.
+        counts, maxvio = {}, {}
+        for line in text.splitlines():
+            name, _, rest = line.partition("{")
+            if name in ("megamoe_expert_tokens_total", "megamoe_expert_maxvio"):
+                labels, value = rest.split("} ")
+                layer = int(labels.split('layer="')[1].split('"')[0])
+                if name == "megamoe_expert_maxvio":
+                    maxvio[layer] = float(value)
+                else:
+                    counts.setdefault(layer, []).append(float(value))
+        self.assertEqual(sorted(maxvio), [1, 2])
+        for layer, values in counts.items():
+            mean = sum(values) / len(values)
+            self.assertAlmostEqual(maxvio[layer], (max(values) - mean) / mean, places=9)
 
 
 if __name__ == "__main__":
