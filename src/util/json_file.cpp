@@ -3,6 +3,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace megamoe {
@@ -18,6 +19,12 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: invalid JSON: {}", path.string(), e.what());
   }
+}
+
+void write_json_file(const std::filesystem::path& path, const nlohmann::json& j) {
+  AtomicFile file(path);
+  file.write(j.dump(2) + "\n");
+  file.commit();
 }
 
 }  // namespace megamoe

@@ -6,5 +6,7 @@
 namespace megamoe {
 
 nlohmann::json read_json_file(const std::filesystem::path& path);  // Error: cannot open / invalid JSON
+// Writes `j` indented, whole or not at all (AtomicFile).
+void write_json_file(const std::filesystem::path& path, const nlohmann::json& j);
 
 }  // namespace megamoe
