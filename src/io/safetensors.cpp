@@ -130,6 +130,8 @@ std::string TensorInfo::shape_string() const { return fmt::format("[{}]", fmt::j
 
 SafetensorsFile::~SafetensorsFile() = default;
 
+std::span<const std::byte> SafetensorsFile::mapped() const { return {mapping_->data(), mapping_->size()}; }
+
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;

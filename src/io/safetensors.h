@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,9 @@ class SafetensorsFile {
   const TensorInfo* find(const std::string& name) const;  // nullptr when absent
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The whole mapped file: where a tensor's bytes sit in the file is data - mapped().data()
+  // (the expert cache reads them with pread instead of through the mapping).
+  std::span<const std::byte> mapped() const;
 
  private:
   SafetensorsFile() = default;

@@ -1,0 +1,26 @@
+// --memory-budget and --no-prefetch (docs/streaming.md), shared by generate, chat, serve, bench
+// and logits: stream routed experts from disk through a cache sized from the budget.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "model/expert_cache.h"
+#include "model/model.h"
+
+namespace megamoe::cli {
+
+struct MemoryOptions {
+  std::string budget;  // empty: everything mapped
+  bool no_prefetch = false;
+  std::string eviction = "lru";  // or "lfu"
+};
+
+void add_memory_options(CLI::App* cmd, MemoryOptions* options);
+
+// With a budget: streams the experts of `model` within it, `kv_bytes` of it kept for KV caches,
+// and returns the store (for its statistics). Without: warns when the model exceeds the available
+// memory and returns null.
+StreamingExpertStore* apply_memory_options(Model* model, const MemoryOptions& options, const std::string& model_dir,
+                                           int64_t kv_bytes);
+
+}  // namespace megamoe::cli
