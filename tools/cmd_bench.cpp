@@ -8,6 +8,8 @@
 #include <random>
 
 #include "commands.h"
+#include "distributed_options.h"
+#include "memory_options.h"
 #include "model/model.h"
 #include "ops/roofline.h"
 #include "util/error.h"
@@ -35,6 +37,8 @@ void register_bench(CLI::App& app) {
     int64_t prompt_tokens = 128, gen_tokens = 32;
     int threads = 0, runs = 3;
     bool json = false;
+    dist::DistributedOptions distributed;
+    MemoryOptions memory;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against this machine's memory bandwidth");
@@ -44,13 +48,17 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "Threads (default: all cores)")->check(CLI::PositiveNumber);
   cmd->add_option("--runs", o->runs, "Runs; the median is reported")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");
+  add_distributed_options(cmd, &o->distributed);
+  add_memory_options(cmd, &o->memory);
   cmd->callback([o] {
     if (o->threads > 0) omp_set_num_threads(o->threads);
-    const auto model = load_model(o->model);
+    const auto model = dist::load_model_on_ranks(o->model, o->distributed);
     const ModelInfo& info = model->info();
     const int64_t P = o->prompt_tokens, G = o->gen_tokens, V = model->vocab_size();
     if (P + G > model->max_context())
       fail("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", P + G, model->max_context());
+    const StreamingExpertStore* streaming = apply_memory_options(model.get(), o->memory, o->model, model->cache_bytes(P + G));
+    ExpertCacheStats decode_stats;  // summed over the runs' decode phases
     std::mt19937 rng(1);
     std::vector<int32_t> prompt(P);
     for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(V));
@@ -66,6 +74,7 @@ void register_bench(CLI::App& app) {
       const SequenceStep prefill{cache.get(), prompt, false};
       model->forward(logits.data(), std::span(&prefill, 1));
       prefill_rates.push_back(double(P) / std::chrono::duration<double>(Clock::now() - start).count());
+      if (streaming) streaming->reset_stats();
       start = Clock::now();
       for (int64_t g = 0; g < G; ++g) {  // greedy, as a user's decode would run
         const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -73,12 +82,17 @@ void register_bench(CLI::App& app) {
         model->forward(logits.data(), std::span(&step, 1));
       }
       decode_rates.push_back(double(G) / std::chrono::duration<double>(Clock::now() - start).count());
+      if (streaming) {
+        const ExpertCacheStats s = streaming->stats();
+        decode_stats.lookups += s.lookups, decode_stats.hits += s.hits, decode_stats.prefetch_hits += s.prefetch_hits;
+        decode_stats.prefetched += s.prefetched, decode_stats.bytes_read += s.bytes_read, decode_stats.reads += s.reads;
+      }
     }
     const int64_t peak_rss = peak_rss_bytes();  // before the bandwidth probe's buffer
     const double bandwidth = measure_read_bandwidth_gb_s();
     const double prefill = median(prefill_rates), decode = median(decode_rates);
     const double roofline_tokens_per_s = bandwidth * 1e9 / double(info.active_weight_bytes_per_token);
-    const nlohmann::json result = {
+    nlohmann::json result = {
         {"model", o->model},
         {"architecture", info.architecture},
         {"threads", omp_get_max_threads()},
@@ -95,6 +109,19 @@ void register_bench(CLI::App& app) {
         {"decode_roofline_fraction", decode / roofline_tokens_per_s},
         {"peak_rss_bytes", peak_rss},
     };
+    const double decoded = double(G) * o->runs;
+    if (streaming)
+      result["expert_cache"] = {
+          {"memory_budget", o->memory.budget},
+          {"prefetch", streaming->prefetching()},
+          {"slots", streaming->slots()},
+          {"slot_bytes", streaming->slot_bytes()},
+          {"decode_hit_rate", decode_stats.hit_rate()},
+          {"decode_prefetch_hits", decode_stats.prefetch_hits},
+          {"decode_experts_prefetched", decode_stats.prefetched},
+          {"decode_bytes_read_per_token", double(decode_stats.bytes_read) / decoded},
+          {"decode_reads_per_token", double(decode_stats.reads) / decoded},
+      };
     if (o->json) {
       std::printf("%s\n", result.dump(2).c_str());
       return;
@@ -106,6 +133,13 @@ void register_bench(CLI::App& app) {
     std::printf("memory   peak RSS %.1f MB = %.2fx weights (%.1f MB) + KV cache (%.1f MB)\n", peak_rss / 1e6,
                 double(peak_rss) / double(info.weight_bytes + cache_bytes), info.weight_bytes / 1e6,
                 cache_bytes / 1e6);
+    if (streaming)
+      std::printf("experts  %d cache slots of %.2f MB: decode hit rate %.1f%% (%.1f%% prefetched), %.2f MB read "
+                  "from disk per token in %.1f reads%s\n",
+                  int(streaming->slots()), streaming->slot_bytes() / 1e6, 100 * decode_stats.hit_rate(),
+                  decode_stats.lookups ? 100.0 * double(decode_stats.prefetch_hits) / double(decode_stats.lookups) : 0.0,
+                  double(decode_stats.bytes_read) / decoded / 1e6, double(decode_stats.reads) / decoded,
+                  streaming->prefetching() ? "" : " (no prefetch)");
   });
 }
 

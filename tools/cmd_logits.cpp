@@ -1,5 +1,7 @@
 #include "commands.h"
+#include "distributed_options.h"
 #include "io/npy.h"
+#include "memory_options.h"
 #include "model/model.h"
 #include "util/token_list.h"
 
@@ -10,6 +12,8 @@ void register_logits(CLI::App& app) {
   struct Options {
     std::string model, tokens, output;
     int64_t chunk_size = 0;
+    dist::DistributedOptions distributed;
+    MemoryOptions memory;
   };
   auto options = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("logits", "Compute next-token logits for every position and write them as .npy");
@@ -19,10 +23,13 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--chunk-size", options->chunk_size,
                   "Feed the tokens this many at a time through the KV cache (default: all at once)")
       ->check(CLI::PositiveNumber);
+  add_distributed_options(cmd, &options->distributed);
+  add_memory_options(cmd, &options->memory);
   cmd->callback([options] {
     const std::vector<int32_t> tokens = parse_token_list(options->tokens, "--tokens");
-    const auto model = load_model(options->model);
+    const auto model = dist::load_model_on_ranks(options->model, options->distributed);
     const int64_t T = int64_t(tokens.size()), V = model->vocab_size();
+    apply_memory_options(model.get(), options->memory, options->model, model->cache_bytes(T));
     std::vector<float> logits(T * V);  // [T, V]
     const int64_t chunk = options->chunk_size > 0 ? options->chunk_size : T;
     const auto cache = model->new_cache(T);

@@ -20,6 +20,9 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--host", s.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", s.port, "Port to listen on (0: any free one, printed)")->capture_default_str();
   cmd->add_option("--model-name", s.model_name, "Model id of the API (default: the model directory's name)");
+  cmd->add_flag("--thinking", s.thinking,
+                "DeepSeek-V4: chat in thinking mode unless a request chooses (chat_template_kwargs.thinking, "
+                "thinking, reasoning_effort)");
   cmd->add_option("--max-batch", s.limits.max_batch, "Sequences generated together")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -35,6 +38,7 @@ void register_serve(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->callback([options] {
     serve::block_stop_signals();  // before loading starts any thread
+    options->sequences = options->serve.limits.max_batch;  // a memory budget keeps room for their KV caches
     GenerationSetup setup = load_for_generation(*options, false);
     serve::ServeOptions s = options->serve;
     if (s.model_name.empty()) {

@@ -7,10 +7,13 @@ namespace megamoe::cli {
 
 void register_bench(CLI::App& app);
 void register_chat(CLI::App& app);
+void register_experiment(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_gradients(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_logits(CLI::App& app);
+void register_placement(CLI::App& app);
+void register_quantize(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_synth(CLI::App& app);
 void register_tokenize(CLI::App& app);

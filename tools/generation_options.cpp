@@ -1,7 +1,9 @@
 #include "generation_options.h"
 
+#include <cstdio>
 #include <filesystem>
 
+#include "distributed_options.h"
 #include "util/error.h"
 
 namespace megamoe::cli {
@@ -33,14 +35,17 @@ void add_generation_options(CLI::App* cmd, GenerationOptions* o, int64_t default
   cmd->add_option("--stop", o->params.stop, "Stop when this text appears (repeatable)");
   cmd->add_flag("--ignore-eos", o->params.ignore_eos, "Keep going past the end-of-sequence token");
   cmd->add_option("--max-context", o->max_context, "Context length (default: the model's)");
+  add_distributed_options(cmd, &o->distributed);
+  add_memory_options(cmd, &o->memory);
 }
 
 GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_required) {
   GenerationSetup setup;
   validate(o.params.sampling);
-  setup.model = load_model(o.model);
+  setup.model = dist::load_model_on_ranks(o.model, o.distributed);
   const ModelInfo& info = setup.model->info();
   setup.max_context = o.max_context > 0 ? std::min(o.max_context, setup.model->max_context()) : setup.model->max_context();
+  apply_memory_options(setup.model.get(), o.memory, o.model, o.sequences * setup.model->cache_bytes(setup.max_context));
   const std::filesystem::path tokenizer_path = std::filesystem::path(o.tokenizer.empty() ? o.model : o.tokenizer);
   const bool has_tokenizer = !o.tokenizer.empty() || std::filesystem::exists(tokenizer_path / "tokenizer.json");
   if (has_tokenizer) {
@@ -55,6 +60,11 @@ GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_r
   else if (setup.tokenizer) setup.eos_id = defined_id(*setup.tokenizer, &Tokenizer::eos_id);
   if (setup.tokenizer) setup.bos_id = defined_id(*setup.tokenizer, &Tokenizer::bos_id);
   return setup;
+}
+
+void print_generated(std::string_view text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
 }
 
 }  // namespace megamoe::cli

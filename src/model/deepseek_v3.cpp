@@ -1,8 +1,10 @@
 #include "model/deepseek_v3.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fmt/format.h>
 
+#include "model/expert_cache.h"
 #include "model/router.h"
 #include "model/summary.h"
 #include "ops/elementwise.h"
@@ -16,16 +18,17 @@ void for_each_tensor(const ModelConfig& c, ModelWeights* w,
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t dr = c.qk_rope_head_dim, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
   auto matrix = [&](std::string name, int64_t rows, int64_t cols, TensorRole role, WeightView* slot,
-                    int64_t layer = -1, int64_t expert = -1) {
-    visit({std::move(name), {rows, cols}, role, layer, expert}, {slot, nullptr});
+                    int64_t layer = -1, int64_t expert = -1, int64_t uses = 1) {
+    visit({std::move(name), {rows, cols}, role, layer, expert, false, uses}, {slot, nullptr});
   };
   auto vector = [&](std::string name, int64_t n, TensorRole role, std::vector<float>* slot, int64_t layer) {
     visit({std::move(name), {n}, role, layer, -1}, {nullptr, slot});
   };
-  auto mlp = [&](const std::string& prefix, int64_t width, MlpWeights* m, int64_t layer, int64_t expert) {
-    matrix(prefix + ".gate_proj.weight", width, D, TensorRole::Linear, &m->gate, layer, expert);
-    matrix(prefix + ".up_proj.weight", width, D, TensorRole::Linear, &m->up, layer, expert);
-    matrix(prefix + ".down_proj.weight", D, width, TensorRole::Linear, &m->down, layer, expert);
+  auto mlp = [&](const std::string& prefix, int64_t width, MlpWeights* m, int64_t layer, int64_t expert,
+                 int64_t uses = 1) {
+    matrix(prefix + ".gate_proj.weight", width, D, TensorRole::Linear, &m->gate, layer, expert, uses);
+    matrix(prefix + ".up_proj.weight", width, D, TensorRole::Linear, &m->up, layer, expert, uses);
+    matrix(prefix + ".down_proj.weight", D, width, TensorRole::Linear, &m->down, layer, expert, uses);
   };
 
   matrix("model.embed_tokens.weight", c.vocab_size, D, TensorRole::Embedding, &w->embed);
@@ -55,11 +58,17 @@ void for_each_tensor(const ModelConfig& c, ModelWeights* w,
     matrix(p + ".mlp.gate.weight", c.n_routed_experts, D, TensorRole::RouterGate, &m.gate, L);
     if (c.has_bias())
       vector(p + ".mlp.gate.e_score_correction_bias", c.n_routed_experts, TensorRole::RouterBias, &m.bias, L);
-    m.experts.resize(c.n_routed_experts);
-    for (int64_t e = 0; e < c.n_routed_experts; ++e)
-      mlp(fmt::format("{}.mlp.experts.{}", p, e), c.moe_intermediate_size, &m.experts[e], L, e);
-    if (c.n_shared_experts > 0)
-      mlp(p + ".mlp.shared_experts", c.n_shared_experts * c.moe_intermediate_size, &m.shared, L, -1);
+    // An expert pool's experts (and shared experts when shared) are listed once, under the first
+    // layer of its group, and count one use per layer of the group.
+    const int64_t pool_layers = int64_t(c.expert_pool_layers(c.expert_pool_of_layer(L)).size());
+    if (c.routed_experts_layer(L) == L) {
+      m.experts.resize(c.n_routed_experts);
+      for (int64_t e = 0; e < c.n_routed_experts; ++e)
+        mlp(fmt::format("{}.mlp.experts.{}", p, e), c.moe_intermediate_size, &m.experts[e], L, e, pool_layers);
+    }
+    if (c.n_shared_experts > 0 && c.shared_experts_layer(L) == L)
+      mlp(p + ".mlp.shared_experts", c.n_shared_experts * c.moe_intermediate_size, &m.shared, L, -1,
+          c.share_shared_experts ? pool_layers : 1);
   }
   vector("model.norm.weight", D, TensorRole::Norm, &w->final_norm, -1);
   if (!c.tie_word_embeddings) matrix("lm_head.weight", c.vocab_size, D, TensorRole::Head, &w->lm_head);
@@ -71,14 +80,26 @@ std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::pa
   const Checkpoint& ckpt = *model->checkpoint_;
   const ModelConfig& c = model->config_ = parse_model_config(ckpt.config(), (dir / "config.json").string());
   for_each_tensor(c, &model->weights_, [&](const TensorSpec& spec, TensorSlot slot) {
-    if (slot.matrix) *slot.matrix = ckpt.weight(spec.name, spec.shape[0], spec.shape[1]);
+    if (slot.matrix)
+      *slot.matrix = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::ScaleInvF32,
+                                 block_format(spec, c.weight_format));
     else *slot.vector = ckpt.vector_f32(spec.name, spec.shape[0]);
   });
   if (c.tie_word_embeddings) model->weights_.lm_head = model->weights_.embed;
   model->info_ = model_info(c, ckpt);
 
+  // The layers of an expert pool use its first layer's experts: the same views, mapped once.
   std::vector<std::span<const MlpWeights>> experts;
-  for (const LayerWeights& layer : model->weights_.layers) experts.emplace_back(layer.moe.experts);
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
+    if (!c.is_moe_layer(L)) {
+      experts.emplace_back();
+      continue;
+    }
+    std::vector<LayerWeights>& layers = model->weights_.layers;
+    experts.emplace_back(layers[c.routed_experts_layer(L)].moe.experts);
+    layers[L].moe.shared = layers[c.shared_experts_layer(L)].moe.shared;
+  }
+  model->expert_spans_ = experts;
   model->experts_ = std::make_unique<InMemoryExpertStore>(std::move(experts));
 
   std::optional<YarnScaling> yarn;
@@ -92,6 +113,13 @@ std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::pa
   model->rope_ = Rope::make(c.qk_rope_head_dim, c.rope_theta, yarn, rope_magnitude);
   model->softmax_scale_ = float(attention_magnitude * attention_magnitude / std::sqrt(double(c.qk_head_dim())));
   return model;
+}
+
+std::pair<StreamingExpertStore*, int64_t> DeepseekV3Model::stream_experts() {
+  auto store = std::make_unique<StreamingExpertStore>(*checkpoint_, expert_spans_);
+  StreamingExpertStore* streaming = store.get();
+  experts_ = std::move(store);
+  return {streaming, config_.num_experts_per_tok};
 }
 
 std::unique_ptr<SequenceCache> DeepseekV3Model::new_cache(int64_t capacity) const {
@@ -144,32 +172,32 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
     longest = std::max(longest, pos + 1);
   }
 
+  // The dot products over the latent go through matmul (F32 views of the cache and of W_UV): SIMD,
+  // and summed in one order whatever the batch, so prefill and decode give the same bits.
   std::vector<float> heads(N * H * dv);  // [N, H, dv]
 #pragma omp parallel
   {
     std::vector<float> w_uk(dn * C), w_uv(dv * C);  // [dn, C], [dv, C]: this head's rows of kv_b
-    std::vector<float> q_latent(C), o_latent(C), scores(longest);
+    std::vector<float> q_full(entry), o_latent(C), scores(longest);  // q_full: absorbed query | rope query
+    const WeightView w_uv_view{.dtype = DType::F32, .rows = dv, .cols = C, .data = w_uv.data()};
 #pragma omp for schedule(dynamic)
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t i = 0; i < dn; ++i) dequantize_row(w_uk.data() + i * C, w.kv_b_proj, h * (dn + dv) + i);
       for (int64_t i = 0; i < dv; ++i) dequantize_row(w_uv.data() + i * C, w.kv_b_proj, h * (dn + dv) + dn + i);
       for (int64_t n = 0; n < N; ++n) {
         const float* qh = q.data() + (n * H + h) * dq;  // [dn | dr]
-        std::fill(q_latent.begin(), q_latent.end(), 0.f);
+        std::fill_n(q_full.begin(), C, 0.f);
         for (int64_t i = 0; i < dn; ++i) {
           const float qi = qh[i];
           const float* row = w_uk.data() + i * C;
-          for (int64_t j = 0; j < C; ++j) q_latent[j] += qi * row[j];
+          for (int64_t j = 0; j < C; ++j) q_full[j] += qi * row[j];
         }
+        std::copy_n(qh + dn, dr, q_full.begin() + C);
         const float* cache = slots[n].cache->layer(layer);  // [length, C + dr]
         const int64_t seen = slots[n].position + 1;
-        for (int64_t s = 0; s < seen; ++s) {
-          const float* e = cache + s * entry;
-          float dot = 0;
-          for (int64_t j = 0; j < C; ++j) dot += q_latent[j] * e[j];
-          for (int64_t j = 0; j < dr; ++j) dot += qh[dn + j] * e[C + j];
-          scores[s] = dot * softmax_scale;
-        }
+        const WeightView keys{.dtype = DType::F32, .rows = seen, .cols = entry, .data = cache};  // latent | rope key
+        matmul(scores.data(), q_full.data(), 1, keys);
+        for (int64_t s = 0; s < seen; ++s) scores[s] *= softmax_scale;
         softmax(scores.data(), seen);
         std::fill(o_latent.begin(), o_latent.end(), 0.f);
         for (int64_t s = 0; s < seen; ++s) {
@@ -177,13 +205,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
           const float* e = cache + s * entry;
           for (int64_t j = 0; j < C; ++j) o_latent[j] += p * e[j];
         }
-        float* o = heads.data() + (n * H + h) * dv;
-        for (int64_t i = 0; i < dv; ++i) {
-          const float* row = w_uv.data() + i * C;
-          float dot = 0;
-          for (int64_t j = 0; j < C; ++j) dot += row[j] * o_latent[j];
-          o[i] = dot;
-        }
+        matmul(heads.data() + (n * H + h) * dv, o_latent.data(), 1, w_uv_view);
       }
     }
   }
@@ -192,7 +214,8 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
 
 // out [N, D] = routed experts + shared experts of x [N, D].
 void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, const MoeWeights& w,
-                 const ExpertStore& experts, int64_t layer, ExpertLoad* load) {
+                 const ExpertStore& experts, int64_t layer, ExpertLoad* load,
+                 const ExpertParallel* parallel) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts;
   std::vector<float> router_logits(N * E);  // [N, E]
   matmul(router_logits.data(), x, N, w.gate);
@@ -200,7 +223,25 @@ void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, co
   route(&routing, router_logits.data(), N, w.bias.empty() ? nullptr : w.bias.data(), router_spec(c));
   if (w.shared.gate.data) mlp_forward(out, x, N, w.shared);
   else std::fill_n(out, N * D, 0.f);
-  dispatch_experts(out, x, D, routing, E, experts, layer, load);
+  dispatch_routed_experts(parallel, out, x, D, routing, E, experts, layer, load);
+}
+
+// Tells a streaming store which experts MoE layer `next` will probably want: its router applied to
+// the current hidden state [N, D] (the residual stream changes little from one layer to the next),
+// so they are read while this layer computes.
+void prefetch_layer(const float* hidden, int64_t N, const ModelConfig& c, const LayerWeights& next_weights,
+                    int64_t next, const ExpertStore& experts) {
+  const int64_t D = c.hidden_size, E = c.n_routed_experts;
+  std::vector<float> normed(N * D), router_logits(N * E);  // [N, D], [N, E]
+  rms_norm(normed.data(), hidden, next_weights.ffn_norm.data(), N, D, float(c.rms_norm_eps));
+  matmul(router_logits.data(), normed.data(), N, next_weights.moe.gate);
+  Routing routing;
+  route(&routing, router_logits.data(), N, next_weights.moe.bias.empty() ? nullptr : next_weights.moe.bias.data(),
+        router_spec(c));
+  std::vector<int32_t> wanted = routing.experts;
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  experts.prefetch(next, wanted);
 }
 
 }  // namespace
@@ -241,7 +282,10 @@ void DeepseekV3Model::forward(float* logits, std::span<const SequenceStep> batch
     mla_forward(branch.data(), normed.data(), slots, L, c, lw.attn, rope_, softmax_scale_);
     for (int64_t i = 0; i < N * D; ++i) hidden[i] += branch[i];
     rms_norm(normed.data(), hidden.data(), lw.ffn_norm.data(), N, D, eps);
-    if (c.is_moe_layer(L)) moe_forward(branch.data(), normed.data(), N, c, lw.moe, *experts_, L, expert_load_);
+    if (experts_->prefetching() && L + 1 < c.num_hidden_layers && c.is_moe_layer(L + 1))
+      prefetch_layer(hidden.data(), N, c, weights_.layers[L + 1], L + 1, *experts_);
+    if (c.is_moe_layer(L)) moe_forward(branch.data(), normed.data(), N, c, lw.moe, *experts_, L, expert_load_,
+                                       expert_parallel_);
     else mlp_forward(branch.data(), normed.data(), N, lw.dense);
     for (int64_t i = 0; i < N * D; ++i) hidden[i] += branch[i];
   }

@@ -32,7 +32,7 @@ struct MoeWeights {
   WeightView gate;                // [E, D] router
   std::vector<float> bias;        // [E] e_score_correction_bias (empty: none)
   MlpWeights shared;              // [n_shared*I_moe, D] ... (gate.data == nullptr: none)
-  std::vector<MlpWeights> experts;  // [E] routed
+  std::vector<MlpWeights> experts;  // [E] routed; empty in an expert pool's later layers (they use the first's)
 };
 
 struct LayerWeights {
@@ -80,6 +80,7 @@ class DeepseekV3Model final : public Model {
   std::unique_ptr<SequenceCache> new_cache(int64_t capacity) const override;
   int64_t cache_bytes_per_token() const override;
   void forward(float* logits, std::span<const SequenceStep> batch) const override;
+  std::pair<StreamingExpertStore*, int64_t> stream_experts() override;
 
  private:
   DeepseekV3Model() = default;
@@ -88,6 +89,7 @@ class DeepseekV3Model final : public Model {
   std::unique_ptr<Checkpoint> checkpoint_;
   ModelWeights weights_;
   std::unique_ptr<ExpertStore> experts_;
+  std::vector<std::span<const MlpWeights>> expert_spans_;  // [layers] what experts_ serves
   Rope rope_;
   float softmax_scale_ = 1;
 };

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <fmt/format.h>
 
+#include "model/expert_cache.h"
 #include "model/router.h"
 #include "model/summary.h"
 #include "ops/elementwise.h"
@@ -207,7 +208,8 @@ std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::pa
   if (c.family != ModelFamily::DeepseekV4) fail("{}: '{}' is not DeepseekV4ForCausalLM", config_path, c.architecture);
   for_each_tensor(c, &model->weights_, [&](const TensorSpec& spec, TensorSlot slot) {
     if (slot.matrix) {
-      *slot.matrix = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::DotScaleE8M0);
+      *slot.matrix = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::DotScaleE8M0,
+                                 block_format(spec, c.weight_format));
       // wo_a is cut into one row block per group; FP8 scales cover 128 rows.
       if (spec.name.ends_with("wo_a.weight") && c.v4.o_groups > 1 && slot.matrix->dtype == DType::F8_E4M3 &&
           c.v4.o_lora_rank % kFp8BlockSize)
@@ -223,6 +225,7 @@ std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::pa
 
   std::vector<std::span<const MlpWeights>> experts;
   for (const V4BlockWeights& layer : model->weights_.layers) experts.emplace_back(layer.ffn.experts);
+  model->expert_spans_ = experts;
   model->experts_ = std::make_unique<InMemoryExpertStore>(std::move(experts));
 
   // V4 applies YaRN to the frequencies only: no cos/sin magnitude, no softmax factor.
@@ -234,6 +237,13 @@ std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::pa
   if (c.v4.compress_rope_theta > 0)
     model->compressed_rope_ = Rope::make(c.qk_rope_head_dim, c.v4.compress_rope_theta, yarn);
   return model;
+}
+
+std::pair<StreamingExpertStore*, int64_t> DeepseekV4Model::stream_experts() {
+  auto store = std::make_unique<StreamingExpertStore>(*checkpoint_, expert_spans_);
+  StreamingExpertStore* streaming = store.get();
+  experts_ = std::move(store);
+  return {streaming, config_.num_experts_per_tok};
 }
 
 std::unique_ptr<SequenceCache> DeepseekV4Model::new_cache(int64_t capacity) const {
@@ -603,7 +613,8 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
 // out [N, D] = routed experts (sqrt-softplus scores; a hash table or biased top-k picks them)
 // + shared experts of x [N, D], with V4's clamped SwiGLU.
 void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const ModelConfig& c,
-                 const V4MoeWeights& w, const ExpertStore& experts, int64_t layer, ExpertLoad* load) {
+                 const V4MoeWeights& w, const ExpertStore& experts, int64_t layer, ExpertLoad* load,
+                 const ExpertParallel* parallel) {
   const int64_t N = int64_t(ids.size()), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
   const float limit = float(c.v4.swiglu_limit);
   std::vector<float> router_logits(N * E);  // [N, E]
@@ -618,7 +629,7 @@ void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const
   }
   if (w.shared.gate.data) mlp_forward(out, x, N, w.shared, limit);
   else std::fill_n(out, N * D, 0.f);
-  dispatch_experts(out, x, D, routing, E, experts, layer, load, limit);
+  dispatch_routed_experts(parallel, out, x, D, routing, E, experts, layer, load, limit);
 }
 
 }  // namespace
@@ -667,7 +678,7 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
     hc_post(streams.data(), y.data(), post.data(), comb.data(), N, M, D);
     hc_pre(h.data(), post.data(), comb.data(), streams.data(), N, block.hc_ffn, c);
     rms_norm(x.data(), h.data(), block.ffn_norm.data(), N, D, eps);
-    moe_forward(y.data(), x.data(), batch.ids, c, block.ffn, *experts_, L, expert_load_);
+    moe_forward(y.data(), x.data(), batch.ids, c, block.ffn, *experts_, L, expert_load_, expert_parallel_);
     hc_post(streams.data(), y.data(), post.data(), comb.data(), N, M, D);
   }
   for (const SequenceRows& s : batch.sequences) s.cache->advance(s.count);

@@ -135,6 +135,7 @@ class DeepseekV4Model final : public Model {
   int64_t cache_bytes_per_token() const override;
   int64_t cache_bytes(int64_t capacity) const override;
   void forward(float* logits, std::span<const SequenceStep> batch) const override;
+  std::pair<StreamingExpertStore*, int64_t> stream_experts() override;  // no prefetch yet
 
  private:
   DeepseekV4Model() = default;
@@ -143,6 +144,7 @@ class DeepseekV4Model final : public Model {
   std::unique_ptr<Checkpoint> checkpoint_;
   V4Weights weights_;
   std::unique_ptr<ExpertStore> experts_;
+  std::vector<std::span<const MlpWeights>> expert_spans_;  // [layers] what experts_ serves
   Rope window_rope_;      // window-only layers: rope_theta, no YaRN
   Rope compressed_rope_;  // compressed layers: compress_rope_theta with YaRN
 };

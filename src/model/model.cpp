@@ -4,6 +4,7 @@
 
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v4.h"
+#include "ops/quant.h"
 #include "util/error.h"
 #include "util/json_file.h"
 
@@ -43,6 +44,13 @@ void for_each_tensor(const ModelConfig& c, const std::function<void(const Tensor
 
 ScaleLayout scale_layout(ModelFamily family) {
   return family == ModelFamily::DeepseekV4 ? ScaleLayout::DotScaleE8M0 : ScaleLayout::ScaleInvF32;
+}
+
+std::optional<DType> block_format(const TensorSpec& spec, std::optional<DType> weight_format) {
+  if (!weight_format || spec.shape.size() != 2 || spec.shape[1] % kQuantBlock != 0) return std::nullopt;
+  if (spec.role == TensorRole::Linear) return weight_format;
+  if (spec.role == TensorRole::Head) return DType::Q8_0;
+  return std::nullopt;
 }
 
 }  // namespace megamoe

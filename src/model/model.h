@@ -4,19 +4,28 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 
+#include "model/expert_parallel.h"
 #include "model/moe.h"
 
 namespace megamoe {
 
+class StreamingExpertStore;
+
 // One sequence's attention state (family-specific layout), with room for `capacity` tokens.
 class SequenceCache {
  public:
-  virtual ~SequenceCache() = default;
+  virtual ~SequenceCache() {
+    if (on_destroy) on_destroy();
+  }
+  // Called as the cache goes away (the leader of an expert-parallel run tells the other ranks).
+  std::function<void()> on_destroy;
   int64_t length() const { return length_; }      // tokens already processed
   int64_t capacity() const { return capacity_; }
   virtual int64_t bytes() const = 0;
@@ -77,10 +86,17 @@ class Model {
 
   // Where forward() adds the tokens routed to each expert (null: not recorded). Its shape is
   // [num_hidden_layers, n_routed_experts]; dense layers stay zero.
-  void record_expert_load(ExpertLoad* load) { expert_load_ = load; }
+  virtual void record_expert_load(ExpertLoad* load) { expert_load_ = load; }
+  // Where the MoE layers send their routed experts (null: computed here; src/dist: over MPI ranks).
+  void set_expert_parallel(const ExpertParallel* parallel) { expert_parallel_ = parallel; }
+  // Swaps the mapped routed experts for a store that reads them from disk into a cache
+  // (model/expert_cache.h; stream_experts_within() sizes it) and returns it with the experts one
+  // token uses per layer; {nullptr, 0} where the family cannot.
+  virtual std::pair<StreamingExpertStore*, int64_t> stream_experts() { return {nullptr, 0}; }
 
  protected:
   ExpertLoad* expert_load_ = nullptr;
+  const ExpertParallel* expert_parallel_ = nullptr;
 };
 
 // Opens a checkpoint directory with the family its config.json names.

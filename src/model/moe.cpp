@@ -31,39 +31,54 @@ void ExpertLoad::reset() {
   for (int64_t i = 0; i < layers_ * experts_; ++i) counts_[i].store(0, std::memory_order_relaxed);
 }
 
+void ExpertGroups::build(const Routing& routing, int64_t n_experts) {
+  const int64_t slots = routing.tokens * routing.top_k;
+  start.assign(n_experts + 1, 0);
+  for (int64_t s = 0; s < slots; ++s) ++start[routing.experts[s] + 1];
+  active.clear();
+  for (int64_t e = 0; e < n_experts; ++e) {
+    if (start[e + 1] > 0) active.push_back(int32_t(e));
+    start[e + 1] += start[e];
+  }
+  slot_of_row.resize(slots);
+  row_of_slot.resize(slots);
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (int64_t s = 0; s < slots; ++s) {
+    const int64_t row = next[routing.experts[s]]++;
+    slot_of_row[row] = s;
+    row_of_slot[s] = row;
+  }
+}
+
 void dispatch_experts(float* out, const float* x, int64_t D, const Routing& routing, int64_t n_experts,
                       const ExpertStore& store, int64_t layer, ExpertLoad* load, float swiglu_limit) {
   const int64_t T = routing.tokens, k = routing.top_k, slots = T * k;
-  // Counting sort of slots by expert: group_start[e]..group_start[e+1] are expert e's slots.
-  std::vector<int64_t> group_start(n_experts + 1, 0);
-  for (int64_t s = 0; s < slots; ++s) ++group_start[routing.experts[s] + 1];
+  ExpertGroups groups;
+  groups.build(routing, n_experts);
   if (load)
-    for (int64_t e = 0; e < n_experts; ++e) load->add(layer, e, group_start[e + 1]);
-  for (int64_t e = 0; e < n_experts; ++e) group_start[e + 1] += group_start[e];
-  std::vector<int64_t> slot_of_row(slots);  // [slots] grouped row -> (token*k + j)
-  std::vector<int64_t> row_of_slot(slots);  // [slots] (token*k + j) -> grouped row
-  {
-    std::vector<int64_t> next(group_start.begin(), group_start.end() - 1);
-    for (int64_t s = 0; s < slots; ++s) {
-      const int64_t row = next[routing.experts[s]]++;
-      slot_of_row[row] = s;
-      row_of_slot[s] = row;
-    }
-  }
+    for (int32_t e : groups.active) load->add(layer, e, groups.count(e));
   std::vector<float> grouped_x(slots * D), grouped_y(slots * D);  // [slots, D] in expert order
   for (int64_t row = 0; row < slots; ++row)
-    std::copy_n(x + (slot_of_row[row] / k) * D, D, grouped_x.data() + row * D);
-  for (int64_t e = 0; e < n_experts; ++e) {
-    const int64_t first = group_start[e], count = group_start[e + 1] - first;
-    if (count == 0) continue;
-    mlp_forward(grouped_y.data() + first * D, grouped_x.data() + first * D, count, store.expert(layer, e),
-                swiglu_limit);
+    std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped_x.data() + row * D);
+  // In chunks a disk cache can pin at once; each expert's rows are computed alone, so the result
+  // does not depend on the chunking.
+  const std::span<const int32_t> active(groups.active);
+  for (size_t done = 0; done < active.size();) {
+    const std::span<const int32_t> chunk = active.subspan(done, std::min<size_t>(active.size() - done, store.max_pinned()));
+    store.acquire(layer, chunk);
+    for (int32_t e : chunk) {
+      const int64_t first = groups.start[e];
+      mlp_forward(grouped_y.data() + first * D, grouped_x.data() + first * D, groups.count(e), store.expert(layer, e),
+                  swiglu_limit);
+    }
+    store.release(layer, chunk);
+    done += chunk.size();
   }
   // Combine in slot order so the sum is the same whatever the grouping.
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const float weight = routing.weights[t * k + j];
-      const float* y = grouped_y.data() + row_of_slot[t * k + j] * D;
+      const float* y = grouped_y.data() + groups.row_of_slot[t * k + j] * D;
       float* o = out + t * D;
       for (int64_t i = 0; i < D; ++i) o[i] += weight * y[i];
     }

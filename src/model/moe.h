@@ -31,18 +31,41 @@ struct Routing {
   std::vector<float> weights;    // [T, k]
 };
 
-// Where routed experts come from: memory now; later a disk cache, a remote shard or a pool shared
-// across layers. The MoE layer asks; it does not care which store answers.
+// The routed slots (token t, choice j) = t*k + j sorted by expert (a counting sort), so each
+// expert runs once on its contiguous rows [start[e], start[e+1]). `active` lists the experts with
+// rows in ascending order: with thousands of experts and few tokens most have none, and loops over
+// `active` cost nothing for them.
+struct ExpertGroups {
+  std::vector<int64_t> start;        // [E+1]
+  std::vector<int32_t> active;       // [experts with rows]
+  std::vector<int64_t> slot_of_row;  // [T*k] grouped row -> slot
+  std::vector<int64_t> row_of_slot;  // [T*k] slot -> grouped row
+
+  void build(const Routing& routing, int64_t n_experts);
+  int64_t count(int64_t expert) const { return start[expert + 1] - start[expert]; }
+};
+
+// Where routed experts come from: memory now (an expert pool's layers share one set); later a
+// disk cache or a remote shard. The MoE layer asks; it does not care which store answers.
 class ExpertStore {
  public:
   virtual ~ExpertStore() = default;
   virtual const MlpWeights& expert(int64_t layer, int64_t expert) const = 0;
+  // A disk cache (model/expert_cache.h) answers expert() only for the experts pinned by acquire()
+  // until their release(), at most max_pinned() at once; memory answers for every expert always.
+  virtual int64_t max_pinned() const { return INT64_MAX; }
+  virtual void acquire(int64_t /*layer*/, std::span<const int32_t> /*experts*/) const {}
+  virtual void release(int64_t /*layer*/, std::span<const int32_t> /*experts*/) const {}
+  // A hint that `layer` will probably want these experts next (read in the background).
+  virtual void prefetch(int64_t /*layer*/, std::span<const int32_t> /*experts*/) const {}
+  virtual bool prefetching() const { return false; }
 };
 
 // Experts resident in memory (views into the mapped checkpoint), owned by the model's weights.
 class InMemoryExpertStore final : public ExpertStore {
  public:
-  // experts[layer] lists that layer's experts (empty for dense layers).
+  // experts[layer] lists that layer's experts (empty for dense layers; the same span for the
+  // layers of one expert pool).
   explicit InMemoryExpertStore(std::vector<std::span<const MlpWeights>> experts) : experts_(std::move(experts)) {}
   const MlpWeights& expert(int64_t layer, int64_t e) const override { return experts_[layer][e]; }
 
@@ -69,7 +92,7 @@ class ExpertLoad {
   std::unique_ptr<std::atomic<int64_t>[]> counts_;  // [layers, experts]
 };
 
-// Groups the T*k (token, expert) slots by expert (a counting sort), runs each active expert once on
+// Groups the T*k (token, expert) slots by expert (ExpertGroups), runs each active expert once on
 // its contiguous group, and adds the weighted results back per token.
 // out [T, D] += sum_j weight[t,j] * expert_{e[t,j]}(x[t]).
 // `load` (optional) receives the per-expert token counts; swiglu_limit as in mlp_forward.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <fstream>
 
+#include "model/expert_cache.h"  // available_memory
 #include "util/error.h"
 
 namespace megamoe {
@@ -21,16 +22,6 @@ std::string_view to_string(FinishReason reason) {
 }
 
 namespace {
-
-// MemAvailable from /proc/meminfo, in bytes (nullopt where the file is not there).
-std::optional<int64_t> available_memory() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key, unit;
-  int64_t kib = 0;
-  while (meminfo >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  return std::nullopt;
-}
 
 std::string gib(int64_t bytes) { return fmt::format("{:.2f} GiB", double(bytes) / double(1ll << 30)); }
 
