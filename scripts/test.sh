@@ -10,5 +10,6 @@ scripts/build.sh
 if [ "${MEGAMOE_SKIP_SANITIZE:-0}" != 1 ]; then
   MEGAMOE_BUILD_DIR=build-sanitize MEGAMOE_BUILD_TARGET=megamoe_unit_tests \
     scripts/build.sh -DMEGAMOE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
-  (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j2 -L unit)
+  (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/../tests/lsan.supp" \
+    UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j2 -L unit)
 fi
