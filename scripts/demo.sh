@@ -10,7 +10,7 @@
 #   DATA           text to train on (default: every fortune file of /usr/share/games/fortunes, gathered
 #                  into $OUT/fortunes.txt)
 #   OUT            out/mega-demo: model/ (the checkpoint), metrics.jsonl, metrics-*.png (the plots)
-#   STEPS=250 SEQ_LEN=64 BATCH_SIZE=16 LR=3e-3
+#   STEPS=800 SEQ_LEN=64 BATCH_SIZE=16 LR=3e-3
 #   BALANCE        bias (none | aux-loss | seq-aux-loss | bias)
 #   BIAS_UPDATE_RATE 1e-2 (with BALANCE=bias: a short run needs a faster bias than DeepSeek's 1e-3)
 #   THREADS        0 (all cores)
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 MODEL_CONFIG=${MODEL_CONFIG:-configs/mega-demo.json}
 OUT=${OUT:-out/mega-demo}
 DATA=${DATA:-}
-STEPS=${STEPS:-250}
+STEPS=${STEPS:-800}
 SEQ_LEN=${SEQ_LEN:-64}
 BATCH_SIZE=${BATCH_SIZE:-16}
 LR=${LR:-3e-3}
