@@ -102,16 +102,9 @@ std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::pa
   model->expert_spans_ = experts;
   model->experts_ = std::make_unique<InMemoryExpertStore>(std::move(experts));
 
-  std::optional<YarnScaling> yarn;
-  double rope_magnitude = 1, attention_magnitude = 1;
-  if (c.yarn) {
-    const YarnConfig& y = *c.yarn;
-    yarn = YarnScaling{y.factor, double(y.original_max_position_embeddings), y.beta_fast, y.beta_slow};
-    rope_magnitude = yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim);
-    attention_magnitude = yarn_mscale(y.factor, y.mscale_all_dim);  // 1 when mscale_all_dim is 0
-  }
-  model->rope_ = Rope::make(c.qk_rope_head_dim, c.rope_theta, yarn, rope_magnitude);
-  model->softmax_scale_ = float(attention_magnitude * attention_magnitude / std::sqrt(double(c.qk_head_dim())));
+  const MlaRope rope = mla_rope(c);
+  model->rope_ = rope.rope;
+  model->softmax_scale_ = rope.softmax_scale;
   return model;
 }
 
@@ -128,6 +121,19 @@ std::unique_ptr<SequenceCache> DeepseekV3Model::new_cache(int64_t capacity) cons
 
 int64_t DeepseekV3Model::cache_bytes_per_token() const {
   return config_.num_hidden_layers * (config_.kv_lora_rank + config_.qk_rope_head_dim) * int64_t(sizeof(float));
+}
+
+MlaRope mla_rope(const ModelConfig& c) {
+  std::optional<YarnScaling> yarn;
+  double rope_magnitude = 1, attention_magnitude = 1;
+  if (c.yarn) {
+    const YarnConfig& y = *c.yarn;
+    yarn = YarnScaling{y.factor, double(y.original_max_position_embeddings), y.beta_fast, y.beta_slow};
+    rope_magnitude = yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim);
+    attention_magnitude = yarn_mscale(y.factor, y.mscale_all_dim);  // 1 when mscale_all_dim is 0
+  }
+  return {Rope::make(c.qk_rope_head_dim, c.rope_theta, yarn, rope_magnitude),
+          float(attention_magnitude * attention_magnitude / std::sqrt(double(c.qk_head_dim())))};
 }
 
 namespace {

@@ -54,6 +54,14 @@ struct ModelWeights {
 void for_each_tensor(const ModelConfig& c, ModelWeights* weights,
                      const std::function<void(const TensorSpec&, TensorSlot)>& visit);
 
+// MLA's rotary embedding with YaRN when the config has rope_scaling (MODEL.md section 2), and the
+// attention's softmax scale mscale(mscale_all_dim)^2 / sqrt(qk_head_dim). Inference and training share it.
+struct MlaRope {
+  Rope rope;
+  float softmax_scale = 1;
+};
+MlaRope mla_rope(const ModelConfig& c);
+
 // The absorbed MLA cache (MODEL.md section 2): per layer and token only the normalized latent
 // (kv_lora_rank values) and the roped key (qk_rope_head_dim values).
 class MlaCache final : public SequenceCache {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/deepseek_v3.h"
 #include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "train/layers.h"
@@ -12,19 +13,10 @@
 namespace megamoe {
 
 AttentionSetup AttentionSetup::make(const ModelConfig& c, int64_t seq_len) {
-  // As DeepseekV3Model::load sets up inference: YaRN frequencies, the cos/sin magnitude, and the
-  // softmax factor mscale(mscale_all_dim)^2; the table holds what Rope::apply computes per call.
-  std::optional<YarnScaling> yarn;
-  double rope_magnitude = 1, attention_magnitude = 1;
-  if (c.yarn) {
-    const YarnConfig& y = *c.yarn;
-    yarn = YarnScaling{y.factor, double(y.original_max_position_embeddings), y.beta_fast, y.beta_slow};
-    rope_magnitude = yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim);
-    attention_magnitude = yarn_mscale(y.factor, y.mscale_all_dim);
-  }
+  // The same rope and softmax scale as inference; the table holds what Rope::apply computes per call.
+  const auto [rope, softmax_scale] = mla_rope(c);
   AttentionSetup setup;
-  setup.softmax_scale = float(attention_magnitude * attention_magnitude / std::sqrt(double(c.qk_head_dim())));
-  const Rope rope = Rope::make(c.qk_rope_head_dim, c.rope_theta, yarn, rope_magnitude);
+  setup.softmax_scale = softmax_scale;
   const int64_t half = setup.rope_pairs = c.qk_rope_head_dim / 2;
   setup.rope_table.resize(seq_len * half * 2);
   for (int64_t pos = 0; pos < seq_len; ++pos)
