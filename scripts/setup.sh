@@ -17,6 +17,7 @@ packages=(
   fortunes             # the main demo's training text (/usr/share/games/fortunes)
   openmpi-bin libopenmpi-dev  # MPI: expert-parallel runs and data-parallel training (mpirun -np N megamoe ...)
   python3 python3-torch python3-numpy  # independent PyTorch reference models in tests/
+  time                 # /usr/bin/time -v: peak resident memory in the streaming tests
 )
 # Node.js builds from NodeSource bundle npm and conflict with Debian's npm package.
 command -v npm >/dev/null || packages+=(npm)
