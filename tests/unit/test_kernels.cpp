@@ -18,13 +18,7 @@
 namespace megamoe {
 namespace {
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
+using testing::random_floats;
 
 bool is_block_format(DType format) {
   return format == DType::Q8_0 || format == DType::Q4_0 || format == DType::F4_E2M1;

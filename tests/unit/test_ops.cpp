@@ -9,17 +9,12 @@
 
 #include "ops/elementwise.h"
 #include "ops/rope.h"
+#include "test_support.h"
 
 namespace megamoe {
 namespace {
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
+using testing::random_floats;
 
 TEST(ElementwiseTest, RmsNormMatchesDefinition) {
   const int64_t T = 3, D = 37;

@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "util/error.h"
 
@@ -55,6 +56,15 @@ inline void expect_error(const std::function<void()>& action, std::initializer_l
       EXPECT_NE(std::string_view(e.what()).find(fragment), std::string_view::npos)
           << "message \"" << e.what() << "\" does not mention \"" << fragment << "\"";
   }
+}
+
+// n values uniform in [-scale, scale], repeatable from the seed.
+inline std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
 }
 
 }  // namespace megamoe::testing
