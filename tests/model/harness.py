@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 import unittest
@@ -57,6 +58,27 @@ def megamoe_logits(model_dir, tokens, output_path):
 
 
 # ---- inputs and comparisons ----
+
+def config_path(name):
+    """tests/configs/<name>.json."""
+    return os.path.join(CONFIG_DIR, name + ".json")
+
+
+def read_raw(path):
+    """(header dict, data bytes) of a safetensors file, parsed by hand."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (length,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + length]), blob[8 + length:]
+
+
+def write_raw(path, header, data):
+    """A safetensors file from a header dict and data bytes, for malformed-input tests."""
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as writers do
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
 
 def load_json(path):
     with open(path) as f:

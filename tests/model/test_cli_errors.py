@@ -7,7 +7,6 @@ the file, tensor, key or argument at fault, and leaves no output (or half-writte
 import json
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import unittest
@@ -20,21 +19,6 @@ CONFIG = os.path.join(harness.CONFIG_DIR, "v3-noaux-yarn.json")
 def run(*args):
     command = [harness.megamoe_binary(), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
-def read_raw(path):
-    """(header dict, data bytes) of a safetensors file, parsed by hand."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    (length,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8:8 + length]), blob[8 + length:]
-
-
-def write_raw(path, header, data):
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as writers do
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
 
 
 class CliErrors(unittest.TestCase):
@@ -72,9 +56,9 @@ class CliErrors(unittest.TestCase):
         self.assertEqual(leftovers, [], "no output, not even a temporary file")
 
     def edit_header(self, edit):
-        header, data = read_raw(self.weights)
+        header, data = harness.read_raw(self.weights)
         edit(header)
-        write_raw(self.weights, header, data)
+        harness.write_raw(self.weights, header, data)
 
     def edit_config(self, edit):
         path = os.path.join(self.model, "config.json")

@@ -21,10 +21,6 @@ import deepseek_v3
 CONFIGS = ("v2-lite-greedy", "v3-noaux-yarn")
 
 
-def config_path(name):
-    return os.path.join(harness.CONFIG_DIR, name + ".json")
-
-
 class Generation(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -32,7 +28,7 @@ class Generation(unittest.TestCase):
         cls.models = {}
         for i, name in enumerate(CONFIGS):
             cls.models[name] = os.path.join(cls.tmp.name, name)
-            harness.synth(config_path(name), "fp8", 40 + i, cls.models[name])
+            harness.synth(harness.config_path(name), "fp8", 40 + i, cls.models[name])
 
     @classmethod
     def tearDownClass(cls):
@@ -40,7 +36,7 @@ class Generation(unittest.TestCase):
 
     def test_incremental_logits_equal_full_pass(self):
         for name, model in self.models.items():
-            vocab = harness.load_json(config_path(name))["vocab_size"]
+            vocab = harness.load_json(harness.config_path(name))["vocab_size"]
             tokens = harness.random_tokens(vocab, 17, 5)
             full = harness.megamoe_logits(model, tokens, os.path.join(self.tmp.name, "full.npy"))
             for chunk in (1, 4):
@@ -55,7 +51,7 @@ class Generation(unittest.TestCase):
         steps = 8
         for name, model in self.models.items():
             with self.subTest(config=name):
-                vocab = harness.load_json(config_path(name))["vocab_size"]
+                vocab = harness.load_json(harness.config_path(name))["vocab_size"]
                 prompt = harness.random_tokens(vocab, 5, 9)
                 out = harness.run_megamoe("generate", "--model", model, "--prompt-ids", ",".join(map(str, prompt)),
                                           "--max-tokens", steps, "--print-ids", "--ignore-eos")

@@ -41,10 +41,6 @@ TOLERANCE = 1e-3         # max|megamoe - reference| <= TOLERANCE * max|reference
 PROMPT_SEEDS = (2, 0, 1, 6, 4, 9)  # tried in order until one prompt agrees with the reference (see above)
 
 
-def config_path(name):
-    return os.path.join(harness.CONFIG_DIR, name + ".json")
-
-
 class V4Models(unittest.TestCase):
     """One checkpoint per tiny config and dtype, shared by the tests."""
 
@@ -83,7 +79,7 @@ class V4Logits(V4Models):
     def test_logits_match_reference(self):
         for (name, dtype), model in self.models.items():
             with self.subTest(config=name, dtype=dtype):
-                config = harness.load_json(config_path(name))
+                config = harness.load_json(harness.config_path(name))
 
                 def error(seed):
                     tokens = harness.random_tokens(config["vocab_size"], TOKEN_COUNT, seed)
@@ -94,7 +90,7 @@ class V4Logits(V4Models):
     def test_incremental_decoding_equals_prefill(self):
         for (name, dtype), model in self.models.items():
             with self.subTest(config=name, dtype=dtype):
-                config = harness.load_json(config_path(name))
+                config = harness.load_json(harness.config_path(name))
 
                 tokens = harness.random_tokens(config["vocab_size"], INCREMENTAL_TOKENS, PROMPT_SEEDS[0])
                 prefill = self.logits(model, tokens)
@@ -105,7 +101,7 @@ class V4Logits(V4Models):
     def test_sharded_checkpoint_gives_the_same_logits(self):
         name = "v4-csa-hca"
         sharded = os.path.join(self.tmp.name, "sharded")
-        harness.synth(config_path(name), "fp8", 10 * [n for n, _ in harness.tiny_v4_configs()].index(name) + 1,
+        harness.synth(harness.config_path(name), "fp8", 10 * [n for n, _ in harness.tiny_v4_configs()].index(name) + 1,
                       sharded, shards=3)
         tokens = harness.random_tokens(512, 12, 1)
         np.testing.assert_array_equal(self.logits(sharded, tokens), self.logits(self.models[name, "fp8"], tokens))
@@ -129,7 +125,7 @@ class V4SynthLayout(V4Models):
     def test_layout(self):
         for (name, dtype), model in self.models.items():
             with self.subTest(config=name, dtype=dtype):
-                config = harness.load_json(config_path(name))
+                config = harness.load_json(harness.config_path(name))
                 written = harness.load_json(os.path.join(model, "config.json"))
                 for key, value in config.items():
                     if key != "expert_dtype":
@@ -158,7 +154,7 @@ class V4SynthLayout(V4Models):
 
     def test_inspect_counts_the_files(self):
         name = "v4-csa-hca"
-        config = harness.load_json(config_path(name))
+        config = harness.load_json(harness.config_path(name))
         summary = json.loads(harness.run_megamoe("inspect", self.models[name, "fp8"], "--json"))
         shapes = harness.v4_tensor_shapes(config)
         count = lambda shape: math.prod(shape)
@@ -170,20 +166,6 @@ class V4SynthLayout(V4Models):
         self.assertEqual(summary["active_parameters"],
                          total - routed + routed * config["num_experts_per_tok"] // config["n_routed_experts"])
         self.assertEqual(summary["unused_tensors"], 0)
-
-
-def read_raw(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (length,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8:8 + length]), blob[8 + length:]
-
-
-def write_raw(path, header, data):
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
 
 
 class V4BadInput(V4Models):
@@ -205,9 +187,9 @@ class V4BadInput(V4Models):
         shutil.rmtree(model, ignore_errors=True)
         shutil.copytree(self.models[name, dtype], model)
         weights = os.path.join(model, "model.safetensors")
-        header, data = read_raw(weights)
+        header, data = harness.read_raw(weights)
         edit(header, data)
-        write_raw(weights, header, data)
+        harness.write_raw(weights, header, data)
         return model
 
     def test_missing_tensors(self):
@@ -241,10 +223,10 @@ class V4BadInput(V4Models):
         shutil.rmtree(model, ignore_errors=True)
         shutil.copytree(self.models["v4-csa-hca", "fp8"], model)
         weights = os.path.join(model, "model.safetensors")
-        header, data = read_raw(weights)
+        header, data = harness.read_raw(weights)
         data = bytearray(data)
         corrupt(header, data)
-        write_raw(weights, header, bytes(data))
+        harness.write_raw(weights, header, bytes(data))
         self.expect_failure(model, "layers.0.ffn.gate.tid2eid", "99")
 
     def test_inconsistent_config(self):
