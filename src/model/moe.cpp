@@ -4,16 +4,15 @@
 
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "util/scratch.h"
 
 namespace megamoe {
 
 void mlp_forward(float* y, const float* x, int64_t T, const MlpWeights& w, float swiglu_limit) {
-  const int64_t I = w.gate.rows;
-  std::vector<float> gate(T * I), up(T * I);  // [T, I]
-  matmul(gate.data(), x, T, w.gate);
-  matmul(up.data(), x, T, w.up);
-  swiglu(gate.data(), up.data(), T * I, swiglu_limit);
-  matmul(y, gate.data(), T, w.down);
+  thread_local Scratch<float> hidden;  // [T, I]
+  float* h = hidden.get(T * w.gate.rows);
+  matmul_swiglu(h, x, T, w.gate, w.up, swiglu_limit);
+  matmul(y, h, T, w.down);
 }
 
 ExpertLoad::ExpertLoad(int64_t layers, int64_t experts)
@@ -57,9 +56,11 @@ void dispatch_experts(float* out, const float* x, int64_t D, const Routing& rout
   groups.build(routing, n_experts);
   if (load)
     for (int32_t e : groups.active) load->add(layer, e, groups.count(e));
-  std::vector<float> grouped_x(slots * D), grouped_y(slots * D);  // [slots, D] in expert order
-  for (int64_t row = 0; row < slots; ++row)
-    std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped_x.data() + row * D);
+  thread_local Scratch<float> grouped_x_buffer, grouped_y_buffer;
+  float* grouped_x = grouped_x_buffer.get(slots * D);  // [slots, D] in expert order
+  float* grouped_y = grouped_y_buffer.get(slots * D);  // [slots, D]
+#pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
+  for (int64_t row = 0; row < slots; ++row) std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped_x + row * D);
   // In chunks a disk cache can pin at once; each expert's rows are computed alone, so the result
   // does not depend on the chunking.
   const std::span<const int32_t> active(groups.active);
@@ -68,17 +69,17 @@ void dispatch_experts(float* out, const float* x, int64_t D, const Routing& rout
     store.acquire(layer, chunk);
     for (int32_t e : chunk) {
       const int64_t first = groups.start[e];
-      mlp_forward(grouped_y.data() + first * D, grouped_x.data() + first * D, groups.count(e), store.expert(layer, e),
-                  swiglu_limit);
+      mlp_forward(grouped_y + first * D, grouped_x + first * D, groups.count(e), store.expert(layer, e), swiglu_limit);
     }
     store.release(layer, chunk);
     done += chunk.size();
   }
   // Combine in slot order so the sum is the same whatever the grouping.
+#pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const float weight = routing.weights[t * k + j];
-      const float* y = grouped_y.data() + groups.row_of_slot[t * k + j] * D;
+      const float* y = grouped_y + groups.row_of_slot[t * k + j] * D;
       float* o = out + t * D;
       for (int64_t i = 0; i < D; ++i) o[i] += weight * y[i];
     }

@@ -8,6 +8,7 @@ namespace megamoe {
 void rms_norm(float* out, const float* x, const float* weight, int64_t T, int64_t D, float eps,
               int64_t x_stride) {
   if (x_stride < 0) x_stride = D;
+#pragma omp parallel for schedule(static) if (T * D >= kParallelGrain)
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * x_stride;
     double sum_squares = 0;
@@ -31,14 +32,8 @@ float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 float softplus(float x) { return x > 20 ? x : std::log1p(std::exp(x)); }
 
 void swiglu(float* gate, const float* up, int64_t n, float limit) {
-  if (limit <= 0) {
-    for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
-    gate[i] = g / (1.f + std::exp(-g)) * u;
-  }
+#pragma omp parallel for schedule(static) if (n >= kParallelGrain)
+  for (int64_t i = 0; i < n; ++i) gate[i] = swiglu_value(gate[i], up[i], limit);
 }
 
 }  // namespace megamoe

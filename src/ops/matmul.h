@@ -15,6 +15,12 @@ namespace megamoe {
 // count (on one SIMD target), so prefill, step-by-step decode and any batching agree exactly.
 void matmul(float* y, const float* x, int64_t T, const WeightView& W);
 
+// h [T, I] = swiglu(x @ gate^T, x @ up^T) (elementwise.h) for gate and up [I, K]: an MLP's first two
+// products and SwiGLU fused, each tile combined while it is in cache. Bit for bit what matmul, matmul
+// and swiglu give, batch invariant like matmul.
+void matmul_swiglu(float* h, const float* x, int64_t T, const WeightView& gate, const WeightView& up,
+                   float swiglu_limit = 0);
+
 // Whether matmul rounds the activations to q8_0 blocks against weights in this format.
 bool matmul_quantizes_activations(DType weight_format);
 

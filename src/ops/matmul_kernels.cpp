@@ -25,8 +25,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
+#include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "util/error.h"
@@ -392,11 +394,11 @@ struct DecodedRows {
   float Scale(int64_t r, int64_t k) const { return w.Scale(rows[r], k); }
 };
 
-// y [t_begin..t_end, rows] of one row tile (y points at its first row, n_out <= R of them real), C
-// tokens at a time. Edge tiles repeat their last row or token (same work, no extra instantiations)
-// and store only the real ones.
+// y [t_begin..t_end, rows] of one row tile (y points at token t_begin's first row of the tile, rows
+// `ld` apart, n_out <= R of them real), C tokens at a time. Edge tiles repeat their last row or token
+// (same work, no extra instantiations) and store only the real ones.
 template <size_t R, size_t C, class Rows>
-HWY_INLINE void TileTokens(float* y, int64_t n_rows, int64_t n_out, const float* x, const QuantizedActivations& xq,
+HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, const QuantizedActivations& xq,
                            int64_t t_begin, int64_t t_end, int64_t K, const Rows& w, const int64_t* rows) {
   for (int64_t t0 = t_begin; t0 < t_end; t0 += C) {
     float sums[R * C];
@@ -415,16 +417,18 @@ HWY_INLINE void TileTokens(float* y, int64_t n_rows, int64_t n_out, const float*
       FloatTile<R, C>(sums, w, rows, xs, K);
     }
     for (size_t c = 0; c < C && t0 + int64_t(c) < t_end; ++c)
-      for (size_t r = 0; r < size_t(n_out); ++r) y[(t0 + c) * n_rows + r] = sums[r * C + c];
+      for (size_t r = 0; r < size_t(n_out); ++r) y[(t0 - t_begin + c) * ld + r] = sums[r * C + c];
   }
 }
 
-// y [T, n_rows] for all tokens. Threads split the row tiles statically (the same rows for every
-// token block, so a thread's weights stay in its caches); tokens go in blocks whose activations
-// stay in L2 while the thread's tiles pass over them.
+// y [T, n_rows] for all tokens; with `up`, y = swiglu(x @ w^T, x @ up^T) instead, each tile's two
+// products combined as soon as both are done (the expert's first two matrices in one pass, no
+// [T, n_rows] intermediate). Threads split the row tiles statically (the same rows for every token
+// block, so a thread's weights stay in its caches); tokens go in blocks whose activations stay in L2
+// while the thread's tiles pass over them.
 template <size_t R, size_t C, class Rows>
 void Tiles(float* y, const float* x, const QuantizedActivations& xq, int64_t T, int64_t n_rows, int64_t K,
-           const Rows& w) {
+           const Rows& w, const Rows* up = nullptr, float swiglu_limit = 0) {
   const int64_t n_tiles = (n_rows + R - 1) / R;
   const int64_t token_bytes = Rows::kInt8 ? K + K / kQuantBlock * 4 : K * 4;
   const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
@@ -433,27 +437,37 @@ void Tiles(float* y, const float* x, const QuantizedActivations& xq, int64_t T, 
   {
     hwy::AlignedFreeUniquePtr<float[]> decoded;  // [R, K]
     if (decode) decoded = hwy::AllocateAligned<float>(size_t(R * K));
+    std::vector<float> up_sums(up ? size_t(std::min(T, block) * R) : 0);  // [block, R]
+    // One tile of `weight`'s rows for tokens [t_begin, t_end) into out (rows ld apart).
+    auto tile_products = [&](float* out, int64_t ld, const Rows& weight, const int64_t* rows, int64_t n_out,
+                             int64_t t_begin, int64_t t_end) {
+      if constexpr (!Rows::kInt8) {
+        if (decode) {
+          int64_t local[R];
+          for (size_t r = 0; r < R; ++r) {
+            local[r] = int64_t(r);
+            weight.Dequantize(decoded.get() + r * K, rows[r], 0, K, /*unscaled=*/true);
+          }
+          const DecodedRows<Rows> buffered{decoded.get(), K, weight, rows};
+          return TileTokens<R, C>(out, ld, n_out, x, xq, t_begin, t_end, K, buffered, local);
+        }
+      }
+      TileTokens<R, C>(out, ld, n_out, x, xq, t_begin, t_end, K, weight, rows);
+    };
     for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
       const int64_t t_end = std::min(T, t_begin + block);
 #pragma omp for schedule(static) nowait
       for (int64_t tile = 0; tile < n_tiles; ++tile) {
         int64_t rows[R];
         for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
-        float* out = y + tile * R;
+        float* out = y + t_begin * n_rows + tile * R;
         const int64_t n_out = std::min<int64_t>(R, n_rows - tile * R);
-        if constexpr (!Rows::kInt8) {
-          if (decode) {
-            int64_t local[R];
-            for (size_t r = 0; r < R; ++r) {
-              local[r] = int64_t(r);
-              w.Dequantize(decoded.get() + r * K, rows[r], 0, K, /*unscaled=*/true);
-            }
-            const DecodedRows<Rows> buffered{decoded.get(), K, w, rows};
-            TileTokens<R, C>(out, n_rows, n_out, x, xq, t_begin, t_end, K, buffered, local);
-            continue;
-          }
-        }
-        TileTokens<R, C>(out, n_rows, n_out, x, xq, t_begin, t_end, K, w, rows);
+        tile_products(out, n_rows, w, rows, n_out, t_begin, t_end);
+        if (!up) continue;
+        tile_products(up_sums.data(), R, *up, rows, n_out, t_begin, t_end);
+        for (int64_t t = 0; t < t_end - t_begin; ++t)
+          for (int64_t r = 0; r < n_out; ++r)
+            out[t * n_rows + r] = swiglu_value(out[t * n_rows + r], up_sums[t * R + r], swiglu_limit);
       }
     }
   }
@@ -502,10 +516,13 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
 // Entry points (one per target, picked by HWY_DYNAMIC_DISPATCH).
 
 template <class Rows>
-void MatmulRows(float* y, const float* x, const QuantizedActivations& xq, int64_t T, const WeightView& W) {
+void MatmulRows(float* y, const float* x, const QuantizedActivations& xq, int64_t T, const WeightView& W,
+                const WeightView* up, float swiglu_limit) {
   const Rows w(W);
-  if (T == 1) return Tiles<kTileRows, 1>(y, x, xq, T, W.rows, W.cols, w);
-  Tiles<kTileRows, TokensPerTile<Rows>()>(y, x, xq, T, W.rows, W.cols, w);
+  const std::optional<Rows> u = up ? std::optional<Rows>(*up) : std::nullopt;
+  const Rows* u_ptr = u ? &*u : nullptr;
+  if (T == 1) return Tiles<kTileRows, 1>(y, x, xq, T, W.rows, W.cols, w, u_ptr, swiglu_limit);
+  Tiles<kTileRows, TokensPerTile<Rows>()>(y, x, xq, T, W.rows, W.cols, w, u_ptr, swiglu_limit);
 }
 
 template <class Op>
@@ -530,8 +547,10 @@ void WithRows(const WeightView& W, Op&& op) {
   }
 }
 
-void Matmul(float* y, const float* x, const QuantizedActivations* xq, int64_t T, const WeightView& W) {
-  WithRows(W, [&](const auto& w) { MatmulRows<std::decay_t<decltype(w)>>(y, x, *xq, T, W); });
+// up: see matmul_swiglu (same format and shape as W, checked by the caller).
+void Matmul(float* y, const float* x, const QuantizedActivations* xq, int64_t T, const WeightView& W,
+            const WeightView* up, float swiglu_limit) {
+  WithRows(W, [&](const auto& w) { MatmulRows<std::decay_t<decltype(w)>>(y, x, *xq, T, W, up, swiglu_limit); });
 }
 
 void DequantizeRow(float* out, const WeightView& W, int64_t row) {
@@ -551,17 +570,39 @@ bool matmul_quantizes_activations(DType weight_format) {
   return weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1;
 }
 
-void matmul(float* y, const float* x, int64_t T, const WeightView& W) {
-  W.check();
+namespace {
+
+// y = x @ W^T, or with `up` swiglu(x @ W^T, x @ up^T); the activations rounded to q8_0 once for both.
+void run_matmul(float* y, const float* x, int64_t T, const WeightView& W, const WeightView* up, float swiglu_limit) {
   if (T <= 0 || W.rows <= 0) return;
   if (W.cols == 0) {
-    std::fill_n(y, T * W.rows, 0.f);
+    std::fill_n(y, T * W.rows, up ? swiglu_value(0, 0, swiglu_limit) : 0.f);
     return;
   }
   thread_local QuantizedActivations xq;  // reused: decode calls matmul thousands of times per second
   if (matmul_quantizes_activations(W.dtype))
     HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&xq, x, T, W.cols, W.dtype == DType::F4_E2M1);
-  HWY_DYNAMIC_DISPATCH(Matmul)(y, x, &xq, T, W);
+  HWY_DYNAMIC_DISPATCH(Matmul)(y, x, &xq, T, W, up, swiglu_limit);
+}
+
+}  // namespace
+
+void matmul(float* y, const float* x, int64_t T, const WeightView& W) {
+  W.check();
+  run_matmul(y, x, T, W, nullptr, 0);
+}
+
+void matmul_swiglu(float* h, const float* x, int64_t T, const WeightView& gate, const WeightView& up,
+                   float swiglu_limit) {
+  gate.check();
+  up.check();
+  if (gate.rows != up.rows || gate.cols != up.cols)
+    fail("gate [{}, {}] and up [{}, {}] projections differ in shape", gate.rows, gate.cols, up.rows, up.cols);
+  if (gate.dtype == up.dtype) return run_matmul(h, x, T, gate, &up, swiglu_limit);
+  std::vector<float> up_products(size_t(T * up.rows));  // [T, I]: formats differ, so two passes
+  run_matmul(h, x, T, gate, nullptr, 0);
+  run_matmul(up_products.data(), x, T, up, nullptr, 0);
+  swiglu(h, up_products.data(), T * gate.rows, swiglu_limit);
 }
 
 void dequantize_row(float* out, const WeightView& W, int64_t row) {

@@ -9,11 +9,9 @@
 #pragma once
 #include <cstdint>
 
-namespace megamoe {
+#include "ops/elementwise.h"  // kParallelGrain
 
-// Loops with less work than this (multiply-adds or element updates) run on one thread: starting
-// and joining a team of threads costs microseconds, and far more on a loaded machine.
-inline constexpr int64_t kParallelGrain = 1 << 16;
+namespace megamoe {
 
 // y [N, out] = x [N, in] @ w^T, w [out, in] (a linear layer without bias).
 void linear_forward(float* y, const float* x, const float* w, int64_t N, int64_t out, int64_t in);

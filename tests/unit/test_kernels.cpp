@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "test_support.h"
@@ -173,6 +174,36 @@ TEST_P(KernelTest, EveryTokenGetsTheSameBitsWhateverTheBatch) {
       expect_same("other thread count");
     }
   }
+}
+
+// The fused MLP entry is bit for bit matmul, matmul and swiglu, with and without V4's clamp, for
+// T = 1 and a batch spanning several token blocks, on every target; mixed formats take two passes.
+TEST_P(KernelTest, MatmulSwigluEqualsTwoProductsAndSwiglu) {
+  const DType format = GetParam();
+  const int64_t rows = 37, cols = is_block_format(format) ? 4160 : 4161;
+  const std::vector<float> g = random_floats(size_t(rows * cols), 41, 0.5f), u = random_floats(size_t(rows * cols), 42, 0.5f);
+  const OwnedWeight gate = quantize_weight(format, g.data(), rows, cols), up = quantize_weight(format, u.data(), rows, cols);
+  const OwnedWeight up_f32 = quantize_weight(DType::F32, u.data(), rows, cols);
+  TargetGuard guard;
+  for (const std::string& target : matmul_targets()) {
+    matmul_use_target(target);
+    for (int64_t T : {1, 45})
+      for (float limit : {0.f, 0.05f})
+        for (const OwnedWeight* up_weight : {&up, &up_f32}) {
+          const std::vector<float> x = random_floats(size_t(T * cols), 43);
+          std::vector<float> fused(size_t(T * rows), NAN), expected(size_t(T * rows)), up_products(size_t(T * rows));
+          matmul_swiglu(fused.data(), x.data(), T, gate.view, up_weight->view, limit);
+          matmul(expected.data(), x.data(), T, gate.view);
+          matmul(up_products.data(), x.data(), T, up_weight->view);
+          swiglu(expected.data(), up_products.data(), T * rows, limit);
+          for (int64_t i = 0; i < T * rows; ++i)
+            ASSERT_EQ(std::bit_cast<uint32_t>(fused[i]), std::bit_cast<uint32_t>(expected[i]))
+                << dtype_name(format) << " target " << target << " T " << T << " limit " << limit << " up "
+                << dtype_name(up_weight->view.dtype) << " output " << i;
+        }
+  }
+  std::vector<float> h(1);
+  EXPECT_THROW(matmul_swiglu(h.data(), g.data(), 1, gate.view, up.view.row_slice(0, rows - 1)), std::exception);
 }
 
 TEST_P(KernelTest, DequantizeRowIsExactOnEveryTarget) {
