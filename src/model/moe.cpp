@@ -8,11 +8,26 @@
 
 namespace megamoe {
 
+void mlp_forward(std::span<const MlpJob> jobs, float swiglu_limit) {
+  thread_local Scratch<float> hidden_buffer;
+  int64_t hidden_size = 0;
+  for (const MlpJob& job : jobs) hidden_size += job.T * job.weights->gate.rows;
+  float* hidden = hidden_buffer.get(hidden_size);  // each job's [T, I], one after the other
+  std::vector<MatmulTask> first, second;
+  for (const MlpJob& job : jobs) {
+    const MlpWeights& w = *job.weights;
+    if (w.gate.dtype == w.up.dtype) first.push_back({hidden, job.x, job.T, &w.gate, &w.up});
+    else matmul_swiglu(hidden, job.x, job.T, w.gate, w.up, swiglu_limit);  // rare: no fused pass
+    second.push_back({job.y, hidden, job.T, &w.down});
+    hidden += job.T * w.gate.rows;
+  }
+  matmul_tasks(first, swiglu_limit);
+  matmul_tasks(second);
+}
+
 void mlp_forward(float* y, const float* x, int64_t T, const MlpWeights& w, float swiglu_limit) {
-  thread_local Scratch<float> hidden;  // [T, I]
-  float* h = hidden.get(T * w.gate.rows);
-  matmul_swiglu(h, x, T, w.gate, w.up, swiglu_limit);
-  matmul(y, h, T, w.down);
+  const MlpJob job{y, x, T, &w};
+  mlp_forward({&job, 1}, swiglu_limit);
 }
 
 ExpertLoad::ExpertLoad(int64_t layers, int64_t experts)
@@ -61,16 +76,18 @@ void dispatch_experts(float* out, const float* x, int64_t D, const Routing& rout
   float* grouped_y = grouped_y_buffer.get(slots * D);  // [slots, D]
 #pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
   for (int64_t row = 0; row < slots; ++row) std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped_x + row * D);
-  // In chunks a disk cache can pin at once; each expert's rows are computed alone, so the result
-  // does not depend on the chunking.
+  // All experts in one pass of each kind, in chunks a disk cache can pin at once; each expert's rows
+  // are computed alone, so the result does not depend on the chunking.
   const std::span<const int32_t> active(groups.active);
   for (size_t done = 0; done < active.size();) {
     const std::span<const int32_t> chunk = active.subspan(done, std::min<size_t>(active.size() - done, store.max_pinned()));
     store.acquire(layer, chunk);
+    std::vector<MlpJob> jobs;
     for (int32_t e : chunk) {
       const int64_t first = groups.start[e];
-      mlp_forward(grouped_y + first * D, grouped_x + first * D, groups.count(e), store.expert(layer, e), swiglu_limit);
+      jobs.push_back({grouped_y + first * D, grouped_x + first * D, groups.count(e), &store.expert(layer, e)});
     }
+    mlp_forward(jobs, swiglu_limit);
     store.release(layer, chunk);
     done += chunk.size();
   }

@@ -23,6 +23,17 @@ struct MlpWeights {
 // products first (DeepSeek-V4, see swiglu()).
 void mlp_forward(float* y, const float* x, int64_t T, const MlpWeights& w, float swiglu_limit = 0);
 
+// One MLP applied to its own tokens: y [T, D] = mlp(x [T, D]).
+struct MlpJob {
+  float* y;
+  const float* x;
+  int64_t T;
+  const MlpWeights* weights;
+};
+// Every job, each as mlp_forward alone gives it, with all jobs' gate/up products in one parallel pass
+// and all down products in a second (a layer's experts: two passes instead of two per expert).
+void mlp_forward(std::span<const MlpJob> jobs, float swiglu_limit = 0);
+
 // Which experts each token goes to, and with what weight.
 struct Routing {
   int64_t tokens = 0;

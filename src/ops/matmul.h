@@ -2,6 +2,7 @@
 // block by block inside SIMD kernels chosen at run time (the weight is never expanded in memory).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,19 @@ namespace megamoe {
 // int8. Batch invariant: y[t, r] is bit for bit the same whatever T, the other tokens and the thread
 // count (on one SIMD target), so prefill, step-by-step decode and any batching agree exactly.
 void matmul(float* y, const float* x, int64_t T, const WeightView& W);
+
+// One product of a batch run together: y [T, weight.rows] = x [T, weight.cols] @ weight^T, or with
+// `up` (same format and shape) swiglu(x @ weight^T, x @ up^T) as matmul_swiglu.
+struct MatmulTask {
+  float* y;
+  const float* x;
+  int64_t T;
+  const WeightView* weight;
+  const WeightView* up = nullptr;
+};
+// Every task, each bit for bit as matmul / matmul_swiglu alone would give, in one parallel pass
+// whose threads share out the row tiles of all tasks: an MoE layer's experts as one step.
+void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit = 0);
 
 // h [T, I] = swiglu(x @ gate^T, x @ up^T) (elementwise.h) for gate and up [I, K]: an MLP's first two
 // products and SwiGLU fused, each tile combined while it is in cache. Bit for bit what matmul, matmul

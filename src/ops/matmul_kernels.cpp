@@ -22,6 +22,7 @@
 #include <fmt/ranges.h>
 #include <hwy/aligned_allocator.h>
 #include <hwy/highway.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -451,54 +452,55 @@ HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, 
   }
 }
 
-// y [T, n_rows] for all tokens; with `up`, y = swiglu(x @ w^T, x @ up^T) instead, each tile's two
-// products combined as soon as both are done (the expert's first two matrices in one pass, no
-// [T, n_rows] intermediate). Threads split the row tiles statically (the same rows for every token
-// block, so a thread's weights stay in its caches); tokens go in blocks whose activations stay in L2
-// while the thread's tiles pass over them.
+// Each thread's working memory, grown as needed and kept for the whole parallel pass.
+struct TileBuffers {
+  std::vector<float> decoded;  // [R, K]: a tile's rows of a float format, decoded once
+  std::vector<float> up_sums;  // [token block, R]: the up projection's tile before SwiGLU
+};
+
+// Row tiles [tile_begin, tile_end) of one task, all its tokens, on the calling thread; with `up`,
+// y = swiglu(x @ w^T, x @ up^T), each tile's two products combined as soon as both are done (the
+// expert's first two matrices in one pass, no [T, n_rows] intermediate). Tokens go in blocks whose
+// activations stay in L2 while the range's rows, also in L2, pass over them.
 template <size_t R, size_t C, class Rows>
-void Tiles(float* y, const float* x, const QuantizedActivations& xq, int64_t T, int64_t n_rows, int64_t K,
-           const Rows& w, const Rows* up = nullptr, float swiglu_limit = 0) {
-  const int64_t n_tiles = (n_rows + R - 1) / R;
+void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Rows& w, const Rows* up,
+               float swiglu_limit, int64_t tile_begin, int64_t tile_end, TileBuffers& buffers) {
+  const int64_t T = task.T, n_rows = task.weight->rows, K = task.weight->cols;
   const int64_t token_bytes = Rows::kInt8 ? K + K / kQuantBlock * 4 : K * 4;
   const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
   const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
-#pragma omp parallel
-  {
-    hwy::AlignedFreeUniquePtr<float[]> decoded;  // [R, K]
-    if (decode) decoded = hwy::AllocateAligned<float>(size_t(R * K));
-    std::vector<float> up_sums(up ? size_t(std::min(T, block) * R) : 0);  // [block, R]
-    // One tile of `weight`'s rows for tokens [t_begin, t_end) into out (rows ld apart).
-    auto tile_products = [&](float* out, int64_t ld, const Rows& weight, const int64_t* rows, int64_t n_out,
-                             int64_t t_begin, int64_t t_end) {
-      if constexpr (!Rows::kInt8) {
-        if (decode) {
-          int64_t local[R];
-          for (size_t r = 0; r < R; ++r) {
-            local[r] = int64_t(r);
-            weight.Dequantize(decoded.get() + r * K, rows[r], 0, K, /*unscaled=*/true);
-          }
-          const DecodedRows<Rows> buffered{decoded.get(), K, weight, rows};
-          return TileTokens<R, C>(out, ld, n_out, x, xq, t_begin, t_end, K, buffered, local);
+  if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
+  if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(std::min(T, block) * R)));
+  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out (rows ld apart).
+  auto tile_products = [&](float* out, int64_t ld, const Rows& weight, const int64_t* rows, int64_t n_out,
+                           int64_t t_begin, int64_t t_end) {
+    if constexpr (!Rows::kInt8) {
+      if (decode) {
+        int64_t local[R];
+        for (size_t r = 0; r < R; ++r) {
+          local[r] = int64_t(r);
+          weight.Dequantize(buffers.decoded.data() + r * K, rows[r], 0, K, /*unscaled=*/true);
         }
+        const DecodedRows<Rows> buffered{buffers.decoded.data(), K, weight, rows};
+        return TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, buffered, local);
       }
-      TileTokens<R, C>(out, ld, n_out, x, xq, t_begin, t_end, K, weight, rows);
-    };
-    for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
-      const int64_t t_end = std::min(T, t_begin + block);
-#pragma omp for schedule(static) nowait
-      for (int64_t tile = 0; tile < n_tiles; ++tile) {
-        int64_t rows[R];
-        for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
-        float* out = y + t_begin * n_rows + tile * R;
-        const int64_t n_out = std::min<int64_t>(R, n_rows - tile * R);
-        tile_products(out, n_rows, w, rows, n_out, t_begin, t_end);
-        if (!up) continue;
-        tile_products(up_sums.data(), R, *up, rows, n_out, t_begin, t_end);
-        for (int64_t t = 0; t < t_end - t_begin; ++t)
-          for (int64_t r = 0; r < n_out; ++r)
-            out[t * n_rows + r] = swiglu_value(out[t * n_rows + r], up_sums[t * R + r], swiglu_limit);
-      }
+    }
+    TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, weight, rows);
+  };
+  for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
+    const int64_t t_end = std::min(T, t_begin + block);
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      int64_t rows[R];
+      for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
+      float* out = task.y + t_begin * n_rows + tile * R;
+      const int64_t n_out = std::min<int64_t>(R, n_rows - tile * R);
+      tile_products(out, n_rows, w, rows, n_out, t_begin, t_end);
+      if (!up) continue;
+      float* up_sums = buffers.up_sums.data();
+      tile_products(up_sums, R, *up, rows, n_out, t_begin, t_end);
+      for (int64_t t = 0; t < t_end - t_begin; ++t)
+        for (int64_t r = 0; r < n_out; ++r)
+          out[t * n_rows + r] = swiglu_value(out[t * n_rows + r], up_sums[t * R + r], swiglu_limit);
     }
   }
 }
@@ -545,16 +547,6 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
 // ---------------------------------------------------------------------------------------------
 // Entry points (one per target, picked by HWY_DYNAMIC_DISPATCH).
 
-template <class Rows>
-void MatmulRows(float* y, const float* x, const QuantizedActivations& xq, int64_t T, const WeightView& W,
-                const WeightView* up, float swiglu_limit) {
-  const Rows w(W);
-  const std::optional<Rows> u = up ? std::optional<Rows>(*up) : std::nullopt;
-  const Rows* u_ptr = u ? &*u : nullptr;
-  if (T == 1) return Tiles<kTileRows, 1>(y, x, xq, T, W.rows, W.cols, w, u_ptr, swiglu_limit);
-  Tiles<kTileRows, TokensPerTile<Rows>()>(y, x, xq, T, W.rows, W.cols, w, u_ptr, swiglu_limit);
-}
-
 template <class Op>
 void WithRows(const WeightView& W, Op&& op) {
   switch (W.dtype) {
@@ -577,10 +569,42 @@ void WithRows(const WeightView& W, Op&& op) {
   }
 }
 
-// up: see matmul_swiglu (same format and shape as W, checked by the caller).
-void Matmul(float* y, const float* x, const QuantizedActivations* xq, int64_t T, const WeightView& W,
-            const WeightView* up, float swiglu_limit) {
-  WithRows(W, [&](const auto& w) { MatmulRows<std::decay_t<decltype(w)>>(y, x, *xq, T, W, up, swiglu_limit); });
+// Every task's row tiles in one parallel pass: the tiles are cut into ranges that threads take as they
+// finish, so a few small experts keep every core busy without starting a team of threads per matrix.
+// xq [n]: each task's activations rounded to q8_0 where its format multiplies in int8.
+void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* xq, float swiglu_limit) {
+  struct Range {
+    size_t task;
+    int64_t tile_begin, tile_end;
+  };
+  int64_t total_tiles = 0;
+  for (size_t i = 0; i < n; ++i) total_tiles += (tasks[i].weight->rows + kTileRows - 1) / kTileRows;
+  // About 8 ranges per thread in all, each at least one tile and within one task.
+  const int64_t per_range = std::max<int64_t>(1, total_tiles / (8 * int64_t(omp_get_max_threads())));
+  std::vector<Range> ranges;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t tiles = (tasks[i].weight->rows + kTileRows - 1) / kTileRows;
+    for (int64_t begin = 0; begin < tiles; begin += per_range) ranges.push_back({i, begin, std::min(tiles, begin + per_range)});
+  }
+#pragma omp parallel if (ranges.size() > 1)
+  {
+    TileBuffers buffers;
+#pragma omp for schedule(dynamic)
+    for (size_t r = 0; r < ranges.size(); ++r) {
+      const Range& range = ranges[r];
+      const MatmulTask& task = tasks[range.task];
+      WithRows(*task.weight, [&](const auto& w) {
+        using Rows = std::decay_t<decltype(w)>;
+        const std::optional<Rows> up = task.up ? std::optional<Rows>(*task.up) : std::nullopt;
+        const Rows* up_rows = up ? &*up : nullptr;
+        if (task.T == 1)
+          return TileRange<kTileRows, 1>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
+                                         range.tile_end, buffers);
+        TileRange<kTileRows, TokensPerTile<Rows>()>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
+                                                    range.tile_end, buffers);
+      });
+    }
+  }
 }
 
 void DequantizeRow(float* out, const WeightView& W, int64_t row) {
@@ -592,7 +616,7 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace megamoe {
-HWY_EXPORT(Matmul);
+HWY_EXPORT(MatmulTasks);
 HWY_EXPORT(DequantizeRow);
 HWY_EXPORT(QuantizeActivations);
 
@@ -600,38 +624,48 @@ bool matmul_quantizes_activations(DType weight_format) {
   return weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1;
 }
 
-namespace {
-
-// y = x @ W^T, or with `up` swiglu(x @ W^T, x @ up^T); the activations rounded to q8_0 once for both.
-void run_matmul(float* y, const float* x, int64_t T, const WeightView& W, const WeightView* up, float swiglu_limit) {
-  if (T <= 0 || W.rows <= 0) return;
-  if (W.cols == 0) {
-    std::fill_n(y, T * W.rows, up ? swiglu_value(0, 0, swiglu_limit) : 0.f);
-    return;
+void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
+  thread_local std::vector<MatmulTask> runnable;
+  thread_local std::vector<QuantizedActivations> xq;  // reused: decode runs this thousands of times a second
+  runnable.clear();
+  for (const MatmulTask& task : tasks) {
+    const WeightView& W = *task.weight;
+    W.check();
+    if (task.up) {
+      task.up->check();
+      if (task.up->rows != W.rows || task.up->cols != W.cols || task.up->dtype != W.dtype)
+        fail("gate {} [{}, {}] and up {} [{}, {}] projections differ", dtype_name(W.dtype), W.rows, W.cols,
+             dtype_name(task.up->dtype), task.up->rows, task.up->cols);
+    }
+    if (task.T <= 0 || W.rows <= 0) continue;
+    if (W.cols == 0) std::fill_n(task.y, task.T * W.rows, task.up ? swiglu_value(0, 0, swiglu_limit) : 0.f);
+    else runnable.push_back(task);
   }
-  thread_local QuantizedActivations xq;  // reused: decode calls matmul thousands of times per second
-  if (matmul_quantizes_activations(W.dtype))
-    HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&xq, x, T, W.cols, W.dtype == DType::F4_E2M1);
-  HWY_DYNAMIC_DISPATCH(Matmul)(y, x, &xq, T, W, up, swiglu_limit);
+  if (xq.size() < runnable.size()) xq.resize(runnable.size());
+  for (size_t i = 0; i < runnable.size(); ++i) {
+    const WeightView& W = *runnable[i].weight;
+    if (matmul_quantizes_activations(W.dtype))
+      HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&xq[i], runnable[i].x, runnable[i].T, W.cols, W.dtype == DType::F4_E2M1);
+  }
+  if (!runnable.empty()) HWY_DYNAMIC_DISPATCH(MatmulTasks)(runnable.data(), runnable.size(), xq.data(), swiglu_limit);
 }
 
-}  // namespace
-
 void matmul(float* y, const float* x, int64_t T, const WeightView& W) {
-  W.check();
-  run_matmul(y, x, T, W, nullptr, 0);
+  const MatmulTask task{y, x, T, &W};
+  matmul_tasks({&task, 1});
 }
 
 void matmul_swiglu(float* h, const float* x, int64_t T, const WeightView& gate, const WeightView& up,
                    float swiglu_limit) {
-  gate.check();
-  up.check();
+  if (gate.dtype == up.dtype) {
+    const MatmulTask task{h, x, T, &gate, &up};
+    return matmul_tasks({&task, 1}, swiglu_limit);
+  }
   if (gate.rows != up.rows || gate.cols != up.cols)
     fail("gate [{}, {}] and up [{}, {}] projections differ in shape", gate.rows, gate.cols, up.rows, up.cols);
-  if (gate.dtype == up.dtype) return run_matmul(h, x, T, gate, &up, swiglu_limit);
   std::vector<float> up_products(size_t(T * up.rows));  // [T, I]: formats differ, so two passes
-  run_matmul(h, x, T, gate, nullptr, 0);
-  run_matmul(up_products.data(), x, T, up, nullptr, 0);
+  matmul(h, x, T, gate);
+  matmul(up_products.data(), x, T, up);
   swiglu(h, up_products.data(), T * gate.rows, swiglu_limit);
 }
 
