@@ -206,6 +206,41 @@ TEST_P(KernelTest, MatmulSwigluEqualsTwoProductsAndSwiglu) {
   EXPECT_THROW(matmul_swiglu(h.data(), g.data(), 1, gate.view, up.view.row_slice(0, rows - 1)), std::exception);
 }
 
+// A batch of tasks (the experts of an MoE layer: different token counts, fused SwiGLU or not, an empty
+// one) gives each task bit for bit what it gives alone, with one thread or several.
+TEST_P(KernelTest, MatmulTasksEqualEachTaskAlone) {
+  const DType format = GetParam();
+  const int64_t cols = is_block_format(format) ? 96 : 97;
+  const std::vector<int64_t> rows = {37, 5, 64, 1}, tokens = {1, 9, 0, 30};
+  std::vector<OwnedWeight> weights;
+  std::vector<std::vector<float>> x, y, alone;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const std::vector<float> w = random_floats(size_t(rows[i] * cols), 50 + uint32_t(i), 0.5f);
+    weights.push_back(quantize_weight(format, w.data(), rows[i], cols));
+    x.push_back(random_floats(size_t(tokens[i] * cols), 60 + uint32_t(i)));
+    y.emplace_back(size_t(tokens[i] * rows[i]), NAN);
+    alone.emplace_back(size_t(tokens[i] * rows[i]));
+  }
+  const float limit = 0.05f;
+  // Task 1 is a fused gate/up pair with weights[1] as gate and up.
+  matmul(alone[0].data(), x[0].data(), tokens[0], weights[0].view);
+  matmul_swiglu(alone[1].data(), x[1].data(), tokens[1], weights[1].view, weights[1].view, limit);
+  matmul(alone[3].data(), x[3].data(), tokens[3], weights[3].view);
+  std::vector<MatmulTask> tasks;
+  for (size_t i = 0; i < rows.size(); ++i)
+    tasks.push_back({y[i].data(), x[i].data(), tokens[i], &weights[i].view, i == 1 ? &weights[1].view : nullptr});
+  const int threads = omp_get_max_threads();
+  for (int n : {1, 2, 3}) {
+    omp_set_num_threads(n);
+    matmul_tasks(tasks, limit);
+    for (size_t i = 0; i < rows.size(); ++i)
+      for (size_t j = 0; j < y[i].size(); ++j)
+        ASSERT_EQ(std::bit_cast<uint32_t>(y[i][j]), std::bit_cast<uint32_t>(alone[i][j]))
+            << dtype_name(format) << " threads " << n << " task " << i << " output " << j;
+  }
+  omp_set_num_threads(threads);
+}
+
 TEST_P(KernelTest, DequantizeRowIsExactOnEveryTarget) {
   const DType format = GetParam();
   const int64_t rows = 131, cols = is_block_format(format) ? 288 : 259;
