@@ -133,6 +133,25 @@ HWY_INLINE float HalfToFloat(uint16_t bits) {
 #endif
 }
 
+#if HWY_TARGET == HWY_AVX3_DL
+// Two blocks of int8 codes in one 512-bit vector, and helpers for the per-pair float vectors.
+using PairVec = V<hn::ScalableTag<int8_t>>;
+
+HWY_INLINE __m512i Join(const int8_t* low, const int8_t* high) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(low))),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high)), 1);
+}
+HWY_INLINE V<DF> Join(float low, float high) {  // [low x8, high x8]
+  return V<DF>{_mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(low)), _mm256_set1_ps(high), 1)};
+}
+HWY_INLINE V<DF> LowHalf(V<DF> v) { return V<DF>{_mm512_maskz_mov_ps(0x00ff, v.raw)}; }
+// [fp16 word 0 x8, fp16 word `second_word` x8] of `bytes` as fp32: one vpermw and one vcvtph2ps.
+HWY_INLINE V<DF> PairScales(__m512i bytes, int second_word) {
+  const __m512i index = _mm512_mask_set1_epi16(_mm512_setzero_si512(), 0xff00, int16_t(second_word));
+  return V<DF>{_mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(index, bytes)))};
+}
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Weight formats. Each reads its rows as float vectors (Load, unscaled) with a scale per
 // kScaleCols inputs, or as int8 vectors per block of 32 (Part) with a scale per block, and
@@ -207,6 +226,7 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
 template <class Derived>
 struct Int8Rows {
   static constexpr bool kInt8 = true;
+  static constexpr bool kPairs = false;  // whether it reads two blocks per vector (Int8PairTile)
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     const auto& self = static_cast<const Derived&>(*this);
     const DF df;
@@ -224,10 +244,27 @@ struct Int8Rows {
 
 struct Q8Rows : Int8Rows<Q8Rows> {
   static constexpr int kOffset = kVnni ? 128 : 0;  // 0: signed
+  static constexpr bool kPairs = kVnni;
   const BlockQ8_0* data;
   int64_t blocks;
   Q8Rows(const WeightView& W) : data(static_cast<const BlockQ8_0*>(W.data)), blocks(W.cols / kQuantBlock) {}
   float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
+#if HWY_TARGET == HWY_AVX3_DL
+  // Blocks 2j and 2j+1 (pair j) as unsigned codes in one vector, their scales as [d x8, d' x8]. The
+  // 64-byte load at the pair's start holds both fp16 scales (words 0 and 17) and ends inside it.
+  HWY_INLINE void Pair(int64_t row, int64_t j, PairVec& codes, V<DF>& scales) const {
+    const BlockQ8_0* p = data + row * blocks + 2 * j;
+    codes = CodesOf(Join(p[0].qs, p[1].qs));
+    scales = PairScales(_mm512_loadu_si512(p), /*second_word=*/17);
+  }
+  // The last block of an odd count: the upper half's codes are 0 (times activations 0) and scale 0.
+  HWY_INLINE void HalfPair(int64_t row, int64_t j, PairVec& codes, V<DF>& scales) const {
+    const BlockQ8_0* p = data + row * blocks + 2 * j;
+    codes = CodesOf(_mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p->qs))));
+    scales = LowHalf(hn::Set(DF(), HalfToFloat(p->d)));
+  }
+  static PairVec CodesOf(__m512i q) { return PairVec{_mm512_xor_si512(q, _mm512_set1_epi8(-128))}; }  // q + 128
+#endif
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
     const auto q = hn::LoadU(DI8(), data[row * blocks + b].qs + part);
     return kOffset ? hn::Xor(q, hn::Set(DI8(), int8_t(-128))) : q;  // q + 128 as unsigned
@@ -340,6 +377,46 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
     for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c]));
 }
 
+#if HWY_TARGET == HWY_AVX3_DL
+// Two blocks per 512-bit vector: lanes 0..7 hold block 2j's partial sums (4 products each, vpdpbusd),
+// lanes 8..15 block 2j+1's, and each pair's scales come as one vector, so a block costs half the
+// instructions of Int8Tile's one block per 256-bit vector (decode was compute bound there). Rows
+// give Pair (blocks 2j, 2j+1) and HalfPair (an odd last block, the upper half zero); every C runs
+// the same code, so the results stay batch invariant.
+template <size_t R, size_t C, class Rows>
+HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
+                             const float* const* xd, int64_t blocks) {
+  const DF df;
+  V<DF> acc[R][C];
+  for (auto& row : acc)
+    for (auto& a : row) a = hn::Zero(df);
+  const auto pair = [&](int64_t j, bool half) HWY_ATTR {
+    PairVec wv[R];
+    V<DF> ws[R];
+    for (size_t r = 0; r < R; ++r) half ? w.HalfPair(rows[r], j, wv[r], ws[r]) : w.Pair(rows[r], j, wv[r], ws[r]);
+    for (size_t c = 0; c < C; ++c) {
+      const int8_t* q = xq[c] + j * 2 * kQuantBlock;
+      const float* d = xd[c] + j * 2;
+      const __m512i xv = half ? _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)))
+                              : _mm512_loadu_si512(q);
+      const V<DF> dx = half ? LowHalf(hn::Set(df, d[0])) : Join(d[0], d[1]);
+      // As in Int8Tile: each lane starts from -offset * (its 4 activations' sum).
+      const __m512i start = _mm512_sub_epi32(
+          _mm512_setzero_si512(),
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(int8_t(Rows::kOffset)), xv));
+      for (size_t r = 0; r < R; ++r) {
+        const V<DF> dot{_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wv[r].raw, xv))};
+        acc[r][c] = hn::MulAdd(dot, hn::Mul(ws[r], dx), acc[r][c]);
+      }
+    }
+  };
+  for (int64_t j = 0; j < blocks / 2; ++j) pair(j, false);
+  if (blocks % 2) pair(blocks / 2, true);
+  for (size_t r = 0; r < R; ++r)
+    for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c]));
+}
+#endif
+
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const float* const* x, int64_t K) {
   const DF df;
@@ -408,7 +485,12 @@ HWY_INLINE void TileTokens(float* y, int64_t n_rows, int64_t n_out, const float*
         q[c] = xq.q.data() + t * K;
         d[c] = xq.d.data() + t * (K / kQuantBlock);
       }
-      Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+#if HWY_TARGET == HWY_AVX3_DL
+      if constexpr (Rows::kPairs) {
+        Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+      } else
+#endif
+        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
     } else {
       const float* xs[C];
       for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, t_end - 1) * K;
