@@ -24,6 +24,7 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <vector>
 
@@ -60,6 +61,12 @@ inline float fp8_unscaled(uint8_t v) { return f16_to_f32(uint16_t(int16_t(int8_t
 // is unsigned for vpdpbusd / pmaddubsw (the kernels subtract 12 times the activations' sums).
 alignas(16) inline constexpr int8_t kFp4Codes[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 alignas(16) inline constexpr int8_t kFp4Unsigned[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+// The block scale for those codes, e8m0_to_f32(byte) / 2, by table: one load instead of branches.
+inline const std::array<float, 256> kFp4Scales = [] {
+  std::array<float, 256> scales;
+  for (int byte = 0; byte < 256; ++byte) scales[size_t(byte)] = e8m0_to_f32(uint8_t(byte)) * 0.5f;
+  return scales;
+}();
 
 }  // namespace megamoe
 #endif
@@ -137,19 +144,18 @@ HWY_INLINE float HalfToFloat(uint16_t bits) {
 }
 
 #if HWY_TARGET == HWY_AVX3_DL
-// Two blocks of int8 codes in one 512-bit vector, and helpers for the per-pair float vectors.
+// Two blocks of int8 codes in one 512-bit vector (Int8PairTile), and helpers to build such pairs.
 using PairVec = V<hn::ScalableTag<int8_t>>;
 
-HWY_INLINE __m512i Join(const int8_t* low, const int8_t* high) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(low))),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high)), 1);
-}
+HWY_INLINE __m128i Load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+HWY_INLINE __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+HWY_INLINE __m512i Join(__m256i low, __m256i high) { return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1); }
 HWY_INLINE V<DF> Join(float low, float high) {  // [low x8, high x8]
   return V<DF>{_mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(low)), _mm256_set1_ps(high), 1)};
 }
 HWY_INLINE V<DF> LowHalf(V<DF> v) { return V<DF>{_mm512_maskz_mov_ps(0x00ff, v.raw)}; }
 // [fp16 word 0 x8, fp16 word `second_word` x8] of `bytes` as fp32: one vpermw and one vcvtph2ps.
-HWY_INLINE V<DF> PairScales(__m512i bytes, int second_word) {
+HWY_INLINE V<DF> HalfWords(__m512i bytes, int second_word) {
   const __m512i index = _mm512_mask_set1_epi16(_mm512_setzero_si512(), 0xff00, int16_t(second_word));
   return V<DF>{_mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(index, bytes)))};
 }
@@ -253,20 +259,15 @@ struct Q8Rows : Int8Rows<Q8Rows> {
   Q8Rows(const WeightView& W) : data(static_cast<const BlockQ8_0*>(W.data)), blocks(W.cols / kQuantBlock) {}
   float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
 #if HWY_TARGET == HWY_AVX3_DL
-  // Blocks 2j and 2j+1 (pair j) as unsigned codes in one vector, their scales as [d x8, d' x8]. The
-  // 64-byte load at the pair's start holds both fp16 scales (words 0 and 17) and ends inside it.
-  HWY_INLINE void Pair(int64_t row, int64_t j, PairVec& codes, V<DF>& scales) const {
+  PairVec PairCodes(int64_t row, int64_t j, bool half) const {
     const BlockQ8_0* p = data + row * blocks + 2 * j;
-    codes = CodesOf(Join(p[0].qs, p[1].qs));
-    scales = PairScales(_mm512_loadu_si512(p), /*second_word=*/17);
+    const __m512i q = half ? _mm512_zextsi256_si512(Load256(p->qs)) : Join(Load256(p[0].qs), Load256(p[1].qs));
+    return PairVec{_mm512_xor_si512(q, _mm512_set1_epi8(-128))};  // q + 128
   }
-  // The last block of an odd count: the upper half's codes are 0 (times activations 0) and scale 0.
-  HWY_INLINE void HalfPair(int64_t row, int64_t j, PairVec& codes, V<DF>& scales) const {
-    const BlockQ8_0* p = data + row * blocks + 2 * j;
-    codes = CodesOf(_mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p->qs))));
-    scales = LowHalf(hn::Set(DF(), HalfToFloat(p->d)));
+  // The 64-byte load at the pair's start holds both fp16 scales (words 0 and 17) and ends inside it.
+  V<DF> PairScales(int64_t row, int64_t j) const {
+    return HalfWords(_mm512_loadu_si512(data + row * blocks + 2 * j), 17);
   }
-  static PairVec CodesOf(__m512i q) { return PairVec{_mm512_xor_si512(q, _mm512_set1_epi8(-128))}; }  // q + 128
 #endif
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
     const auto q = hn::LoadU(DI8(), data[row * blocks + b].qs + part);
@@ -297,9 +298,24 @@ HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part) {
 
 template <class Derived>
 struct NibbleRows : Int8Rows<Derived> {
+  static constexpr bool kLookup = Derived::kOffset == 12;
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
-    return NibblePart<Derived::kOffset == 12>(static_cast<const Derived&>(*this).Nibbles(row, b), part);
+    return NibblePart<kLookup>(static_cast<const Derived&>(*this).Nibbles(row, b), part);
   }
+#if HWY_TARGET == HWY_AVX3_DL
+  static constexpr bool kPairs = true;
+  // [low nibbles, high nibbles] of block 2j, then of block 2j+1 (zeros for a half pair), from the
+  // format's NibblesTwice: each block's 16 bytes twice, [n, n, n', n'].
+  PairVec PairCodes(int64_t row, int64_t j, bool half) const {
+    const auto& self = static_cast<const Derived&>(*this);
+    const __m512i twice = half ? _mm512_maskz_broadcast_i32x4(0x00ff, Load128(self.Nibbles(row, 2 * j)))
+                               : self.NibblesTwice(row, j);
+    const __m512i codes =
+        _mm512_and_si512(_mm512_mask_srli_epi16(twice, 0xff00ff00, twice, 4), _mm512_set1_epi8(0x0f));
+    if constexpr (kLookup) return PairVec{_mm512_shuffle_epi8(_mm512_broadcast_i32x4(Load128(kFp4Unsigned)), codes)};
+    return PairVec{codes};
+  }
+#endif
   // Natural element order: byte j holds elements 2j, 2j+1 (FP4) or j, j + 16 (q4_0).
   void Codes(int8_t* out, int64_t row, int64_t b) const {
     const uint8_t* nibbles = static_cast<const Derived&>(*this).Nibbles(row, b);
@@ -320,6 +336,26 @@ struct Q4Rows : NibbleRows<Q4Rows> {
   Q4Rows(const WeightView& W) : data(static_cast<const BlockQ4_0*>(W.data)), blocks(W.cols / kQuantBlock) {}
   const uint8_t* Nibbles(int64_t row, int64_t b) const { return data[row * blocks + b].qs; }
   float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
+#if HWY_TARGET == HWY_AVX3_DL
+  // The pair's 36 bytes as two overlapping 32-byte loads: bytes 0..31 (both fp16 scales, words 0
+  // and 9) and 4..35; one vpermt2b picks the nibbles (bytes 2..17 and 20..35) twice from them.
+  const uint8_t* Pair(int64_t row, int64_t j) const {
+    return reinterpret_cast<const uint8_t*>(data + row * blocks + 2 * j);
+  }
+  V<DF> PairScales(int64_t row, int64_t j) const { return HalfWords(_mm512_castsi256_si512(Load256(Pair(row, j))), 9); }
+  __m512i NibblesTwice(int64_t row, int64_t j) const {
+    static constexpr auto kIndex = [] {  // vpermt2b: bytes 0..63 from the first load, 64.. the second
+      std::array<uint8_t, 64> index{};
+      for (int i = 0; i < 16; ++i) {
+        index[i] = index[16 + i] = uint8_t(2 + i);
+        index[32 + i] = index[48 + i] = uint8_t(64 + 16 + i);
+      }
+      return index;
+    }();
+    return _mm512_permutex2var_epi8(_mm512_castsi256_si512(Load256(Pair(row, j))), _mm512_loadu_si512(kIndex.data()),
+                                    _mm512_castsi256_si512(Load256(Pair(row, j) + 4)));
+  }
+#endif
 };
 
 struct Fp4Rows : NibbleRows<Fp4Rows> {
@@ -332,7 +368,14 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
   Fp4Rows(const WeightView& W)
       : data(static_cast<const uint8_t*>(W.data)), scales(W.scale_e8m0), blocks(W.cols / kQuantBlock) {}
   const uint8_t* Nibbles(int64_t row, int64_t b) const { return data + (row * blocks + b) * (kQuantBlock / 2); }
-  float Scale(int64_t row, int64_t b) const { return e8m0_to_f32(scales[row * blocks + b]) * 0.5f; }  // codes are 2x
+  float Scale(int64_t row, int64_t b) const { return kFp4Scales[scales[row * blocks + b]]; }
+#if HWY_TARGET == HWY_AVX3_DL
+  V<DF> PairScales(int64_t row, int64_t j) const { return Join(Scale(row, 2 * j), Scale(row, 2 * j + 1)); }
+  __m512i NibblesTwice(int64_t row, int64_t j) const {  // the pair's 32 bytes are contiguous
+    const __m512i both = _mm512_castsi256_si512(Load256(Nibbles(row, 2 * j)));
+    return _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(1, 1, 0, 0));
+  }
+#endif
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -384,8 +427,8 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
 // Two blocks per 512-bit vector: lanes 0..7 hold block 2j's partial sums (4 products each, vpdpbusd),
 // lanes 8..15 block 2j+1's, and each pair's scales come as one vector, so a block costs half the
 // instructions of Int8Tile's one block per 256-bit vector (decode was compute bound there). Rows
-// give Pair (blocks 2j, 2j+1) and HalfPair (an odd last block, the upper half zero); every C runs
-// the same code, so the results stay batch invariant.
+// give PairCodes (blocks 2j and 2j+1, or only 2j for an odd last block, with activations 0 against
+// the upper half) and PairScales; every C runs the same code, so the results stay batch invariant.
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
                              const float* const* xd, int64_t blocks) {
@@ -396,7 +439,10 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
   const auto pair = [&](int64_t j, bool half) HWY_ATTR {
     PairVec wv[R];
     V<DF> ws[R];
-    for (size_t r = 0; r < R; ++r) half ? w.HalfPair(rows[r], j, wv[r], ws[r]) : w.Pair(rows[r], j, wv[r], ws[r]);
+    for (size_t r = 0; r < R; ++r) {
+      wv[r] = w.PairCodes(rows[r], j, half);
+      ws[r] = half ? LowHalf(hn::Set(df, w.Scale(rows[r], 2 * j))) : w.PairScales(rows[r], j);
+    }
     for (size_t c = 0; c < C; ++c) {
       const int8_t* q = xq[c] + j * 2 * kQuantBlock;
       const float* d = xd[c] + j * 2;
