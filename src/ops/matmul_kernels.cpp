@@ -8,9 +8,11 @@
 // for one token alone (decode), in a prefill of 512 or in any batch (batch invariance: prefill and
 // step-by-step decode agree exactly, and top-k choices downstream do not flip). For Q8_0, Q4_0 and
 // F4_E2M1 the activations are always rounded to q8_0 blocks per token and the products are int8
-// (vpdpbusd / pmaddubsw), scaled per block of 32. From kDecodeMinTokens tokens on, the float formats
-// decode each tile's rows once into an fp32 buffer (unscaled, exactly the values decoded in
-// registers) that every token of the block reads, instead of decoding them again for every C tokens.
+// (vpdpbusd / pmaddubsw), scaled per block of 32; on AVX3_DL two blocks share a 512-bit vector
+// (Int8PairTile), elsewhere one block per 256-bit vector (Int8Tile). From kDecodeMinTokens tokens on,
+// the float formats decode each tile's rows once into an fp32 buffer (unscaled, exactly the values
+// decoded in registers) that every token of the block reads, instead of decoding them again for
+// every C tokens.
 #ifndef MEGAMOE_MATMUL_KERNELS_CONFIG
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
