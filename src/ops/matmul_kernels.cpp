@@ -448,8 +448,7 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
     for (size_t c = 0; c < C; ++c) {
       const int8_t* q = xq[c] + j * 2 * kQuantBlock;
       const float* d = xd[c] + j * 2;
-      const __m512i xv = half ? _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)))
-                              : _mm512_loadu_si512(q);
+      const __m512i xv = half ? _mm512_zextsi256_si512(Load256(q)) : _mm512_loadu_si512(q);
       const V<DF> dx = half ? LowHalf(hn::Set(df, d[0])) : Join(d[0], d[1]);
       // As in Int8Tile: each lane starts from -offset * (its 4 activations' sum).
       const __m512i start = _mm512_sub_epi32(
