@@ -8,9 +8,11 @@
 // for one token alone (decode), in a prefill of 512 or in any batch (batch invariance: prefill and
 // step-by-step decode agree exactly, and top-k choices downstream do not flip). For Q8_0, Q4_0 and
 // F4_E2M1 the activations are always rounded to q8_0 blocks per token and the products are int8
-// (vpdpbusd / pmaddubsw), scaled per block of 32. From kDecodeMinTokens tokens on, the float formats
-// decode each tile's rows once into an fp32 buffer (unscaled, exactly the values decoded in
-// registers) that every token of the block reads, instead of decoding them again for every C tokens.
+// (vpdpbusd / pmaddubsw), scaled per block of 32; on AVX3_DL two blocks share a 512-bit vector
+// (Int8PairTile), elsewhere one block per 256-bit vector (Int8Tile). From kDecodeMinTokens tokens on,
+// the float formats decode each tile's rows once into an fp32 buffer (unscaled, exactly the values
+// decoded in registers) that every token of the block reads, instead of decoding them again for
+// every C tokens.
 #ifndef MEGAMOE_MATMUL_KERNELS_CONFIG
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
@@ -25,6 +27,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -63,6 +66,12 @@ inline float fp8_unscaled(uint8_t v) { return f16_to_f32(uint16_t(int16_t(int8_t
 // is unsigned for vpdpbusd / pmaddubsw (the kernels subtract 12 times the activations' sums).
 alignas(16) inline constexpr int8_t kFp4Codes[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 alignas(16) inline constexpr int8_t kFp4Unsigned[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+// The block scale for those codes, e8m0_to_f32(byte) / 2, by table: one load instead of branches.
+inline const std::array<float, 256> kFp4Scales = [] {
+  std::array<float, 256> scales;
+  for (int byte = 0; byte < 256; ++byte) scales[size_t(byte)] = e8m0_to_f32(uint8_t(byte)) * 0.5f;
+  return scales;
+}();
 
 }  // namespace megamoe
 #endif
@@ -88,6 +97,9 @@ using DF8 = hn::Repartition<float, DI8>;  // float lanes of a block-sized vector
 // scale per 128 inputs (FP8) hold two sums per pair (the block's and the total), so fewer tokens.
 constexpr size_t kTileRows = 4;
 constexpr bool kWide = HWY_TARGET <= HWY_AVX3;
+// One token (decode) needs a single accumulator per row, so AVX-512 takes more rows at once: more
+// independent work per activation load and more weight streams in flight (Q8_0 matvec 15 -> 23 GB/s).
+constexpr size_t kDecodeRows = kWide ? 8 : kTileRows;
 template <class Rows>
 constexpr size_t TokensPerTile() {
   if constexpr (Rows::kInt8) return kWide ? 4 : 2;
@@ -145,6 +157,24 @@ HWY_INLINE float HalfToFloat(uint16_t bits) {
   return _cvtsh_ss(bits);
 #endif
 }
+
+#if HWY_TARGET == HWY_AVX3_DL
+// Two blocks of int8 codes in one 512-bit vector (Int8PairTile), and helpers to build such pairs.
+using PairVec = V<hn::ScalableTag<int8_t>>;
+
+HWY_INLINE __m128i Load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+HWY_INLINE __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+HWY_INLINE __m512i Join(__m256i low, __m256i high) { return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1); }
+HWY_INLINE V<DF> Join(float low, float high) {  // [low x8, high x8]
+  return V<DF>{_mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(low)), _mm256_set1_ps(high), 1)};
+}
+HWY_INLINE V<DF> LowHalf(V<DF> v) { return V<DF>{_mm512_maskz_mov_ps(0x00ff, v.raw)}; }
+// [fp16 word 0 x8, fp16 word `second_word` x8] of `bytes` as fp32: one vpermw and one vcvtph2ps.
+HWY_INLINE V<DF> HalfWords(__m512i bytes, int second_word) {
+  const __m512i index = _mm512_mask_set1_epi16(_mm512_setzero_si512(), 0xff00, int16_t(second_word));
+  return V<DF>{_mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(index, bytes)))};
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Weight formats. Each reads its rows as float vectors (Load, unscaled) with a scale per
@@ -223,6 +253,7 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
 template <class Derived>
 struct Int8Rows {
   static constexpr bool kInt8 = true;
+  static constexpr bool kPairs = false;  // whether it reads two blocks per vector (Int8PairTile)
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     const auto& self = static_cast<const Derived&>(*this);
     const DF df;
@@ -240,10 +271,22 @@ struct Int8Rows {
 
 struct Q8Rows : Int8Rows<Q8Rows> {
   static constexpr int kOffset = kVnni ? 128 : 0;  // 0: signed
+  static constexpr bool kPairs = kVnni;
   const BlockQ8_0* data;
   int64_t blocks;
   Q8Rows(const WeightView& W) : data(static_cast<const BlockQ8_0*>(W.data)), blocks(W.cols / kQuantBlock) {}
   float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
+#if HWY_TARGET == HWY_AVX3_DL
+  PairVec PairCodes(int64_t row, int64_t j, bool half) const {
+    const BlockQ8_0* p = data + row * blocks + 2 * j;
+    const __m512i q = half ? _mm512_zextsi256_si512(Load256(p->qs)) : Join(Load256(p[0].qs), Load256(p[1].qs));
+    return PairVec{_mm512_xor_si512(q, _mm512_set1_epi8(-128))};  // q + 128
+  }
+  // The 64-byte load at the pair's start holds both fp16 scales (words 0 and 17) and ends inside it.
+  V<DF> PairScales(int64_t row, int64_t j) const {
+    return HalfWords(_mm512_loadu_si512(data + row * blocks + 2 * j), 17);
+  }
+#endif
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
     const auto q = hn::LoadU(DI8(), data[row * blocks + b].qs + part);
     return kOffset ? hn::Xor(q, hn::Set(DI8(), int8_t(-128))) : q;  // q + 128 as unsigned
@@ -274,9 +317,24 @@ HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part) {
 
 template <class Derived>
 struct NibbleRows : Int8Rows<Derived> {
+  static constexpr bool kLookup = Derived::kOffset == 12;
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
-    return NibblePart<Derived::kOffset == 12>(static_cast<const Derived&>(*this).Nibbles(row, b), part);
+    return NibblePart<kLookup>(static_cast<const Derived&>(*this).Nibbles(row, b), part);
   }
+#if HWY_TARGET == HWY_AVX3_DL
+  static constexpr bool kPairs = true;
+  // [low nibbles, high nibbles] of block 2j, then of block 2j+1 (zeros for a half pair), from the
+  // format's NibblesTwice: each block's 16 bytes twice, [n, n, n', n'].
+  PairVec PairCodes(int64_t row, int64_t j, bool half) const {
+    const auto& self = static_cast<const Derived&>(*this);
+    const __m512i twice = half ? _mm512_maskz_broadcast_i32x4(0x00ff, Load128(self.Nibbles(row, 2 * j)))
+                               : self.NibblesTwice(row, j);
+    const __m512i codes =
+        _mm512_and_si512(_mm512_mask_srli_epi16(twice, 0xff00ff00, twice, 4), _mm512_set1_epi8(0x0f));
+    if constexpr (kLookup) return PairVec{_mm512_shuffle_epi8(_mm512_broadcast_i32x4(Load128(kFp4Unsigned)), codes)};
+    return PairVec{codes};
+  }
+#endif
   // Natural element order: byte j holds elements 2j, 2j+1 (FP4) or j, j + 16 (q4_0).
   void Codes(int8_t* out, int64_t row, int64_t b) const {
     const uint8_t* nibbles = static_cast<const Derived&>(*this).Nibbles(row, b);
@@ -298,6 +356,26 @@ struct Q4Rows : NibbleRows<Q4Rows> {
   const uint8_t* Nibbles(int64_t row, int64_t b) const { return data[row * blocks + b].qs; }
   float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
   void Prefetch(int64_t row, int64_t b) const { PrefetchLine(data + row * blocks + b); }
+#if HWY_TARGET == HWY_AVX3_DL
+  // The pair's 36 bytes as two overlapping 32-byte loads: bytes 0..31 (both fp16 scales, words 0
+  // and 9) and 4..35; one vpermt2b picks the nibbles (bytes 2..17 and 20..35) twice from them.
+  const uint8_t* Pair(int64_t row, int64_t j) const {
+    return reinterpret_cast<const uint8_t*>(data + row * blocks + 2 * j);
+  }
+  V<DF> PairScales(int64_t row, int64_t j) const { return HalfWords(_mm512_castsi256_si512(Load256(Pair(row, j))), 9); }
+  __m512i NibblesTwice(int64_t row, int64_t j) const {
+    static constexpr auto kIndex = [] {  // vpermt2b: bytes 0..63 from the first load, 64.. the second
+      std::array<uint8_t, 64> index{};
+      for (int i = 0; i < 16; ++i) {
+        index[i] = index[16 + i] = uint8_t(2 + i);
+        index[32 + i] = index[48 + i] = uint8_t(64 + 16 + i);
+      }
+      return index;
+    }();
+    return _mm512_permutex2var_epi8(_mm512_castsi256_si512(Load256(Pair(row, j))), _mm512_loadu_si512(kIndex.data()),
+                                    _mm512_castsi256_si512(Load256(Pair(row, j) + 4)));
+  }
+#endif
 };
 
 struct Fp4Rows : NibbleRows<Fp4Rows> {
@@ -310,11 +388,18 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
   Fp4Rows(const WeightView& W)
       : data(static_cast<const uint8_t*>(W.data)), scales(W.scale_e8m0), blocks(W.cols / kQuantBlock) {}
   const uint8_t* Nibbles(int64_t row, int64_t b) const { return data + (row * blocks + b) * (kQuantBlock / 2); }
-  float Scale(int64_t row, int64_t b) const { return e8m0_to_f32(scales[row * blocks + b]) * 0.5f; }  // codes are 2x
+  float Scale(int64_t row, int64_t b) const { return kFp4Scales[scales[row * blocks + b]]; }
   void Prefetch(int64_t row, int64_t b) const {
     PrefetchLine(Nibbles(row, b));
     PrefetchLine(scales + row * blocks + b);
   }
+#if HWY_TARGET == HWY_AVX3_DL
+  V<DF> PairScales(int64_t row, int64_t j) const { return Join(Scale(row, 2 * j), Scale(row, 2 * j + 1)); }
+  __m512i NibblesTwice(int64_t row, int64_t j) const {  // the pair's 32 bytes are contiguous
+    const __m512i both = _mm512_castsi256_si512(Load256(Nibbles(row, 2 * j)));
+    return _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(1, 1, 0, 0));
+  }
+#endif
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -369,6 +454,53 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
   for (size_t r = 0; r < R; ++r)
     for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c]));
 }
+
+#if HWY_TARGET == HWY_AVX3_DL
+// Two blocks per 512-bit vector: lanes 0..7 hold block 2j's partial sums (4 products each, vpdpbusd),
+// lanes 8..15 block 2j+1's, and each pair's scales come as one vector, so a block costs half the
+// instructions of Int8Tile's one block per 256-bit vector (decode was compute bound there). Rows
+// give PairCodes (blocks 2j and 2j+1, or only 2j for an odd last block, with activations 0 against
+// the upper half) and PairScales; every C runs the same code, so the results stay batch invariant.
+template <size_t R, size_t C, class Rows>
+HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
+                             const float* const* xd, int64_t blocks) {
+  const DF df;
+  V<DF> acc[R][C];
+  for (auto& row : acc)
+    for (auto& a : row) a = hn::Zero(df);
+  const auto pair = [&](int64_t j, bool half) HWY_ATTR {
+    if constexpr (C == 1)
+      for (size_t r = 0; r < R; ++r) {  // see PrefetchNextTile; both block starts, so no line is skipped
+        w.Prefetch(rows[r] + R, 2 * j);
+        w.Prefetch(rows[r] + R, 2 * j + 1);
+      }
+    PairVec wv[R];
+    V<DF> ws[R];
+    for (size_t r = 0; r < R; ++r) {
+      wv[r] = w.PairCodes(rows[r], j, half);
+      ws[r] = half ? LowHalf(hn::Set(df, w.Scale(rows[r], 2 * j))) : w.PairScales(rows[r], j);
+    }
+    for (size_t c = 0; c < C; ++c) {
+      const int8_t* q = xq[c] + j * 2 * kQuantBlock;
+      const float* d = xd[c] + j * 2;
+      const __m512i xv = half ? _mm512_zextsi256_si512(Load256(q)) : _mm512_loadu_si512(q);
+      const V<DF> dx = half ? LowHalf(hn::Set(df, d[0])) : Join(d[0], d[1]);
+      // As in Int8Tile: each lane starts from -offset * (its 4 activations' sum).
+      const __m512i start = _mm512_sub_epi32(
+          _mm512_setzero_si512(),
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(int8_t(Rows::kOffset)), xv));
+      for (size_t r = 0; r < R; ++r) {
+        const V<DF> dot{_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wv[r].raw, xv))};
+        acc[r][c] = hn::MulAdd(dot, hn::Mul(ws[r], dx), acc[r][c]);
+      }
+    }
+  };
+  for (int64_t j = 0; j < blocks / 2; ++j) pair(j, false);
+  if (blocks % 2) pair(blocks / 2, true);
+  for (size_t r = 0; r < R; ++r)
+    for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c]));
+}
+#endif
 
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const float* const* x, int64_t K) {
@@ -441,7 +573,12 @@ HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, 
         q[c] = xq.q.data() + t * K;
         d[c] = xq.d.data() + t * (K / kQuantBlock);
       }
-      Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+#if HWY_TARGET == HWY_AVX3_DL
+      if constexpr (Rows::kPairs) {
+        Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+      } else
+#endif
+        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
     } else {
       const float* xs[C];
       for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, t_end - 1) * K;
@@ -577,13 +714,18 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
     size_t task;
     int64_t tile_begin, tile_end;
   };
+  // Decode (T = 1) takes taller tiles (kDecodeRows), so a task's tile count depends on its T.
+  auto tile_count = [&](const MatmulTask& task) {
+    const int64_t R = task.T == 1 ? kDecodeRows : kTileRows;
+    return (task.weight->rows + R - 1) / R;
+  };
   int64_t total_tiles = 0;
-  for (size_t i = 0; i < n; ++i) total_tiles += (tasks[i].weight->rows + kTileRows - 1) / kTileRows;
+  for (size_t i = 0; i < n; ++i) total_tiles += tile_count(tasks[i]);
   // About 8 ranges per thread in all, each at least one tile and within one task.
   const int64_t per_range = std::max<int64_t>(1, total_tiles / (8 * int64_t(omp_get_max_threads())));
   std::vector<Range> ranges;
   for (size_t i = 0; i < n; ++i) {
-    const int64_t tiles = (tasks[i].weight->rows + kTileRows - 1) / kTileRows;
+    const int64_t tiles = tile_count(tasks[i]);
     for (int64_t begin = 0; begin < tiles; begin += per_range) ranges.push_back({i, begin, std::min(tiles, begin + per_range)});
   }
 #pragma omp parallel if (ranges.size() > 1)
@@ -598,7 +740,7 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
         const std::optional<Rows> up = task.up ? std::optional<Rows>(*task.up) : std::nullopt;
         const Rows* up_rows = up ? &*up : nullptr;
         if (task.T == 1)
-          return TileRange<kTileRows, 1>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
+          return TileRange<kDecodeRows, 1>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
                                          range.tile_end, buffers);
         TileRange<kTileRows, TokensPerTile<Rows>()>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
                                                     range.tile_end, buffers);

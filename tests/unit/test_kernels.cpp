@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <bit>
+#include <cstring>
 #include <cmath>
 #include <random>
 #include <string>
@@ -239,6 +242,57 @@ TEST_P(KernelTest, MatmulTasksEqualEachTaskAlone) {
             << dtype_name(format) << " threads " << n << " task " << i << " output " << j;
   }
   omp_set_num_threads(threads);
+}
+
+// A copy of n bytes that ends where an inaccessible page begins, as an mmapped weight may end at the
+// end of its mapping: a kernel reading one byte past it faults.
+class BeforeGuardPage {
+ public:
+  BeforeGuardPage(const void* bytes, size_t n) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE)), span = (n + page - 1) / page * page;
+    size_ = span + page;
+    base_ = static_cast<uint8_t*>(mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    EXPECT_NE(base_, MAP_FAILED);
+    EXPECT_EQ(mprotect(base_ + span, page, PROT_NONE), 0);
+    data_ = base_ + span - n;
+    if (n) std::memcpy(data_, bytes, n);
+  }
+  ~BeforeGuardPage() { munmap(base_, size_); }
+  template <class T>
+  const T* data() const { return reinterpret_cast<const T*>(data_); }
+
+ private:
+  uint8_t* base_;
+  uint8_t* data_;
+  size_t size_;
+};
+
+TEST_P(KernelTest, ReadsNothingPastTheWeight) {
+  const DType format = GetParam();
+  const int64_t rows = 9, T = 5;
+  TargetGuard guard;
+  for (int64_t cols : is_block_format(format) ? std::vector<int64_t>{96, 128} : std::vector<int64_t>{33, 64}) {
+    const std::vector<float> w = random_floats(size_t(rows * cols), 41, 0.5f), x = random_floats(size_t(T * cols), 42);
+    const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
+    const BeforeGuardPage data(weight.data.data(), weight.data.size());
+    const BeforeGuardPage scale_inv(weight.scale_inv.data(), weight.scale_inv.size() * sizeof(float));
+    const BeforeGuardPage scale_e8m0(weight.scale_e8m0.data(), weight.scale_e8m0.size());
+    WeightView guarded = weight.view;
+    guarded.data = data.data<uint8_t>();
+    if (guarded.scale_inv) guarded.scale_inv = scale_inv.data<float>();
+    if (guarded.scale_e8m0) guarded.scale_e8m0 = scale_e8m0.data<uint8_t>();
+    for (const std::string& target : matmul_targets()) {
+      matmul_use_target(target);
+      for (int64_t tokens : {int64_t(1), T}) {
+        std::vector<float> expected(size_t(tokens * rows)), got(size_t(tokens * rows));
+        matmul(expected.data(), x.data(), tokens, weight.view);
+        matmul(got.data(), x.data(), tokens, guarded);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(expected[i]))
+              << dtype_name(format) << " target " << target << " cols " << cols << " T " << tokens;
+      }
+    }
+  }
 }
 
 TEST_P(KernelTest, DequantizeRowIsExactOnEveryTarget) {
