@@ -1,7 +1,9 @@
-// Matrix kernel throughput against this machine's measured rooflines (ops/roofline.h: a STREAM-like
+// Matrix kernel throughput against this machine's measured rooflines (ops/roofline.h: a multi-stream
 // read and an FMA loop on the same SIMD target): for every weight format, matrix-vector (decode,
-// bandwidth bound) in GB/s of weight streamed from a ~256 MB matrix, and matrix-matrix at T = 512
-// (prefill, compute bound) in GFLOP/s, with 1 and 2 threads. Medians (and best) of --runs runs.
+// bandwidth bound) in GB/s of weight streamed from a ~256 MB matrix and from ~256 MB of expert-shaped
+// [1024, 2048] matrices (one matmul_tasks call, as an MoE layer runs them: short rows, many matrices),
+// and matrix-matrix at T = 512 (prefill, compute bound) in GFLOP/s, with 1 and 2 threads. Medians
+// (and best) of --runs runs.
 //   bench_kernels [--runs 7] [--threads 1,2] [--target AVX3_DL] [--formats F32,Q8_0,...] [--tokens 512]
 #include <cblas.h>
 #include <fmt/format.h>
@@ -104,11 +106,12 @@ int run(int argc, char** argv) {
       return 2;
     }
   }
-  constexpr int64_t kCols = 4096, kMatvecBytes = 256 << 20, kPrefillRows = 2048;
+  constexpr int64_t kCols = 4096, kMatvecBytes = 256 << 20, kPrefillRows = 2048, kExpertRows = 1024,
+                    kExpertCols = 2048;
   fmt::print("SIMD target {}, {} runs per median, matrix-vector on ~{} MB, matrix-matrix T={} x [{}, {}]\n",
              matmul_targets().front(), runs, kMatvecBytes >> 20, prefill_tokens, kPrefillRows, kCols);
 
-  std::vector<float> x(size_t(prefill_tokens * kCols)), y(size_t(prefill_tokens * kPrefillRows));
+  std::vector<float> x(size_t(prefill_tokens * kCols)), y(size_t(prefill_tokens * kPrefillRows)), y_matvec;
   std::mt19937 gen(1);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (float& v : x) v = dist(gen);
@@ -123,23 +126,41 @@ int run(int argc, char** argv) {
   }
 
   fmt::print("\nmedian (best) of {} runs, as % of the roofline's median\n", runs);
-  fmt::print("| format | bytes/weight | threads | matvec GB/s | % of bandwidth | matmat GFLOP/s | % of FMA peak |\n");
-  fmt::print("|---|---|---|---|---|---|---|\n");
+  fmt::print(
+      "| format | bytes/weight | threads | matvec GB/s | % of bandwidth | experts GB/s | % of bandwidth | matmat "
+      "GFLOP/s | % of FMA peak |\n");
+  fmt::print("|---|---|---|---|---|---|---|---|---|\n");
   for (DType format : formats) {
     const double bytes_per_weight = double(dtype_size(format)) / double(dtype_block_size(format)) +
                                     (format == DType::F4_E2M1 ? 1.0 / kQuantBlock : 0);
     const int64_t matvec_rows = int64_t(kMatvecBytes / (bytes_per_weight * kCols)) / 1024 * 1024;
     OwnedWeight big = tiled_weight(format, matvec_rows, kCols);
     OwnedWeight prefill = tiled_weight(format, kPrefillRows, kCols);
+    const int64_t n_experts = std::max<int64_t>(1, matvec_rows * kCols / (kExpertRows * kExpertCols));
+    OwnedWeight stacked = tiled_weight(format, n_experts * kExpertRows, kExpertCols);  // the experts, one after another
+    y_matvec.resize(size_t(std::max(matvec_rows, n_experts * kExpertRows)));
+    std::vector<WeightView> experts;
+    std::vector<MatmulTask> tasks;
+    experts.reserve(size_t(n_experts));
+    for (int64_t e = 0; e < n_experts; ++e) {
+      experts.push_back(stacked.view.row_slice(e * kExpertRows, kExpertRows));
+      tasks.push_back({y_matvec.data() + e * kExpertRows, x.data(), 1, &experts.back()});
+    }
     for (size_t i = 0; i < thread_counts.size(); ++i) {
       omp_set_num_threads(thread_counts[i]);
-      const Rate gbs = measure(runs, double(big.view.bytes()) / 1e9, [&] { matmul(y.data(), x.data(), 1, big.view); });
+      const Rate gbs =
+          measure(runs, double(big.view.bytes()) / 1e9, [&] { matmul(y_matvec.data(), x.data(), 1, big.view); });
+      const Rate expert_gbs =
+          measure(runs, double(stacked.view.bytes()) / 1e9, [&] { matmul_tasks(tasks); });
       const Rate gflops = measure(runs, 2e-9 * double(prefill_tokens * kPrefillRows * kCols),
                                   [&] { matmul(y.data(), x.data(), prefill_tokens, prefill.view); });
-      fmt::print("| {} | {:.4g} | {} | {:.1f} ({:.1f}) | {:.0f}% ({:.0f}%) | {:.1f} ({:.1f}) | {:.0f}% ({:.0f}%) |\n",
-                 dtype_name(format), bytes_per_weight, thread_counts[i], gbs.median, gbs.best,
-                 100 * gbs.median / bandwidth[i], 100 * gbs.best / bandwidth[i], gflops.median, gflops.best,
-                 100 * gflops.median / peak[i], 100 * gflops.best / peak[i]);
+      fmt::print(
+          "| {} | {:.4g} | {} | {:.1f} ({:.1f}) | {:.0f}% ({:.0f}%) | {:.1f} ({:.1f}) | {:.0f}% ({:.0f}%) | {:.1f} "
+          "({:.1f}) | {:.0f}% ({:.0f}%) |\n",
+          dtype_name(format), bytes_per_weight, thread_counts[i], gbs.median, gbs.best, 100 * gbs.median / bandwidth[i],
+          100 * gbs.best / bandwidth[i], expert_gbs.median, expert_gbs.best, 100 * expert_gbs.median / bandwidth[i],
+          100 * expert_gbs.best / bandwidth[i], gflops.median, gflops.best, 100 * gflops.median / peak[i],
+          100 * gflops.best / peak[i]);
     }
   }
 
