@@ -6,7 +6,8 @@
 #   bench/model/run.sh                          # bf16, 512-token prefill, 32 decoded tokens, 3 runs
 #   DTYPE=q8_0 CONFIGS="bench/model/experts-256.json" bench/model/run.sh
 # Environment: MEGAMOE (binary, default build/megamoe), DTYPE, CONFIGS, OUT, THREADS ("1 2"),
-# PROMPT_TOKENS, GEN_TOKENS, RUNS, TORCH (0 skips the PyTorch reference).
+# PROMPT_TOKENS, GEN_TOKENS, RUNS, ROUNDS (1: how many times the thread counts alternate, for
+# medians on a noisy machine), TORCH (0 skips the PyTorch reference).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MEGAMOE=${MEGAMOE:-build/megamoe}
@@ -18,9 +19,11 @@ uptime
 for config in $CONFIGS; do
   name=$(basename "$config" .json)-$DTYPE
   [ -f "$OUT/$name/config.json" ] || "$MEGAMOE" synth --model-config "$config" --dtype "$DTYPE" --seed 1 --output "$OUT/$name"
-  for threads in ${THREADS:-1 2}; do
-    "$MEGAMOE" bench --model "$OUT/$name" --prompt-tokens "${PROMPT_TOKENS:-512}" --gen-tokens "${GEN_TOKENS:-32}" \
-      --runs "${RUNS:-3}" --threads "$threads" --json | tee "$OUT/$name-threads$threads.json"
+  for round in $(seq "${ROUNDS:-1}"); do
+    for threads in ${THREADS:-1 2}; do
+      "$MEGAMOE" bench --model "$OUT/$name" --prompt-tokens "${PROMPT_TOKENS:-512}" --gen-tokens "${GEN_TOKENS:-32}" \
+        --runs "${RUNS:-3}" --threads "$threads" --json | tee "$OUT/$name-threads$threads-round$round.json"
+    done
   done
 done
 if [ "${TORCH:-1}" != 0 ]; then
