@@ -84,11 +84,13 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
     for (const Share& s : mine)
       for (int64_t row = s.first_row; row < s.first_row + s.rows; ++row, ++m)
         std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, rows_x.data() + m * D);
+    std::vector<MlpJob> jobs;  // all of this rank's experts in one pass of each kind
     m = 0;
     for (const Share& s : mine) {
-      mlp_forward(rows_y.data() + m * D, rows_x.data() + m * D, s.rows, store.expert(layer, s.expert), swiglu_limit);
+      jobs.push_back({rows_y.data() + m * D, rows_x.data() + m * D, s.rows, &store.expert(layer, s.expert)});
       m += s.rows;
     }
+    mlp_forward(jobs, swiglu_limit);
   }
   // Pack the records by destination rank (a counting sort by owner of the token).
   std::vector<int64_t> send_count(N, 0), dest(my_rows);
