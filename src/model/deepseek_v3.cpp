@@ -178,40 +178,70 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
     longest = std::max(longest, pos + 1);
   }
 
-  // The dot products over the latent go through matmul (F32 views of the cache and of W_UV): SIMD,
-  // and summed in one order whatever the batch, so prefill and decode give the same bits.
+  // Queries go in runs: consecutive tokens of one sequence (a prompt), at most kQueryBlock at a time,
+  // so that absorbing W_UK, the scores against the cached keys and W_UV are matrix products over
+  // the run (scores against every key up to the run's last position; each query keeps its own).
+  // Every product goes through matmul, whose rows do not depend on the batch, and each query's
+  // softmax and weighted sum run over its own keys alone: prefill and decode give the same bits.
+  constexpr int64_t kQueryBlock = 64, kLatentBlock = 64;
+  std::vector<std::pair<int64_t, int64_t>> runs;  // [first token, end)
+  for (int64_t n = 0; n < N; ++n) {
+    const bool extends = n > 0 && slots[n].cache == slots[n - 1].cache &&
+                         slots[n].position == slots[n - 1].position + 1 && n - runs.back().first < kQueryBlock;
+    if (extends) runs.back().second = n + 1;
+    else runs.push_back({n, n + 1});
+  }
   std::vector<float> heads(N * H * dv);  // [N, H, dv]
 #pragma omp parallel
   {
-    std::vector<float> w_uk(dn * C), w_uv(dv * C);  // [dn, C], [dv, C]: this head's rows of kv_b
-    std::vector<float> q_full(entry), o_latent(C), scores(longest);  // q_full: absorbed query | rope query
+    const int64_t B = kQueryBlock;
+    std::vector<float> w_uk(dn * C), w_uk_t(C * dn), w_uv(dv * C);  // [dn, C], [C, dn], [dv, C]: this head's kv_b
+    std::vector<float> q_nope(B * dn), q_absorbed(B * C), q_full(B * entry);  // q_full: absorbed query | rope query
+    std::vector<float> scores(B * longest), o_latent(B * C), o_head(B * dv);
+    const WeightView w_uk_view{.dtype = DType::F32, .rows = C, .cols = dn, .data = w_uk_t.data()};
     const WeightView w_uv_view{.dtype = DType::F32, .rows = dv, .cols = C, .data = w_uv.data()};
 #pragma omp for schedule(dynamic)
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t i = 0; i < dn; ++i) dequantize_row(w_uk.data() + i * C, w.kv_b_proj, h * (dn + dv) + i);
+      for (int64_t i = 0; i < dn; ++i)
+        for (int64_t j = 0; j < C; ++j) w_uk_t[j * dn + i] = w_uk[i * C + j];
       for (int64_t i = 0; i < dv; ++i) dequantize_row(w_uv.data() + i * C, w.kv_b_proj, h * (dn + dv) + dn + i);
-      for (int64_t n = 0; n < N; ++n) {
-        const float* qh = q.data() + (n * H + h) * dq;  // [dn | dr]
-        std::fill_n(q_full.begin(), C, 0.f);
-        for (int64_t i = 0; i < dn; ++i) {
-          const float qi = qh[i];
-          const float* row = w_uk.data() + i * C;
-          for (int64_t j = 0; j < C; ++j) q_full[j] += qi * row[j];
+      for (const auto& [first, end] : runs) {
+        const int64_t R = end - first;
+        for (int64_t r = 0; r < R; ++r) std::copy_n(q.data() + ((first + r) * H + h) * dq, dn, q_nope.data() + r * dn);
+        matmul(q_absorbed.data(), q_nope.data(), R, w_uk_view);  // [R, C]
+        for (int64_t r = 0; r < R; ++r) {
+          std::copy_n(q_absorbed.data() + r * C, C, q_full.data() + r * entry);
+          std::copy_n(q.data() + ((first + r) * H + h) * dq + dn, dr, q_full.data() + r * entry + C);
         }
-        std::copy_n(qh + dn, dr, q_full.begin() + C);
-        const float* cache = slots[n].cache->layer(layer);  // [length, C + dr]
-        const int64_t seen = slots[n].position + 1;
-        const WeightView keys{.dtype = DType::F32, .rows = seen, .cols = entry, .data = cache};  // latent | rope key
-        matmul(scores.data(), q_full.data(), 1, keys);
-        for (int64_t s = 0; s < seen; ++s) scores[s] *= softmax_scale;
-        softmax(scores.data(), seen);
-        std::fill(o_latent.begin(), o_latent.end(), 0.f);
-        for (int64_t s = 0; s < seen; ++s) {
-          const float p = scores[s];
-          const float* e = cache + s * entry;
-          for (int64_t j = 0; j < C; ++j) o_latent[j] += p * e[j];
+        const float* cache = slots[first].cache->layer(layer);  // [length, C + dr]
+        const int64_t keys_seen = slots[end - 1].position + 1;
+        const WeightView keys{.dtype = DType::F32, .rows = keys_seen, .cols = entry, .data = cache};  // latent | rope key
+        matmul(scores.data(), q_full.data(), R, keys);  // [R, keys_seen]
+        for (int64_t r = 0; r < R; ++r) {
+          float* p = scores.data() + r * keys_seen;
+          const int64_t seen = slots[first + r].position + 1;
+          for (int64_t s = 0; s < seen; ++s) p[s] *= softmax_scale;
+          softmax(p, seen);
+          // o = sum_s p[s] * latent[s], kLatentBlock outputs at a time: their sums stay in L1 while
+          // the keys stream past, instead of all C loaded and stored again per key (each output
+          // still adds its terms in key order).
+          float* o = o_latent.data() + r * C;
+          for (int64_t j0 = 0; j0 < C; j0 += kLatentBlock) {
+            const int64_t width = std::min(kLatentBlock, C - j0);
+            float sums[kLatentBlock] = {};
+            for (int64_t s = 0; s < seen; ++s) {
+              const float* e = cache + s * entry + j0;
+              if (width == kLatentBlock)
+                for (int64_t j = 0; j < kLatentBlock; ++j) sums[j] += p[s] * e[j];
+              else
+                for (int64_t j = 0; j < width; ++j) sums[j] += p[s] * e[j];
+            }
+            std::copy_n(sums, width, o + j0);
+          }
         }
-        matmul(heads.data() + (n * H + h) * dv, o_latent.data(), 1, w_uv_view);
+        matmul(o_head.data(), o_latent.data(), R, w_uv_view);  // [R, dv]
+        for (int64_t r = 0; r < R; ++r) std::copy_n(o_head.data() + r * dv, dv, heads.data() + ((first + r) * H + h) * dv);
       }
     }
   }
