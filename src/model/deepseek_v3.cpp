@@ -183,7 +183,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
   // the run (scores against every key up to the run's last position; each query keeps its own).
   // Every product goes through matmul, whose rows do not depend on the batch, and each query's
   // softmax and weighted sum run over its own keys alone: prefill and decode give the same bits.
-  constexpr int64_t kQueryBlock = 64, kLatentBlock = 64;
+  constexpr int64_t kQueryBlock = 64;
   std::vector<std::pair<int64_t, int64_t>> runs;  // [first token, end)
   for (int64_t n = 0; n < N; ++n) {
     const bool extends = n > 0 && slots[n].cache == slots[n - 1].cache &&
@@ -223,22 +223,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
           const int64_t seen = slots[first + r].position + 1;
           for (int64_t s = 0; s < seen; ++s) p[s] *= softmax_scale;
           softmax(p, seen);
-          // o = sum_s p[s] * latent[s], kLatentBlock outputs at a time: their sums stay in L1 while
-          // the keys stream past, instead of all C loaded and stored again per key (each output
-          // still adds its terms in key order).
-          float* o = o_latent.data() + r * C;
-          for (int64_t j0 = 0; j0 < C; j0 += kLatentBlock) {
-            const int64_t width = std::min(kLatentBlock, C - j0);
-            float sums[kLatentBlock] = {};
-            for (int64_t s = 0; s < seen; ++s) {
-              const float* e = cache + s * entry + j0;
-              if (width == kLatentBlock)
-                for (int64_t j = 0; j < kLatentBlock; ++j) sums[j] += p[s] * e[j];
-              else
-                for (int64_t j = 0; j < width; ++j) sums[j] += p[s] * e[j];
-            }
-            std::copy_n(sums, width, o + j0);
-          }
+          weighted_row_sum(o_latent.data() + r * C, p, cache, seen, C, entry);  // the latents, by p
         }
         matmul(o_head.data(), o_latent.data(), R, w_uv_view);  // [R, dv]
         for (int64_t r = 0; r < R; ++r) std::copy_n(o_head.data() + r * dv, dv, heads.data() + ((first + r) * H + h) * dv);

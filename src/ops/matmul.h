@@ -45,6 +45,10 @@ void matmul_reference(float* y, const float* x, int64_t T, const WeightView& W);
 // matmul_quantizes_activations; the int8 kernels must match it up to float summation order.
 void matmul_reference_quantized(float* y, const float* x, int64_t T, const WeightView& W);
 
+// out [width] = sum_s weights[s] * rows[s * stride : s * stride + width] for s = 0..n-1 (attention's
+// weighted sum of cached values), SIMD along the outputs; each output adds its terms in order s.
+void weighted_row_sum(float* out, const float* weights, const float* rows, int64_t n, int64_t width, int64_t stride);
+
 // out [W.cols] = row `row` of W as fp32 (embedding lookups, tests).
 void dequantize_row(float* out, const WeightView& W, int64_t row);
 

@@ -749,6 +749,31 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
   }
 }
 
+// out [width] = sum over s of weights[s] * rows[s * stride + j], s in order, each output its own
+// lane: the attention's weighted sum of cached values, vectorized along the outputs.
+void WeightedRowSum(float* out, const float* weights, const float* rows, int64_t n, int64_t width, int64_t stride) {
+  const DF df;
+  const int64_t N = int64_t(hn::Lanes(df));
+  constexpr int64_t kVectors = 4;  // outputs held in registers while the rows stream past
+  int64_t j0 = 0;
+  for (; j0 + kVectors * N <= width; j0 += kVectors * N) {
+    V<DF> sums[kVectors];
+    for (auto& v : sums) v = hn::Zero(df);
+    for (int64_t s = 0; s < n; ++s) {
+      const auto w = hn::Set(df, weights[s]);
+      for (int64_t v = 0; v < kVectors; ++v)
+        sums[v] = hn::MulAdd(w, hn::LoadU(df, rows + s * stride + j0 + v * N), sums[v]);
+    }
+    for (int64_t v = 0; v < kVectors; ++v) hn::StoreU(sums[v], df, out + j0 + v * N);
+  }
+  const hn::CappedTag<float, 1> d1;  // the rest one output at a time, with the same MulAdd
+  for (int64_t j = j0; j < width; ++j) {
+    auto sum = hn::Zero(d1);
+    for (int64_t s = 0; s < n; ++s) sum = hn::MulAdd(hn::Set(d1, weights[s]), hn::LoadU(d1, rows + s * stride + j), sum);
+    hn::StoreU(sum, d1, out + j);
+  }
+}
+
 void DequantizeRow(float* out, const WeightView& W, int64_t row) {
   WithRows(W, [&](const auto& w) { w.Dequantize(out, row, 0, W.cols); });
 }
@@ -760,6 +785,7 @@ HWY_AFTER_NAMESPACE();
 namespace megamoe {
 HWY_EXPORT(MatmulTasks);
 HWY_EXPORT(DequantizeRow);
+HWY_EXPORT(WeightedRowSum);
 HWY_EXPORT(QuantizeActivations);
 
 bool matmul_quantizes_activations(DType weight_format) {
@@ -809,6 +835,10 @@ void matmul_swiglu(float* h, const float* x, int64_t T, const WeightView& gate, 
   matmul(h, x, T, gate);
   matmul(up_products.data(), x, T, up);
   swiglu(h, up_products.data(), T * gate.rows, swiglu_limit);
+}
+
+void weighted_row_sum(float* out, const float* weights, const float* rows, int64_t n, int64_t width, int64_t stride) {
+  HWY_DYNAMIC_DISPATCH(WeightedRowSum)(out, weights, rows, n, width, stride);
 }
 
 void dequantize_row(float* out, const WeightView& W, int64_t row) {

@@ -353,6 +353,29 @@ TEST(KernelTargetTest, ActivationsRoundLikeQuantizeRowQ8_0OnEveryTarget) {
   }
 }
 
+// Each output is the same whatever the width around it (vector blocks or the one-output rest, so
+// prefill and decode agree), on every target; against a double sum for the size of the error.
+TEST(KernelTargetTest, WeightedRowSumGivesEachOutputAloneItsBits) {
+  TargetGuard guard;
+  const int64_t n = 37, stride = 300;
+  const std::vector<float> weights = random_floats(n, 71), rows = random_floats(size_t(n * stride), 72);
+  for (const std::string& target : matmul_targets()) {
+    matmul_use_target(target);
+    for (int64_t width : {1, 15, 64, 65, 257, 300}) {
+      std::vector<float> out(size_t(width), NAN);
+      weighted_row_sum(out.data(), weights.data(), rows.data(), n, width, stride);
+      for (int64_t j = 0; j < width; ++j) {
+        float alone = NAN;
+        weighted_row_sum(&alone, weights.data(), rows.data() + j, n, 1, stride);
+        double exact = 0;
+        for (int64_t s = 0; s < n; ++s) exact += double(weights[s]) * rows[s * stride + j];
+        ASSERT_EQ(std::bit_cast<uint32_t>(out[j]), std::bit_cast<uint32_t>(alone)) << target << " width " << width << " output " << j;
+        ASSERT_NEAR(out[j], exact, 1e-5) << target << " width " << width << " output " << j;
+      }
+    }
+  }
+}
+
 TEST(KernelTargetTest, EmptyInputsGiveZeros) {
   const WeightView empty{.dtype = DType::BF16, .rows = 3, .cols = 0, .data = nullptr};
   std::vector<float> y(9 * 3, NAN);
