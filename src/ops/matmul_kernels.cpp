@@ -650,7 +650,7 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
   const int64_t blocks = K / kQuantBlock;
   out->q.resize(size_t(T * K));
   out->d.resize(size_t(T * blocks));
-#pragma omp parallel for schedule(static) if (T * K >= (1 << 16))
+#pragma omp parallel for schedule(static) if (T * K >= kParallelGrain)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < blocks; ++b) {
       const DF df;
@@ -810,10 +810,21 @@ void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
     else runnable.push_back(task);
   }
   if (xq.size() < runnable.size()) xq.resize(runnable.size());
-  for (size_t i = 0; i < runnable.size(); ++i) {
-    const WeightView& W = *runnable[i].weight;
-    if (matmul_quantizes_activations(W.dtype))
-      HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&xq[i], runnable[i].x, runnable[i].T, W.cols, W.dtype == DType::F4_E2M1);
+  // Many tasks (experts) are rounded in one parallel loop over them; one large task in parallel
+  // inside QuantizeActivations instead.
+  int64_t rounded = 0;
+  for (const MatmulTask& task : runnable)
+    if (matmul_quantizes_activations(task.weight->dtype)) rounded += task.T * task.weight->cols;
+  // Plain pointers: inside the parallel loop a thread_local name would be each thread's own.
+  const MatmulTask* tasks_to_round = runnable.data();
+  QuantizedActivations* rounded_xq = xq.data();
+  const int64_t n_tasks = int64_t(runnable.size());
+#pragma omp parallel for schedule(dynamic) if (n_tasks > 1 && rounded >= kParallelGrain)
+  for (int64_t i = 0; i < n_tasks; ++i) {
+    const MatmulTask& task = tasks_to_round[i];
+    if (matmul_quantizes_activations(task.weight->dtype))
+      HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&rounded_xq[i], task.x, task.T, task.weight->cols,
+                                                task.weight->dtype == DType::F4_E2M1);
   }
   if (!runnable.empty()) HWY_DYNAMIC_DISPATCH(MatmulTasks)(runnable.data(), runnable.size(), xq.data(), swiglu_limit);
 }
