@@ -1,8 +1,8 @@
 // The SIMD kernels behind matmul.h, compiled by Highway once per instruction set (AVX-512 with VNNI,
 // AVX-512, AVX2, and SCALAR, its portable one-lane fallback) and chosen at run time.
 //
-// One loop covers every format and every number of tokens, parallel over output rows: tiles of R rows
-// x C tokens, each sum a dot product along K with SIMD lanes along K (per-lane partial sums reduced
+// One loop covers every format and every number of tokens, parallel over output rows (of one product,
+// or of many in one pass: MatmulTasks, an MoE layer's experts): tiles of R rows x C tokens, each sum a dot product along K with SIMD lanes along K (per-lane partial sums reduced
 // by one SumOfLanes at the end), like llamafile's tinyBLAS. Every sum is computed in the same order
 // whatever the tile shape, T and the other tokens of the batch, so y[t, r] is bit for bit the same
 // for one token alone (decode), in a prefill of 512 or in any batch (batch invariance: prefill and
@@ -12,7 +12,7 @@
 // (Int8PairTile), elsewhere one block per 256-bit vector (Int8Tile). From kDecodeMinTokens tokens on,
 // the float formats decode each tile's rows once into an fp32 buffer (unscaled, exactly the values
 // decoded in registers) that every token of the block reads, instead of decoding them again for
-// every C tokens.
+// every C tokens. Matrix-vector tiles prefetch the next tile's rows (PrefetchNextTile).
 #ifndef MEGAMOE_MATMUL_KERNELS_CONFIG
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
