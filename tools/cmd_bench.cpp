@@ -13,6 +13,7 @@
 #include "model/model.h"
 #include "ops/roofline.h"
 #include "util/error.h"
+#include "util/huge_pages.h"
 
 namespace megamoe::cli {
 
@@ -52,7 +53,8 @@ void register_bench(CLI::App& app) {
   add_memory_options(cmd, &o->memory);
   cmd->callback([o] {
     if (o->threads > 0) omp_set_num_threads(o->threads);
-    const auto model = dist::load_model_on_ranks(o->model, o->distributed);
+    const Residency residency = weight_residency(o->memory, o->model);
+    const auto model = dist::load_model_on_ranks(o->model, o->distributed, residency);
     const ModelInfo& info = model->info();
     const int64_t P = o->prompt_tokens, G = o->gen_tokens, V = model->vocab_size();
     if (P + G > model->max_context())
@@ -89,6 +91,7 @@ void register_bench(CLI::App& app) {
       }
     }
     const int64_t peak_rss = peak_rss_bytes();  // before the bandwidth probe's buffer
+    const int64_t huge_pages = huge_page_bytes();
     const double bandwidth = measure_read_bandwidth_gb_s();
     const double prefill = median(prefill_rates), decode = median(decode_rates);
     const double roofline_tokens_per_s = bandwidth * 1e9 / double(info.active_weight_bytes_per_token);
@@ -108,6 +111,8 @@ void register_bench(CLI::App& app) {
         {"decode_roofline_tokens_per_s", roofline_tokens_per_s},
         {"decode_roofline_fraction", decode / roofline_tokens_per_s},
         {"peak_rss_bytes", peak_rss},
+        {"weight_residency", residency == Residency::HugePages ? "huge_pages" : "mapped"},
+        {"huge_page_bytes", huge_pages},
     };
     const double decoded = double(G) * o->runs;
     if (streaming)
@@ -133,6 +138,10 @@ void register_bench(CLI::App& app) {
     std::printf("memory   peak RSS %.1f MB = %.2fx weights (%.1f MB) + KV cache (%.1f MB)\n", peak_rss / 1e6,
                 double(peak_rss) / double(info.weight_bytes + cache_bytes), info.weight_bytes / 1e6,
                 cache_bytes / 1e6);
+    if (residency == Residency::HugePages)
+      std::printf("weights  read into memory, %.1f MB of the process in huge pages\n", huge_pages / 1e6);
+    else
+      std::printf("weights  mapped from the files\n");
     if (streaming)
       std::printf("experts  %d cache slots of %.2f MB: decode hit rate %.1f%% (%.1f%% prefetched), %.2f MB read "
                   "from disk per token in %.1f reads%s\n",

@@ -27,7 +27,7 @@ void register_logits(CLI::App& app) {
   add_memory_options(cmd, &options->memory);
   cmd->callback([options] {
     const std::vector<int32_t> tokens = parse_token_list(options->tokens, "--tokens");
-    const auto model = dist::load_model_on_ranks(options->model, options->distributed);
+    const auto model = dist::load_model_on_ranks(options->model, options->distributed, weight_residency(options->memory, options->model));
     const int64_t T = int64_t(tokens.size()), V = model->vocab_size();
     apply_memory_options(model.get(), options->memory, options->model, model->cache_bytes(T));
     std::vector<float> logits(T * V);  // [T, V]

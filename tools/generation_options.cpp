@@ -42,7 +42,7 @@ void add_generation_options(CLI::App* cmd, GenerationOptions* o, int64_t default
 GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_required) {
   GenerationSetup setup;
   validate(o.params.sampling);
-  setup.model = dist::load_model_on_ranks(o.model, o.distributed);
+  setup.model = dist::load_model_on_ranks(o.model, o.distributed, weight_residency(o.memory, o.model));
   const ModelInfo& info = setup.model->info();
   setup.max_context = o.max_context > 0 ? std::min(o.max_context, setup.model->max_context()) : setup.model->max_context();
   apply_memory_options(setup.model.get(), o.memory, o.model, o.sequences * setup.model->cache_bytes(setup.max_context));

@@ -1,5 +1,10 @@
 #include "memory_options.h"
 
+#include <filesystem>
+#include <system_error>
+
+#include "util/huge_pages.h"
+
 namespace megamoe::cli {
 
 void add_memory_options(CLI::App* cmd, MemoryOptions* o) {
@@ -11,6 +16,21 @@ void add_memory_options(CLI::App* cmd, MemoryOptions* o) {
                   "With --memory-budget: evict the least recently (lru) or least often (lfu) used expert")
       ->check(CLI::IsMember({"lru", "lfu"}))
       ->capture_default_str();
+  cmd->add_flag("--mmap", o->mmap,
+                "Map the weight files instead of reading them into huge-page memory (the default when they fit): "
+                "starts at once and shares the page cache, but decode streams rarely used weights slower");
+}
+
+Residency weight_residency(const MemoryOptions& o, const std::string& model_dir) {
+  if (!o.budget.empty() || o.mmap || !transparent_huge_pages_enabled()) return Residency::Mapped;
+  std::error_code error;
+  int64_t file_bytes = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(model_dir, error))
+    if (entry.is_regular_file(error) && entry.path().extension() == ".safetensors")
+      file_bytes += int64_t(entry.file_size(error));
+  // Room left for activations, KV caches and the rest of the system.
+  const auto available = available_memory();
+  return available && file_bytes <= *available / 10 * 9 ? Residency::HugePages : Residency::Mapped;
 }
 
 StreamingExpertStore* apply_memory_options(Model* model, const MemoryOptions& o, const std::string& model_dir,

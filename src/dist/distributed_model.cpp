@@ -174,10 +174,11 @@ void follow(const Model& model) {
 
 }  // namespace
 
-std::unique_ptr<Model> load_model_on_ranks(const std::filesystem::path& dir, const DistributedOptions& options) {
+std::unique_ptr<Model> load_model_on_ranks(const std::filesystem::path& dir, const DistributedOptions& options,
+                                           Residency residency) {
   if (!distributed()) {
     if (!options.placement.empty()) fail("--placement needs an expert-parallel run (mpirun -np N with N > 1)");
-    return load_model(dir);
+    return load_model(dir, residency);
   }
   const std::filesystem::path stats_dir = std::filesystem::path(options.stats).parent_path();
   if (!options.stats.empty() && !stats_dir.empty() && !std::filesystem::is_directory(stats_dir))

@@ -15,10 +15,11 @@ struct DistributedOptions {
   std::string stats;      // --dist-stats FILE.json: per-rank times, traffic, loads and memory
 };
 
-// load_model(dir) without mpirun or with one rank. With N > 1 ranks every rank loads the model
-// (mapped: a rank never reads another rank's experts), checks that all loaded the same one and
+// load_model(dir, residency) without mpirun or with one rank. With N > 1 ranks every rank loads the
+// model mapped (a rank never reads another rank's experts, and ranks on one machine share the pages), checks that all loaded the same one and
 // places the experts; rank 0 gets the model to run the command with, and every other rank follows
 // rank 0's forward passes until rank 0's model is destroyed, then finalizes MPI and exits 0.
-std::unique_ptr<Model> load_model_on_ranks(const std::filesystem::path& dir, const DistributedOptions& options);
+std::unique_ptr<Model> load_model_on_ranks(const std::filesystem::path& dir, const DistributedOptions& options,
+                                           Residency residency = Residency::Mapped);
 
 }  // namespace megamoe::dist

@@ -48,7 +48,7 @@ std::map<std::string, std::vector<std::string>> read_weight_map(const fs::path& 
 
 }  // namespace
 
-std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir) {
+std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir, Residency residency) {
   if (!fs::is_directory(dir)) fail("checkpoint {}: not a directory", dir.string());
   auto checkpoint = std::make_unique<Checkpoint>();
   checkpoint->dir_ = dir;
@@ -63,7 +63,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir) {
     for (const auto& [name, expected_tensors] : read_weight_map(index_path)) {
       const fs::path path = dir / name;
       if (!fs::exists(path)) fail("{}: names {}, which does not exist", index_path.string(), path.string());
-      files.push_back(SafetensorsFile::open(path));
+      files.push_back(SafetensorsFile::open(path, residency));
       for (const std::string& tensor : expected_tensors)
         if (!files.back()->find(tensor))
           fail("{}: tensor \"{}\" is missing, though {} places it there", path.string(), tensor,
@@ -74,7 +74,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir) {
     for (const fs::directory_entry& entry : fs::directory_iterator(dir))
       if (entry.is_regular_file() && entry.path().extension() == ".safetensors") paths.push_back(entry.path());
     std::sort(paths.begin(), paths.end());
-    for (const fs::path& path : paths) files.push_back(SafetensorsFile::open(path));
+    for (const fs::path& path : paths) files.push_back(SafetensorsFile::open(path, residency));
   }
   if (files.empty()) fail("checkpoint {}: no .safetensors files", dir.string());
 

@@ -26,7 +26,7 @@ enum class ScaleLayout {
 class Checkpoint {
  public:
   // Throws Error naming the directory or file at fault (missing config.json, bad index, ...).
-  static std::unique_ptr<Checkpoint> open(const std::filesystem::path& dir);
+  static std::unique_ptr<Checkpoint> open(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
 
   const std::filesystem::path& dir() const { return dir_; }
   const nlohmann::json& config() const { return config_; }

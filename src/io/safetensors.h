@@ -1,6 +1,7 @@
 // safetensors files: an 8-byte little-endian header length, a JSON header
 // {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then the raw tensor bytes.
-// Reading maps the file into memory; tensors are used in place, never copied.
+// Opening maps the file or reads it into huge-page memory (Residency); either way tensors are used in
+// place, never copied one by one.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +21,7 @@ struct TensorInfo {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
-  const std::byte* data;  // inside the mapping, valid while the file object lives
+  const std::byte* data;  // inside the file's bytes, valid while the file object lives
   size_t nbytes;
   const std::filesystem::path* file;  // the file it came from, for error messages
 
@@ -28,27 +29,34 @@ struct TensorInfo {
   std::string shape_string() const;  // "[3, 4]"
 };
 
-class MappedFile;  // read-only memory mapping of a whole file
+class FileBytes;  // a whole file's bytes, read-only
+
+// Where an opened file's bytes live.
+enum class Residency {
+  Mapped,     // mapped from the page cache: opens at once, shared between processes, may exceed memory
+  HugePages,  // read into private huge-page memory: streams faster (util/huge_pages.h), costs a read
+};
 
 class SafetensorsFile {
  public:
   // Validates the whole header: size, JSON, dtypes, shapes against byte ranges, ranges inside the
   // file and not overlapping. Throws Error naming the file (and tensor) at fault.
-  static std::unique_ptr<SafetensorsFile> open(const std::filesystem::path& path);
+  static std::unique_ptr<SafetensorsFile> open(const std::filesystem::path& path,
+                                               Residency residency = Residency::Mapped);
   ~SafetensorsFile();
 
   const std::filesystem::path& path() const { return path_; }
   const TensorInfo* find(const std::string& name) const;  // nullptr when absent
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  // The whole mapped file: where a tensor's bytes sit in the file is data - mapped().data()
-  // (the expert cache reads them with pread instead of through the mapping).
-  std::span<const std::byte> mapped() const;
+  // The whole file: where a tensor's bytes sit in the file is data - bytes().data() (the expert
+  // cache reads them with pread instead).
+  std::span<const std::byte> bytes() const;
 
  private:
   SafetensorsFile() = default;
   std::filesystem::path path_;
-  std::unique_ptr<MappedFile> mapping_;
+  std::unique_ptr<FileBytes> bytes_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;

@@ -74,9 +74,9 @@ void for_each_tensor(const ModelConfig& c, ModelWeights* w,
   if (!c.tie_word_embeddings) matrix("lm_head.weight", c.vocab_size, D, TensorRole::Head, &w->lm_head);
 }
 
-std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::path& dir) {
+std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::path& dir, Residency residency) {
   std::unique_ptr<DeepseekV3Model> model(new DeepseekV3Model);
-  model->checkpoint_ = Checkpoint::open(dir);
+  model->checkpoint_ = Checkpoint::open(dir, residency);
   const Checkpoint& ckpt = *model->checkpoint_;
   const ModelConfig& c = model->config_ = parse_model_config(ckpt.config(), (dir / "config.json").string());
   for_each_tensor(c, &model->weights_, [&](const TensorSpec& spec, TensorSlot slot) {

@@ -80,7 +80,7 @@ class MlaCache final : public SequenceCache {
 class DeepseekV3Model final : public Model {
  public:
   // Opens the checkpoint, parses config.json, checks and maps every tensor (nothing copied but norms).
-  static std::unique_ptr<DeepseekV3Model> load(const std::filesystem::path& dir);
+  static std::unique_ptr<DeepseekV3Model> load(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
 
   const ModelInfo& info() const override { return info_; }
   const ModelConfig& config() const { return config_; }

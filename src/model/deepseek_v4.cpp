@@ -199,9 +199,9 @@ bool V4Cache::can_truncate(int64_t length) const {
 
 // ---- loading ----
 
-std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::path& dir) {
+std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::path& dir, Residency residency) {
   std::unique_ptr<DeepseekV4Model> model(new DeepseekV4Model);
-  model->checkpoint_ = Checkpoint::open(dir);
+  model->checkpoint_ = Checkpoint::open(dir, residency);
   const Checkpoint& ckpt = *model->checkpoint_;
   const std::string config_path = (dir / "config.json").string();
   const ModelConfig& c = model->config_ = parse_model_config(ckpt.config(), config_path);

@@ -127,7 +127,7 @@ class V4Cache final : public SequenceCache {
 class DeepseekV4Model final : public Model {
  public:
   // Opens the checkpoint, parses config.json, checks and maps every tensor (MTP modules included).
-  static std::unique_ptr<DeepseekV4Model> load(const std::filesystem::path& dir);
+  static std::unique_ptr<DeepseekV4Model> load(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
 
   const ModelInfo& info() const override { return info_; }
   const ModelConfig& config() const { return config_; }

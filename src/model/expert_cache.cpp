@@ -55,7 +55,7 @@ StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint, std::ve
     const int fd = ::open(file->path().c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) fail("{}: cannot open: {}", file->path().string(), std::strerror(errno));
     fds_.push_back(fd);
-    mapped_.push_back(file->mapped());
+    file_bytes_.push_back(file->bytes());
   }
   // Every tensor by its first byte, to size the ranges the views point at.
   std::map<const std::byte*, int64_t> tensor_bytes;
@@ -77,12 +77,12 @@ StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint, std::ve
         for (const void* p : {w->data, static_cast<const void*>(w->scale_inv), static_cast<const void*>(w->scale_e8m0)}) {
           const auto* bytes = static_cast<const std::byte*>(p);
           if (!bytes) continue;
-          for (size_t f = 0; f < mapped_.size(); ++f) {
-            if (bytes < mapped_[f].data() || bytes >= mapped_[f].data() + mapped_[f].size()) continue;
+          for (size_t f = 0; f < file_bytes_.size(); ++f) {
+            if (bytes < file_bytes_[f].data() || bytes >= file_bytes_[f].data() + file_bytes_[f].size()) continue;
             // Outside any mapping (a realigned or decoded copy): resident already, left as is.
             const auto size = tensor_bytes.find(bytes);
             if (size == tensor_bytes.end()) fail("expert weight at an unknown place in {}", checkpoint.dir().string());
-            entry.runs.push_back({int(f), bytes - mapped_[f].data(), size->second, 0});
+            entry.runs.push_back({int(f), bytes - file_bytes_[f].data(), size->second, 0});
           }
         }
       std::sort(entry.runs.begin(), entry.runs.end(),
@@ -140,7 +140,7 @@ MlpWeights StreamingExpertStore::rebased(int64_t entry, std::byte* slot) const {
   auto move = [&](const void* p) -> const std::byte* {
     const auto* bytes = static_cast<const std::byte*>(p);
     for (const Run& run : e.runs) {
-      const std::byte* start = mapped_[run.file].data() + run.offset;
+      const std::byte* start = file_bytes_[run.file].data() + run.offset;
       if (bytes >= start && bytes < start + run.bytes) return slot + run.slot_offset + (bytes - start);
     }
     return bytes;  // null, or resident outside the mapping

@@ -84,7 +84,7 @@ class StreamingExpertStore final : public ExpertStore {
   void prefetch_loop() const;
 
   std::vector<int> fds_;                        // one per checkpoint file
-  std::vector<std::span<const std::byte>> mapped_;  // each file's mapping, to locate views
+  std::vector<std::span<const std::byte>> file_bytes_;  // each file's bytes, to locate views
   std::vector<int64_t> layer_base_;             // first entry of each layer (-1: dense)
   std::vector<Entry> entries_;
   int64_t slot_bytes_ = 0, streamed_bytes_ = 0;

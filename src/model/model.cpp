@@ -21,15 +21,15 @@ void Model::forward_sequence(float* logits, std::span<const int32_t> tokens) con
   forward(logits, std::span(&step, 1));
 }
 
-std::unique_ptr<Model> load_model(const std::filesystem::path& dir) {
+std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency residency) {
   // A glance at the architecture picks the family; each family's loader reports what is wrong
   // with the directory (the V2/V3 one also names unknown architectures).
   std::ifstream in(dir / "config.json");
   const nlohmann::json config = nlohmann::json::parse(in, nullptr, false);
   if (config.is_object() && config.value("architectures", nlohmann::json::array()) ==
                                 nlohmann::json::array({"DeepseekV4ForCausalLM"}))
-    return DeepseekV4Model::load(dir);
-  return DeepseekV3Model::load(dir);
+    return DeepseekV4Model::load(dir, residency);
+  return DeepseekV3Model::load(dir, residency);
 }
 
 void for_each_tensor(const ModelConfig& c, const std::function<void(const TensorSpec&)>& visit) {

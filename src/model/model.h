@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "io/safetensors.h"
 #include "model/expert_parallel.h"
 #include "model/moe.h"
 
@@ -99,7 +100,7 @@ class Model {
   const ExpertParallel* expert_parallel_ = nullptr;
 };
 
-// Opens a checkpoint directory with the family its config.json names.
-std::unique_ptr<Model> load_model(const std::filesystem::path& dir);
+// Opens a checkpoint directory with the family its config.json names, its files held as `residency` says.
+std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
 
 }  // namespace megamoe

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ops/roofline.h"
+#include "util/huge_pages.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace megamoe::HWY_NAMESPACE {
@@ -93,12 +94,13 @@ double median_rate(int runs, Run run) {
 
 double measure_read_bandwidth_gb_s(int64_t bytes, int runs) {
   bytes -= bytes % 4096;
-  std::unique_ptr<uint8_t[]> buffer(new uint8_t[bytes]);
+  HugePageBuffer buffer{size_t(bytes)};  // held as model weights are (util/huge_pages.h)
+  uint8_t* data = reinterpret_cast<uint8_t*>(buffer.data());
 #pragma omp parallel for schedule(static)  // first touch by the threads that will read it
-  for (int64_t i = 0; i < bytes; i += 4096) std::memset(buffer.get() + i, int(i >> 12), 4096);
+  for (int64_t i = 0; i < bytes; i += 4096) std::memset(data + i, int(i >> 12), 4096);
   volatile uint64_t sink = 0;
   return median_rate(runs, [&] {
-           sink = sink + HWY_DYNAMIC_DISPATCH(ReadAll)(buffer.get(), bytes);
+           sink = sink + HWY_DYNAMIC_DISPATCH(ReadAll)(data, bytes);
            return double(bytes);
          }) / 1e9;
 }

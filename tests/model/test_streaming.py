@@ -1,6 +1,7 @@
 """--memory-budget (docs/streaming.md): routed experts stream from disk through a cache, the peak
 resident set stays within the budget on a model several times larger, the logits are exactly those
-of the fully mapped model, and bad or too small budgets fail with one clear line.
+of the whole model in memory, and bad or too small budgets fail with one clear line. Without a budget
+the weights are read into huge-page memory, or mapped with --mmap: the same logits either way.
 
     cd tests/model && MEGAMOE_BIN=/path/to/megamoe PYTHONPATH=/work/main/tests \\
         /usr/bin/python3 -m unittest -v test_streaming
@@ -53,7 +54,7 @@ class Streaming(unittest.TestCase):
         cls.model = os.path.join(cls.tmp, "model")
         harness.synth(config_path, "bf16", 7, cls.model)
         cls.model_bytes = sum(os.path.getsize(os.path.join(cls.model, n)) for n in os.listdir(cls.model))
-        cls.mapped = harness.megamoe_logits(cls.model, TOKENS, os.path.join(cls.tmp, "mapped.npy"))
+        cls.in_memory = harness.megamoe_logits(cls.model, TOKENS, os.path.join(cls.tmp, "whole.npy"))
 
     @classmethod
     def tearDownClass(cls):
@@ -76,11 +77,11 @@ class Streaming(unittest.TestCase):
 
     def test_peak_rss_within_budget(self):
         self.assertGreater(self.model_bytes, 4 * BUDGET)
-        _, stderr = self.logits("mapped-timed", timed=True)
-        self.assertGreater(peak_rss_bytes(stderr), BUDGET, "the test needs a model that exceeds the budget mapped")
+        _, stderr = self.logits("whole-timed", timed=True)
+        self.assertGreater(peak_rss_bytes(stderr), BUDGET, "the test needs a model that exceeds the budget")
         streamed, stderr = self.logits("budget", "--memory-budget", f"{BUDGET // MIB}MiB", timed=True)
         self.assertLessEqual(peak_rss_bytes(stderr), BUDGET)
-        np.testing.assert_array_equal(streamed, self.mapped)
+        np.testing.assert_array_equal(streamed, self.in_memory)
 
     def test_identical_logits_with_eviction(self):
         # The smallest budget: fewer slots than one prompt's experts per layer, so layers run in
@@ -88,7 +89,7 @@ class Streaming(unittest.TestCase):
         budget = self.minimum_budget()
         for extra in ([], ["--no-prefetch"], ["--eviction", "lfu"]):
             streamed, _ = self.logits("tight", "--memory-budget", str(budget), "--chunk-size", "1", *extra)
-            np.testing.assert_array_equal(streamed, self.mapped)
+            np.testing.assert_array_equal(streamed, self.in_memory)
 
     def test_expert_pools_share_entries(self):
         # The layers of a pool read one set of experts: the cache keys them by stored tensor.
@@ -116,6 +117,18 @@ class Streaming(unittest.TestCase):
                          os.path.join(self.tmp, "bad.npy"), "--memory-budget", size)
             self.assertEqual(result.returncode, 1, size)
             self.assertIn("is not a memory size", result.stderr, size)
+
+    def test_huge_pages_or_mapped_give_the_same_logits(self):
+        mapped, _ = self.logits("mmap", "--mmap")
+        np.testing.assert_array_equal(mapped, self.in_memory)
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            huge_pages = "[never]" not in f.read()
+        for extra, residency in (([], "huge_pages" if huge_pages else "mapped"), (["--mmap"], "mapped"),
+                                 (["--memory-budget", f"{BUDGET // MIB}MiB"], "mapped")):
+            result = run("bench", "--model", self.model, "--prompt-tokens", "4", "--gen-tokens", "2", "--runs", "1",
+                         "--json", *extra)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json.loads(result.stdout)["weight_residency"], residency, extra)
 
     def test_bench_reports_the_cache(self):
         result = run("bench", "--model", self.model, "--prompt-tokens", "8", "--gen-tokens", "4", "--runs", "1",

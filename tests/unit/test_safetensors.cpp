@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "test_support.h"
@@ -33,7 +34,9 @@ std::vector<T> values_of(const TensorInfo& tensor) {
   return values;
 }
 
-TEST(Safetensors, RoundTripKeepsOrderValuesAndMetadata) {
+class SafetensorsIn : public ::testing::TestWithParam<Residency> {};
+
+TEST_P(SafetensorsIn, RoundTripKeepsOrderValuesAndMetadata) {
   TempDir dir;
   const auto path = dir / "model.safetensors";
   write_safetensors(path,
@@ -44,7 +47,8 @@ TEST(Safetensors, RoundTripKeepsOrderValuesAndMetadata) {
                      tensor_of<float>("empty", DType::F32, {0, 4}, {})},
                     {{"format", "pt"}, {"note", "hi"}});
 
-  const auto file = SafetensorsFile::open(path);
+  const auto file = SafetensorsFile::open(path, GetParam());
+  EXPECT_EQ(file->bytes().size(), std::filesystem::file_size(path));
   EXPECT_EQ(file->path(), path);
   EXPECT_EQ(file->metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"note", "hi"}}));
   ASSERT_EQ(file->tensors().size(), 5u);
@@ -172,14 +176,14 @@ std::vector<BadFile> bad_files() {
   };
 }
 
-TEST(Safetensors, RejectsEveryMalformedFile) {
+TEST_P(SafetensorsIn, RejectsEveryMalformedFile) {
   TempDir dir;
   for (const BadFile& bad : bad_files()) {
     SCOPED_TRACE(bad.what);
     const auto path = dir / "bad.safetensors";
     write_file(path, bad.bytes);
     try {
-      SafetensorsFile::open(path);
+      SafetensorsFile::open(path, GetParam());
       ADD_FAILURE() << "accepted";
     } catch (const Error& e) {
       const std::string message = e.what();
@@ -203,11 +207,16 @@ TEST(Safetensors, AcceptsHandWrittenEdgeCases) {
   EXPECT_EQ(values_of<int32_t>(*file->find("t")), std::vector<int32_t>{42});
 }
 
-TEST(Safetensors, MissingFileOrDirectoryIsAnError) {
+TEST_P(SafetensorsIn, MissingFileOrDirectoryIsAnError) {
   TempDir dir;
-  expect_error([&] { SafetensorsFile::open(dir / "absent.safetensors"); }, {"absent.safetensors", "cannot open"});
-  expect_error([&] { SafetensorsFile::open(dir.path()); }, {dir.path().string(), "not a regular file"});
+  expect_error([&] { SafetensorsFile::open(dir / "absent.safetensors", GetParam()); },
+               {"absent.safetensors", "cannot open"});
+  expect_error([&] { SafetensorsFile::open(dir.path(), GetParam()); }, {dir.path().string(), "not a regular file"});
 }
+
+// Read into huge pages or mapped, a file opens alike.
+INSTANTIATE_TEST_SUITE_P(Residencies, SafetensorsIn, ::testing::Values(Residency::Mapped, Residency::HugePages),
+                         [](const auto& info) { return info.param == Residency::Mapped ? "Mapped" : "HugePages"; });
 
 }  // namespace
 }  // namespace megamoe
