@@ -175,6 +175,8 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
   float* kv_a = kv_a_buffer.get(size_t(N * entry));  // [N, C + dr]: latent | rope key
   matmul(kv_a, x, N, w.kv_a_proj);
   int64_t longest = 0;  // most cached tokens any query sees
+  for (const TokenSlot& slot : slots) longest = std::max(longest, slot.position + 1);
+#pragma omp parallel for schedule(static) if (N > 1)
   for (int64_t n = 0; n < N; ++n) {
     const int64_t pos = slots[n].position;
     float* cached = slots[n].cache->layer(layer) + pos * entry;  // [C + dr]
@@ -182,7 +184,6 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
     std::copy_n(kv_a + n * entry + C, dr, cached + C);
     rope.apply(cached + C, pos);
     for (int64_t h = 0; h < H; ++h) rope.apply(q + (n * H + h) * dq + dn, pos);
-    longest = std::max(longest, pos + 1);
   }
 
   // Queries go in runs: consecutive tokens of one sequence (a prompt), at most kQueryBlock at a time,
@@ -314,27 +315,34 @@ void DeepseekV3Model::forward(float* logits, std::span<const SequenceStep> batch
   }
   const int64_t N = int64_t(slots.size());
 
-  std::vector<float> hidden(N * D), normed(N * D), branch(N * D);  // [N, D] each
-  for (int64_t n = 0; n < N; ++n) dequantize_row(hidden.data() + n * D, weights_.embed, tokens[n]);
+  // Kept between calls (see mla_forward); every element is written before it is read.
+  thread_local Scratch<float> hidden_buffer, normed_buffer, branch_buffer;
+  float* hidden = hidden_buffer.get(size_t(N * D));  // [N, D] each
+  float* normed = normed_buffer.get(size_t(N * D));
+  float* branch = branch_buffer.get(size_t(N * D));
+  const auto add_branch = [&] {
+#pragma omp parallel for simd schedule(static) if (N * D >= kParallelGrain)
+    for (int64_t i = 0; i < N * D; ++i) hidden[i] += branch[i];
+  };
+  for (int64_t n = 0; n < N; ++n) dequantize_row(hidden + n * D, weights_.embed, tokens[n]);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const LayerWeights& lw = weights_.layers[L];
-    rms_norm(normed.data(), hidden.data(), lw.attn_norm.data(), N, D, eps);
-    mla_forward(branch.data(), normed.data(), slots, L, c, lw.attn, rope_, softmax_scale_);
-    for (int64_t i = 0; i < N * D; ++i) hidden[i] += branch[i];
-    rms_norm(normed.data(), hidden.data(), lw.ffn_norm.data(), N, D, eps);
+    rms_norm(normed, hidden, lw.attn_norm.data(), N, D, eps);
+    mla_forward(branch, normed, slots, L, c, lw.attn, rope_, softmax_scale_);
+    add_branch();
+    rms_norm(normed, hidden, lw.ffn_norm.data(), N, D, eps);
     if (experts_->prefetching() && L + 1 < c.num_hidden_layers && c.is_moe_layer(L + 1))
-      prefetch_layer(hidden.data(), N, c, weights_.layers[L + 1], L + 1, *experts_);
-    if (c.is_moe_layer(L)) moe_forward(branch.data(), normed.data(), N, c, lw.moe, *experts_, L, expert_load_,
-                                       expert_parallel_);
-    else mlp_forward(branch.data(), normed.data(), N, lw.dense);
-    for (int64_t i = 0; i < N * D; ++i) hidden[i] += branch[i];
+      prefetch_layer(hidden, N, c, weights_.layers[L + 1], L + 1, *experts_);
+    if (c.is_moe_layer(L)) moe_forward(branch, normed, N, c, lw.moe, *experts_, L, expert_load_, expert_parallel_);
+    else mlp_forward(branch, normed, N, lw.dense);
+    add_branch();
   }
   for (const SequenceStep& step : batch) step.cache->advance(int64_t(step.tokens.size()));
 
   const int64_t R = int64_t(logit_rows.size());
   std::vector<float> final_rows(R * D);  // [R, D]
   for (int64_t r = 0; r < R; ++r)
-    rms_norm(final_rows.data() + r * D, hidden.data() + logit_rows[r] * D, weights_.final_norm.data(), 1, D, eps);
+    rms_norm(final_rows.data() + r * D, hidden + logit_rows[r] * D, weights_.final_norm.data(), 1, D, eps);
   matmul(logits, final_rows.data(), R, weights_.lm_head);
 }
 
