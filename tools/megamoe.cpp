@@ -1,4 +1,5 @@
 // megamoe: a C++ engine for DeepSeek-style Mega Mixture-of-Experts models.
+#include <sched.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,15 +8,25 @@
 
 #include "commands.h"
 #include "dist/communicator.h"
+#include "runtime/wait_policy.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
-  // libgomp reads OMP_WAIT_POLICY when it loads, before main. Its default spins waiting threads at
-  // every barrier, which on shared cores takes the CPU from the very thread being waited for: with 2
-  // threads on the shared 2-vCPU VM decode fell from 34 to 3.5 tokens/s (docs/performance.md). So
-  // unless the user chose a policy, start again with passive waiting (execv returns only on failure).
-  if (!std::getenv("OMP_WAIT_POLICY")) {
-    setenv("OMP_WAIT_POLICY", "passive", 1);
+  // libgomp reads its wait settings when it loads, before main: unless the user chose one, start
+  // again with megamoe's choice for this machine's load (runtime/wait_policy.h; execv returns only
+  // on failure).
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    double load_average = 1e9;  // unknown: as if busy
+    if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+      if (std::fscanf(f, "%lf", &load_average) != 1) load_average = 1e9;
+      std::fclose(f);
+    }
+    cpu_set_t cpus;
+    const int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    const char* local_ranks = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");  // set by Open MPI's mpirun
+    const megamoe::EnvSetting wait =
+        megamoe::openmp_wait_setting(load_average, cores, local_ranks ? std::atoi(local_ranks) : 1);
+    setenv(wait.name.c_str(), wait.value.c_str(), 1);
     execv("/proc/self/exe", argv);
   }
   megamoe::dist::init(&argc, &argv);  // only under mpirun
