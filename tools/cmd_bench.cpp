@@ -53,8 +53,11 @@ void register_bench(CLI::App& app) {
   add_memory_options(cmd, &o->memory);
   cmd->callback([o] {
     if (o->threads > 0) omp_set_num_threads(o->threads);
+    using Clock = std::chrono::steady_clock;
     const Residency residency = weight_residency(o->memory, o->model);
+    const auto load_start = Clock::now();
     const auto model = dist::load_model_on_ranks(o->model, o->distributed, residency);
+    const double load_seconds = std::chrono::duration<double>(Clock::now() - load_start).count();
     const ModelInfo& info = model->info();
     const int64_t P = o->prompt_tokens, G = o->gen_tokens, V = model->vocab_size();
     if (P + G > model->max_context())
@@ -65,7 +68,6 @@ void register_bench(CLI::App& app) {
     std::vector<int32_t> prompt(P);
     for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(V));
 
-    using Clock = std::chrono::steady_clock;
     std::vector<double> prefill_rates, decode_rates;
     std::vector<float> logits(V);
     int64_t cache_bytes = 0;
@@ -112,6 +114,7 @@ void register_bench(CLI::App& app) {
         {"decode_roofline_fraction", decode / roofline_tokens_per_s},
         {"peak_rss_bytes", peak_rss},
         {"weight_residency", residency == Residency::HugePages ? "huge_pages" : "mapped"},
+        {"load_seconds", load_seconds},
         {"huge_page_bytes", huge_pages},
     };
     const double decoded = double(G) * o->runs;
@@ -139,9 +142,10 @@ void register_bench(CLI::App& app) {
                 double(peak_rss) / double(info.weight_bytes + cache_bytes), info.weight_bytes / 1e6,
                 cache_bytes / 1e6);
     if (residency == Residency::HugePages)
-      std::printf("weights  read into memory, %.1f MB of the process in huge pages\n", huge_pages / 1e6);
+      std::printf("weights  read into memory in %.2f s, %.1f MB of the process in huge pages\n", load_seconds,
+                  huge_pages / 1e6);
     else
-      std::printf("weights  mapped from the files\n");
+      std::printf("weights  mapped from the files in %.2f s\n", load_seconds);
     if (streaming)
       std::printf("experts  %d cache slots of %.2f MB: decode hit rate %.1f%% (%.1f%% prefetched), %.2f MB read "
                   "from disk per token in %.1f reads%s\n",

@@ -7,7 +7,8 @@
 #   DTYPE=q8_0 CONFIGS="bench/model/experts-256.json" bench/model/run.sh
 # Environment: MEGAMOE (binary, default build/megamoe), DTYPE, CONFIGS, OUT, THREADS ("1 2"),
 # PROMPT_TOKENS, GEN_TOKENS, RUNS, ROUNDS (1: how many times the thread counts alternate, for
-# medians on a noisy machine), TORCH (0 skips the PyTorch reference).
+# medians on a noisy machine), TORCH (0 skips the PyTorch reference), BENCH_ARGS (more `megamoe
+# bench` flags, e.g. --mmap; results go to files named with a SUFFIX, default none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MEGAMOE=${MEGAMOE:-build/megamoe}
@@ -22,7 +23,7 @@ for config in $CONFIGS; do
   for round in $(seq "${ROUNDS:-1}"); do
     for threads in ${THREADS:-1 2}; do
       "$MEGAMOE" bench --model "$OUT/$name" --prompt-tokens "${PROMPT_TOKENS:-512}" --gen-tokens "${GEN_TOKENS:-32}" \
-        --runs "${RUNS:-3}" --threads "$threads" --json | tee "$OUT/$name-threads$threads-round$round.json"
+        --runs "${RUNS:-3}" --threads "$threads" --json ${BENCH_ARGS:-} | tee "$OUT/$name-threads$threads-round$round${SUFFIX:-}.json"
     done
   done
 done
