@@ -2,8 +2,8 @@
 // read and an FMA loop on the same SIMD target): for every weight format, matrix-vector (decode,
 // bandwidth bound) in GB/s of weight streamed from a ~256 MB matrix and from ~256 MB of expert-shaped
 // [1024, 2048] matrices (one matmul_tasks call, as an MoE layer runs them: short rows, many matrices),
-// and matrix-matrix at T = 512 (prefill, compute bound) in GFLOP/s, with 1 and 2 threads. Medians
-// (and best) of --runs runs.
+// and matrix-matrix at T = 512 (prefill, compute bound) in GFLOP/s, with 1 and 2 threads. Weights
+// sit in huge pages, as a loaded model's do. Medians (and best) of --runs runs.
 //   bench_kernels [--runs 7] [--threads 1,2] [--target AVX3_DL] [--formats F32,Q8_0,...] [--tokens 512]
 #include <cblas.h>
 #include <fmt/format.h>
@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cstring>
 #include <random>
 #include <string>
@@ -19,6 +20,7 @@
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "ops/roofline.h"
+#include "util/huge_pages.h"
 
 namespace megamoe::bench {
 
@@ -44,9 +46,17 @@ Rate measure(int runs, double amount, Work&& work) {
   return {rates[rates.size() / 2], rates.back()};
 }
 
+// A weight whose bytes sit in huge pages, as a loaded model's do (util/huge_pages.h); its scales
+// (small) stay in `owned`.
+struct BenchWeight {
+  OwnedWeight owned;
+  std::unique_ptr<HugePageBuffer> bytes;
+  const WeightView& view() const { return owned.view; }
+};
+
 // rows x cols in `format`, made by repeating 1024 quantized random rows (the content does not change
 // the speed; quantizing 256 MB would take longer than the benchmark).
-OwnedWeight tiled_weight(DType format, int64_t rows, int64_t cols) {
+BenchWeight tiled_weight(DType format, int64_t rows, int64_t cols) {
   constexpr int64_t kPoolRows = 1024;  // a multiple of the FP8 scale block
   std::mt19937 gen(7);
   std::uniform_real_distribution<float> dist(-0.5f, 0.5f);
@@ -60,13 +70,15 @@ OwnedWeight tiled_weight(DType format, int64_t rows, int64_t cols) {
     dst.resize(src.size() * size_t(rows / kPoolRows));
     for (size_t i = 0; i < dst.size(); i += src.size()) std::copy(src.begin(), src.end(), dst.begin() + i);
   };
-  tile(out.data, pool.data);
   tile(out.scale_inv, pool.scale_inv);
   tile(out.scale_e8m0, pool.scale_e8m0);
-  out.view.data = out.data.data();
+  auto bytes = std::make_unique<HugePageBuffer>(pool.data.size() * size_t(rows / kPoolRows));
+  for (size_t i = 0; i < bytes->size(); i += pool.data.size())
+    std::memcpy(bytes->data() + i, pool.data.data(), pool.data.size());
+  out.view.data = bytes->data();
   out.view.scale_inv = out.scale_inv.empty() ? nullptr : out.scale_inv.data();
   out.view.scale_e8m0 = out.scale_e8m0.empty() ? nullptr : out.scale_e8m0.data();
-  return out;
+  return {std::move(out), std::move(bytes)};
 }
 
 std::vector<std::string> split(const std::string& list) {
@@ -134,26 +146,26 @@ int run(int argc, char** argv) {
     const double bytes_per_weight = double(dtype_size(format)) / double(dtype_block_size(format)) +
                                     (format == DType::F4_E2M1 ? 1.0 / kQuantBlock : 0);
     const int64_t matvec_rows = int64_t(kMatvecBytes / (bytes_per_weight * kCols)) / 1024 * 1024;
-    OwnedWeight big = tiled_weight(format, matvec_rows, kCols);
-    OwnedWeight prefill = tiled_weight(format, kPrefillRows, kCols);
+    BenchWeight big = tiled_weight(format, matvec_rows, kCols);
+    BenchWeight prefill = tiled_weight(format, kPrefillRows, kCols);
     const int64_t n_experts = std::max<int64_t>(1, matvec_rows * kCols / (kExpertRows * kExpertCols));
-    OwnedWeight stacked = tiled_weight(format, n_experts * kExpertRows, kExpertCols);  // the experts, one after another
+    BenchWeight stacked = tiled_weight(format, n_experts * kExpertRows, kExpertCols);  // the experts, one after another
     y_matvec.resize(size_t(std::max(matvec_rows, n_experts * kExpertRows)));
     std::vector<WeightView> experts;
     std::vector<MatmulTask> tasks;
     experts.reserve(size_t(n_experts));
     for (int64_t e = 0; e < n_experts; ++e) {
-      experts.push_back(stacked.view.row_slice(e * kExpertRows, kExpertRows));
+      experts.push_back(stacked.view().row_slice(e * kExpertRows, kExpertRows));
       tasks.push_back({y_matvec.data() + e * kExpertRows, x.data(), 1, &experts.back()});
     }
     for (size_t i = 0; i < thread_counts.size(); ++i) {
       omp_set_num_threads(thread_counts[i]);
       const Rate gbs =
-          measure(runs, double(big.view.bytes()) / 1e9, [&] { matmul(y_matvec.data(), x.data(), 1, big.view); });
+          measure(runs, double(big.view().bytes()) / 1e9, [&] { matmul(y_matvec.data(), x.data(), 1, big.view()); });
       const Rate expert_gbs =
-          measure(runs, double(stacked.view.bytes()) / 1e9, [&] { matmul_tasks(tasks); });
+          measure(runs, double(stacked.view().bytes()) / 1e9, [&] { matmul_tasks(tasks); });
       const Rate gflops = measure(runs, 2e-9 * double(prefill_tokens * kPrefillRows * kCols),
-                                  [&] { matmul(y.data(), x.data(), prefill_tokens, prefill.view); });
+                                  [&] { matmul(y.data(), x.data(), prefill_tokens, prefill.view()); });
       fmt::print(
           "| {} | {:.4g} | {} | {:.1f} ({:.1f}) | {:.0f}% ({:.0f}%) | {:.1f} ({:.1f}) | {:.0f}% ({:.0f}%) | {:.1f} "
           "({:.1f}) | {:.0f}% ({:.0f}%) |\n",
@@ -165,13 +177,13 @@ int run(int argc, char** argv) {
   }
 
   // Yardstick for the fp32 prefill kernel: OpenBLAS sgemm on the same F32 shape.
-  const OwnedWeight f32 = tiled_weight(DType::F32, kPrefillRows, kCols);
+  const BenchWeight f32 = tiled_weight(DType::F32, kPrefillRows, kCols);
   fmt::print("\n");
   for (size_t i = 0; i < thread_counts.size(); ++i) {
     openblas_set_num_threads(thread_counts[i]);
     const Rate gflops = measure(runs, 2e-9 * double(prefill_tokens * kPrefillRows * kCols), [&] {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(prefill_tokens), kPrefillRows, kCols, 1, x.data(), kCols,
-                  static_cast<const float*>(f32.view.data), kCols, 0, y.data(), kPrefillRows);
+                  static_cast<const float*>(f32.view().data), kCols, 0, y.data(), kPrefillRows);
     });
     fmt::print("OpenBLAS sgemm F32, threads {}: {:.1f} GFLOP/s (best {:.1f})\n", thread_counts[i], gflops.median,
                gflops.best);

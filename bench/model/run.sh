@@ -7,7 +7,8 @@
 #   DTYPE=q8_0 CONFIGS="bench/model/experts-256.json" bench/model/run.sh
 # Environment: MEGAMOE (binary, default build/megamoe), DTYPE, CONFIGS, OUT, THREADS ("1 2"),
 # PROMPT_TOKENS, GEN_TOKENS, RUNS, ROUNDS (1: how many times the thread counts alternate, for
-# medians on a noisy machine), TORCH (0 skips the PyTorch reference), BENCH_ARGS (more `megamoe
+# medians on a noisy machine), TORCH (0 skips the PyTorch reference), TORCH_THREADS (default: the
+# last of THREADS), BENCH_ARGS (more `megamoe
 # bench` flags, e.g. --mmap; results go to files named with a SUFFIX, default none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,9 +30,10 @@ for config in $CONFIGS; do
 done
 if [ "${TORCH:-1}" != 0 ]; then
   first=$(basename "${CONFIGS%% *}" .json)-$DTYPE
+  threads=${THREADS:-1 2}
   for dtype in float32 bfloat16; do
     /usr/bin/python3 bench/model/torch_prefill.py --model "$OUT/$first" --prompt-tokens "${PROMPT_TOKENS:-512}" \
-      --threads "${THREADS##* }" --dtype "$dtype" | tee "$OUT/$first-torch-$dtype.json"
+      --threads "${TORCH_THREADS:-${threads##* }}" --dtype "$dtype" | tee "$OUT/$first-torch-$dtype${SUFFIX:-}.json"
   done
 fi
 uptime

@@ -31,7 +31,8 @@ struct MlpJob {
   const MlpWeights* weights;
 };
 // Every job, each as mlp_forward alone gives it, with all jobs' gate/up products in one parallel pass
-// and all down products in a second (a layer's experts: two passes instead of two per expert).
+// and all down products in a second (a layer's experts: two passes instead of two per expert). A job's
+// y may be its x: every x is read before any y is written.
 void mlp_forward(std::span<const MlpJob> jobs, float swiglu_limit = 0);
 
 // Which experts each token goes to, and with what weight.
