@@ -13,6 +13,7 @@
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "util/error.h"
+#include "util/parallel.h"
 #include "util/scratch.h"
 
 namespace megamoe {
@@ -176,15 +177,14 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
   matmul(kv_a, x, N, w.kv_a_proj);
   int64_t longest = 0;  // most cached tokens any query sees
   for (const TokenSlot& slot : slots) longest = std::max(longest, slot.position + 1);
-#pragma omp parallel for schedule(static) if (N > 1)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N > 1, [&](int64_t n) {
     const int64_t pos = slots[n].position;
     float* cached = slots[n].cache->layer(layer) + pos * entry;  // [C + dr]
     rms_norm(cached, kv_a + n * entry, w.kv_a_norm.data(), 1, C, eps);
     std::copy_n(kv_a + n * entry + C, dr, cached + C);
     rope.apply(cached + C, pos);
     for (int64_t h = 0; h < H; ++h) rope.apply(q + (n * H + h) * dq + dn, pos);
-  }
+  });
 
   // Queries go in runs: consecutive tokens of one sequence (a prompt), at most kQueryBlock at a time,
   // so that absorbing W_UK, the scores against the cached keys and W_UV are matrix products over
@@ -203,53 +203,43 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
   }
   float* heads = heads_buffer.get(size_t(N * H * dv));  // [N, H, dv]
   // Each thread's working memory, one slice per thread of one buffer (carved below).
-  const int64_t work_floats = 2 * dn * C + dv * C + B * (dn + C + entry + longest + C + dv);
+  const int64_t work_floats = dn * C + dv * C + B * (entry + longest + C + dv);
   float* work = head_work_buffer.get(size_t(omp_get_max_threads() * work_floats));
-#pragma omp parallel
-  {
+  parallel_for<Schedule::Dynamic>(H, true, [&](int64_t h) {
     float* next = work + omp_get_thread_num() * work_floats;
     const auto take = [&](int64_t n) { return std::exchange(next, next + n); };
-    float* w_uk = take(dn * C);    // [dn, C]: this head's rows of kv_b for W_UK
-    float* w_uk_t = take(C * dn);  // [C, dn]
-    float* w_uv = take(dv * C);    // [dv, C]
-    float* q_nope = take(B * dn);  // [B, dn]
-    float* q_absorbed = take(B * C);  // [B, C]
+    float* w_uk = take(dn * C);       // [dn, C]: this head's rows of kv_b for W_UK
+    float* w_uv = take(dv * C);       // [dv, C]
     float* q_full = take(B * entry);  // [B, C + dr]: absorbed query | rope query
     float* scores = take(B * longest);  // [B, keys seen]
     float* o_latent = take(B * C);      // [B, C]
     float* o_head = take(B * dv);       // [B, dv]
-    const WeightView w_uk_view{.dtype = DType::F32, .rows = C, .cols = dn, .data = w_uk_t};
     const WeightView w_uv_view{.dtype = DType::F32, .rows = dv, .cols = C, .data = w_uv};
-#pragma omp for schedule(dynamic)
-    for (int64_t h = 0; h < H; ++h) {
-      for (int64_t i = 0; i < dn; ++i) dequantize_row(w_uk + i * C, w.kv_b_proj, h * (dn + dv) + i);
-      for (int64_t i = 0; i < dn; ++i)
-        for (int64_t j = 0; j < C; ++j) w_uk_t[j * dn + i] = w_uk[i * C + j];
-      for (int64_t i = 0; i < dv; ++i) dequantize_row(w_uv + i * C, w.kv_b_proj, h * (dn + dv) + dn + i);
-      for (const auto& [first, end] : runs) {
-        const int64_t R = end - first;
-        for (int64_t r = 0; r < R; ++r) std::copy_n(q + ((first + r) * H + h) * dq, dn, q_nope + r * dn);
-        matmul(q_absorbed, q_nope, R, w_uk_view);  // [R, C]
-        for (int64_t r = 0; r < R; ++r) {
-          std::copy_n(q_absorbed + r * C, C, q_full + r * entry);
-          std::copy_n(q + ((first + r) * H + h) * dq + dn, dr, q_full + r * entry + C);
-        }
-        const float* cache = slots[first].cache->layer(layer);  // [length, C + dr]
-        const int64_t keys_seen = slots[end - 1].position + 1;
-        const WeightView keys{.dtype = DType::F32, .rows = keys_seen, .cols = entry, .data = cache};  // latent | rope key
-        matmul(scores, q_full, R, keys);  // [R, keys_seen]
-        for (int64_t r = 0; r < R; ++r) {
-          float* p = scores + r * keys_seen;
-          const int64_t seen = slots[first + r].position + 1;
-          for (int64_t s = 0; s < seen; ++s) p[s] *= softmax_scale;
-          softmax(p, seen);
-          weighted_row_sum(o_latent + r * C, p, cache, seen, C, entry);  // the latents, by p
-        }
-        matmul(o_head, o_latent, R, w_uv_view);  // [R, dv]
-        for (int64_t r = 0; r < R; ++r) std::copy_n(o_head + r * dv, dv, heads + ((first + r) * H + h) * dv);
+    for (int64_t i = 0; i < dn; ++i) dequantize_row(w_uk + i * C, w.kv_b_proj, h * (dn + dv) + i);
+    for (int64_t i = 0; i < dv; ++i) dequantize_row(w_uv + i * C, w.kv_b_proj, h * (dn + dv) + dn + i);
+    for (const auto& [first, end] : runs) {
+      const int64_t R = end - first;
+      for (int64_t r = 0; r < R; ++r) {
+        // q_nope · W_UK as a sum of W_UK's rows, so kv_b's rows need no transposing per step.
+        const float* q_head = q + ((first + r) * H + h) * dq;  // [dn + dr]: nope | rope
+        weighted_row_sum(q_full + r * entry, q_head, w_uk, dn, C, C);
+        std::copy_n(q_head + dn, dr, q_full + r * entry + C);
       }
+      const float* cache = slots[first].cache->layer(layer);  // [length, C + dr]
+      const int64_t keys_seen = slots[end - 1].position + 1;
+      const WeightView keys{.dtype = DType::F32, .rows = keys_seen, .cols = entry, .data = cache};  // latent | rope key
+      matmul(scores, q_full, R, keys);  // [R, keys_seen]
+      for (int64_t r = 0; r < R; ++r) {
+        float* p = scores + r * keys_seen;
+        const int64_t seen = slots[first + r].position + 1;
+        for (int64_t s = 0; s < seen; ++s) p[s] *= softmax_scale;
+        softmax(p, seen);
+        weighted_row_sum(o_latent + r * C, p, cache, seen, C, entry);  // the latents, by p
+      }
+      matmul(o_head, o_latent, R, w_uv_view);  // [R, dv]
+      for (int64_t r = 0; r < R; ++r) std::copy_n(o_head + r * dv, dv, heads + ((first + r) * H + h) * dv);
     }
-  }
+  });
   matmul(out, heads, N, w.o_proj);
 }
 
@@ -321,8 +311,9 @@ void DeepseekV3Model::forward(float* logits, std::span<const SequenceStep> batch
   float* normed = normed_buffer.get(size_t(N * D));
   float* branch = branch_buffer.get(size_t(N * D));
   const auto add_branch = [&] {
-#pragma omp parallel for simd schedule(static) if (N * D >= kParallelGrain)
-    for (int64_t i = 0; i < N * D; ++i) hidden[i] += branch[i];
+    parallel_for(N, N * D >= kParallelGrain, [&](int64_t n) {
+      for (int64_t i = n * D; i < (n + 1) * D; ++i) hidden[i] += branch[i];
+    });
   };
   for (int64_t n = 0; n < N; ++n) dequantize_row(hidden + n * D, weights_.embed, tokens[n]);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {

@@ -4,6 +4,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "util/parallel.h"
 #include "util/scratch.h"
 
 namespace megamoe {
@@ -79,8 +80,9 @@ void dispatch_token_range(float* out, const float* x, int64_t D, const Routing& 
   // decode-q8 34 MB smaller).
   thread_local Scratch<float> grouped_buffer;
   float* grouped = grouped_buffer.get(slots * D);
-#pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
-  for (int64_t row = 0; row < slots; ++row) std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped + row * D);
+  parallel_for(slots, slots * D >= kParallelGrain, [&](int64_t row) {
+    std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped + row * D);
+  });
   // All experts in one pass of each kind, in chunks a disk cache can pin at once; each expert's rows
   // are computed alone, so the result does not depend on the chunking.
   const std::span<const int32_t> active(groups.active);
@@ -97,14 +99,14 @@ void dispatch_token_range(float* out, const float* x, int64_t D, const Routing& 
     done += chunk.size();
   }
   // Combine in slot order so the sum is the same whatever the grouping.
-#pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
-  for (int64_t t = 0; t < T; ++t)
+  parallel_for(T, slots * D >= kParallelGrain, [&](int64_t t) {
     for (int64_t j = 0; j < k; ++j) {
       const float weight = routing.weights[t * k + j];
       const float* y = grouped + groups.row_of_slot[t * k + j] * D;
       float* o = out + t * D;
       for (int64_t i = 0; i < D; ++i) o[i] += weight * y[i];
     }
+  });
 }
 
 }  // namespace

@@ -3,20 +3,21 @@
 #include <algorithm>
 #include <cmath>
 
+#include "util/parallel.h"
+
 namespace megamoe {
 
 void rms_norm(float* out, const float* x, const float* weight, int64_t T, int64_t D, float eps,
               int64_t x_stride) {
   if (x_stride < 0) x_stride = D;
-#pragma omp parallel for schedule(static) if (T * D >= kParallelGrain)
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_for(T, T * D >= kParallelGrain, [&](int64_t t) {
     const float* xt = x + t * x_stride;
     double sum_squares = 0;
     for (int64_t i = 0; i < D; ++i) sum_squares += double(xt[i]) * xt[i];
     const float inv = float(1.0 / std::sqrt(sum_squares / double(D) + eps));
     float* ot = out + t * D;
     for (int64_t i = 0; i < D; ++i) ot[i] = xt[i] * inv * weight[i];
-  }
+  });
 }
 
 void softmax(float* x, int64_t n) {
@@ -32,8 +33,7 @@ float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 float softplus(float x) { return x > 20 ? x : std::log1p(std::exp(x)); }
 
 void swiglu(float* gate, const float* up, int64_t n, float limit) {
-#pragma omp parallel for schedule(static) if (n >= kParallelGrain)
-  for (int64_t i = 0; i < n; ++i) gate[i] = swiglu_value(gate[i], up[i], limit);
+  parallel_for(n, n >= kParallelGrain, [&](int64_t i) { gate[i] = swiglu_value(gate[i], up[i], limit); });
 }
 
 }  // namespace megamoe

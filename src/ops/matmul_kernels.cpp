@@ -36,6 +36,7 @@
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "util/error.h"
+#include "util/parallel.h"
 
 #ifndef MEGAMOE_MATMUL_KERNELS_SHARED
 #define MEGAMOE_MATMUL_KERNELS_SHARED
@@ -589,7 +590,7 @@ HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, 
   }
 }
 
-// Each thread's working memory, grown as needed and kept for the whole parallel pass.
+// Each thread's working memory, grown as needed and kept from call to call.
 struct TileBuffers {
   std::vector<float> decoded;  // [R, K]: a tile's rows of a float format, decoded once
   std::vector<float> up_sums;  // [token block, R]: the up projection's tile before SwiGLU
@@ -650,8 +651,7 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
   const int64_t blocks = K / kQuantBlock;
   out->q.resize(size_t(T * K));
   out->d.resize(size_t(T * blocks));
-#pragma omp parallel for schedule(static) if (T * K >= kParallelGrain)
-  for (int64_t t = 0; t < T; ++t)
+  parallel_for(T, T * K >= kParallelGrain, [&](int64_t t) HWY_ATTR {
     for (int64_t b = 0; b < blocks; ++b) {
       const DF df;
       const hn::RebindToSigned<DF> di;
@@ -679,6 +679,7 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
       }
       out->d[t * blocks + b] = f16_to_f32(f32_to_f16(d));
     }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,25 +729,21 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
     const int64_t tiles = tile_count(tasks[i]);
     for (int64_t begin = 0; begin < tiles; begin += per_range) ranges.push_back({i, begin, std::min(tiles, begin + per_range)});
   }
-#pragma omp parallel if (ranges.size() > 1)
-  {
-    TileBuffers buffers;
-#pragma omp for schedule(dynamic)
-    for (size_t r = 0; r < ranges.size(); ++r) {
-      const Range& range = ranges[r];
-      const MatmulTask& task = tasks[range.task];
-      WithRows(*task.weight, [&](const auto& w) {
-        using Rows = std::decay_t<decltype(w)>;
-        const std::optional<Rows> up = task.up ? std::optional<Rows>(*task.up) : std::nullopt;
-        const Rows* up_rows = up ? &*up : nullptr;
-        if (task.T == 1)
-          return TileRange<kDecodeRows, 1>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
-                                         range.tile_end, buffers);
-        TileRange<kTileRows, TokensPerTile<Rows>()>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
-                                                    range.tile_end, buffers);
-      });
-    }
-  }
+  parallel_for<Schedule::Dynamic>(int64_t(ranges.size()), ranges.size() > 1, [&](int64_t r) HWY_ATTR {
+    thread_local TileBuffers buffers;
+    const Range& range = ranges[r];
+    const MatmulTask& task = tasks[range.task];
+    WithRows(*task.weight, [&](const auto& w) {
+      using Rows = std::decay_t<decltype(w)>;
+      const std::optional<Rows> up = task.up ? std::optional<Rows>(*task.up) : std::nullopt;
+      const Rows* up_rows = up ? &*up : nullptr;
+      if (task.T == 1)
+        return TileRange<kDecodeRows, 1>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
+                                       range.tile_end, buffers);
+      TileRange<kTileRows, TokensPerTile<Rows>()>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
+                                                range.tile_end, buffers);
+    });
+  });
 }
 
 // out [width] = sum over s of weights[s] * rows[s * stride + j], s in order, each output its own
@@ -819,13 +816,12 @@ void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
   const MatmulTask* tasks_to_round = runnable.data();
   QuantizedActivations* rounded_xq = xq.data();
   const int64_t n_tasks = int64_t(runnable.size());
-#pragma omp parallel for schedule(dynamic) if (n_tasks > 1 && rounded >= kParallelGrain)
-  for (int64_t i = 0; i < n_tasks; ++i) {
+  parallel_for<Schedule::Dynamic>(n_tasks, n_tasks > 1 && rounded >= kParallelGrain, [&](int64_t i) {
     const MatmulTask& task = tasks_to_round[i];
     if (matmul_quantizes_activations(task.weight->dtype))
       HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&rounded_xq[i], task.x, task.T, task.weight->cols,
                                                 task.weight->dtype == DType::F4_E2M1);
-  }
+  });
   if (!runnable.empty()) HWY_DYNAMIC_DISPATCH(MatmulTasks)(runnable.data(), runnable.size(), xq.data(), swiglu_limit);
 }
 

@@ -1,5 +1,6 @@
 // Working memory that keeps its pages from one call to the next.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 
@@ -13,8 +14,10 @@ class Scratch {
  public:
   T* get(size_t n) {
     if (n > capacity_) {
-      data_.reset(new T[n]);
-      capacity_ = n;
+      // Buffers that grow a little at a time (attention's scores, one key more per decode step)
+      // grow by half at least, so they are not reallocated, and their pages faulted in, every step.
+      capacity_ = std::max(n, capacity_ + capacity_ / 2);
+      data_.reset(new T[capacity_]);
     }
     return data_.get();
   }
