@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/gemm.h"
+#include "util/parallel.h"
 
 namespace megamoe {
 namespace {
@@ -16,7 +17,11 @@ namespace {
 // `work` is the loop's total in multiply-adds (see kParallelGrain).
 template <typename Body>
 void for_each_thread_block(int64_t n, int64_t work, Body&& body) {
-#pragma omp parallel if (work >= kParallelGrain)
+  if (!worth_a_team(work >= kParallelGrain)) {
+    if (n > 0) body(0, n);
+    return;
+  }
+#pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = n * t / threads, last = n * (t + 1) / threads;
