@@ -11,6 +11,7 @@
 #include "ops/matmul.h"
 #include "ops/round_trip.h"
 #include "util/error.h"
+#include "util/scratch.h"
 
 namespace megamoe {
 namespace {
@@ -322,11 +323,13 @@ void hc_pre(float* h, float* post, float* comb, const float* X, int64_t N, const
             const ModelConfig& c) {
   const int64_t M = c.v4.hc_mult, D = c.hidden_size, rows = (2 + M) * M;
   const double eps = c.v4.hc_eps;
-  std::vector<float> mix(N * rows), pre(N * M);  // [N, (2+M)*M], [N, M]
-  hc_mix(mix.data(), X, N, w.fn, c.rms_norm_eps);
+  thread_local Scratch<float> mix_buffer, pre_buffer;  // kept between calls, as in forward
+  float* mix = mix_buffer.get(size_t(N * rows));  // [N, (2+M)*M]
+  float* pre = pre_buffer.get(size_t(N * M));     // [N, M]
+  hc_mix(mix, X, N, w.fn, c.rms_norm_eps);
   std::vector<double> a(M * M);  // one token's comb
   for (int64_t n = 0; n < N; ++n) {
-    const float* m = mix.data() + n * rows;
+    const float* m = mix + n * rows;
     for (int64_t i = 0; i < M; ++i) {
       pre[n * M + i] = float(sigmoid_d(double(m[i]) * w.scale[0] + w.base[i]) + eps);
       post[n * M + i] = float(2 * sigmoid_d(double(m[M + i]) * w.scale[1] + w.base[M + i]));
@@ -359,7 +362,7 @@ void hc_pre(float* h, float* post, float* comb, const float* X, int64_t N, const
     }
     for (int64_t k = 0; k < M * M; ++k) comb[n * M * M + k] = float(a[k]);
   }
-  combine_streams(h, pre.data(), X, N, M, D);
+  combine_streams(h, pre, X, N, M, D);
 }
 
 // After a sublayer with output y [N, D]: X_j <- post_j * y + sum_i comb[i, j] X_i.
@@ -407,9 +410,11 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
   };
   const CompressorCache& shape = state_of(batch.sequences[0]);
   const int64_t r = shape.ratio, d = shape.width, overlap = shape.overlap;
-  std::vector<float> kv(N * cd), gate(N * cd);  // [N, c*d] each
-  matmul(kv.data(), x, N, w.wkv);
-  matmul(gate.data(), x, N, w.wgate);
+  thread_local Scratch<float> kv_buffer, gate_buffer;  // kept between calls, as in forward
+  float* kv = kv_buffer.get(size_t(N * cd));  // [N, c*d] each
+  float* gate = gate_buffer.get(size_t(N * cd));
+  matmul(kv, x, N, w.wkv);
+  matmul(gate, x, N, w.wgate);
   for (int64_t n = 0; n < N; ++n) {
     const float* ape = w.ape.data() + batch.tokens[n].position % r * cd;
     for (int64_t i = 0; i < cd; ++i) gate[n * cd + i] += ape[i];
@@ -436,8 +441,8 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
       // Rows of position p: this batch's, or kept in the cache from an earlier one.
       auto rows_of = [&](int64_t p, int64_t feature_offset) {
         if (p >= s.start) {
-          kv_rows.push_back(kv.data() + s.row(p) * cd + feature_offset);
-          gate_rows.push_back(gate.data() + s.row(p) * cd + feature_offset);
+          kv_rows.push_back(kv + s.row(p) * cd + feature_offset);
+          gate_rows.push_back(gate + s.row(p) * cd + feature_offset);
         } else {
           const float* kept = state.rows.data() + p % state.ring * 2 * cd;
           kv_rows.push_back(kept + feature_offset);
@@ -478,8 +483,8 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
     CompressorCache& state = state_of(s);
     for (int64_t p = std::max(s.start, s.end() - state.ring); p < s.end(); ++p) {
       float* kept = state.rows.data() + p % state.ring * 2 * cd;
-      std::copy_n(kv.data() + s.row(p) * cd, cd, kept);
-      std::copy_n(gate.data() + s.row(p) * cd, cd, kept + cd);
+      std::copy_n(kv + s.row(p) * cd, cd, kept);
+      std::copy_n(gate + s.row(p) * cd, cd, kept + cd);
     }
   }
 }
@@ -494,23 +499,25 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
   const float eps = float(c.rms_norm_eps);
 
   // Queries [N, H, hd]: from the normalized low-rank qr [N, q_rank], each head normalized, roped.
-  std::vector<float> qr(N * q_rank), q(N * H * hd);
-  matmul(qr.data(), x, N, w.wq_a);
-  rms_norm(qr.data(), qr.data(), w.q_norm.data(), N, q_rank, eps);
-  matmul(q.data(), qr.data(), N, w.wq_b);
+  thread_local Scratch<float> qr_buffer, q_buffer, kv_buffer, o_buffer, group_in_buffer, group_out_buffer, low_rank_buffer;
+  float* qr = qr_buffer.get(size_t(N * q_rank));  // [N, q_rank]
+  float* q = q_buffer.get(size_t(N * H * hd));    // [N, H, hd]
+  matmul(qr, x, N, w.wq_a);
+  rms_norm(qr, qr, w.q_norm.data(), N, q_rank, eps);
+  matmul(q, qr, N, w.wq_b);
   // Raw keys (= values) [N, hd]: normalized, roped, the non-rope dims FP8 round-tripped.
-  std::vector<float> kv(N * hd);
-  matmul(kv.data(), x, N, w.wkv);
-  rms_norm(kv.data(), kv.data(), w.kv_norm.data(), N, hd, eps);
+  float* kv = kv_buffer.get(size_t(N * hd));  // [N, hd]
+  matmul(kv, x, N, w.wkv);
+  rms_norm(kv, kv, w.kv_norm.data(), N, hd, eps);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t pos = batch.tokens[n].position;
     for (int64_t h = 0; h < H; ++h) {
-      float* qh = q.data() + (n * H + h) * hd;
+      float* qh = q + (n * H + h) * hd;
       normalize(qh, hd, c.rms_norm_eps);
       rope.apply(qh + hd - dr, pos);
     }
-    rope.apply(kv.data() + n * hd + hd - dr, pos);
-    fp8_round_trip(kv.data() + n * hd, hd - dr);
+    rope.apply(kv + n * hd + hd - dr, pos);
+    fp8_round_trip(kv + n * hd, hd - dr);
   }
 
   // Compressed entries, and for CSA the indexer's queries [N, nh, dI] and head weights [N, nh].
@@ -521,7 +528,7 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
     compress(x, batch, layer, true, w.index_compressor, rope, c);
     iq.resize(N * nh * dI);
     iw.resize(N * nh);
-    matmul(iq.data(), qr.data(), N, w.index_wq_b);
+    matmul(iq.data(), qr, N, w.index_wq_b);
     matmul(iw.data(), x, N, w.index_weights_proj);
     const float head_scale = float(1 / std::sqrt(double(dI) * double(nh)));
     for (int64_t n = 0; n < N; ++n) {
@@ -537,7 +544,7 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
 
   // Each query sees the raw keys of its window and the compressed entries of complete windows
   // (CSA: the indexer's top index_topk); the head's sink adds exp(sink) to the denominator only.
-  std::vector<float> o(N * H * hd);  // [N, H, hd]
+  float* o = o_buffer.get(size_t(N * H * hd));  // [N, H, hd]
   const float softmax_scale = float(1 / std::sqrt(double(hd)));
 #pragma omp parallel
   {
@@ -551,7 +558,7 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
       const V4LayerCache& cache = s.cache->layer(layer);
       keys.clear();
       for (int64_t p = std::max<int64_t>(0, t - W + 1); p <= t; ++p)
-        keys.push_back(p >= s.start ? kv.data() + s.row(p) * hd : cache.window.data() + p % cache.window_ring * hd);
+        keys.push_back(p >= s.start ? kv + s.row(p) * hd : cache.window.data() + p % cache.window_ring * hd);
       if (ratio) {
         const int64_t complete = (t + 1) / ratio;
         const float* entries = cache.compressor.entries.data();
@@ -574,13 +581,13 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
       const size_t K = keys.size();
       scores.resize(K);
       for (int64_t h = 0; h < H; ++h) {
-        const float* qh = q.data() + (n * H + h) * hd;
+        const float* qh = q + (n * H + h) * hd;
         const float sink = w.sink[h];
         float top = sink;
         for (size_t k = 0; k < K; ++k) top = std::max(top, scores[k] = dot(qh, keys[k], hd) * softmax_scale);
         double denominator = std::exp(double(sink) - top);
         for (size_t k = 0; k < K; ++k) denominator += scores[k] = std::exp(scores[k] - top);
-        float* oh = o.data() + (n * H + h) * hd;
+        float* oh = o + (n * H + h) * hd;
         std::fill_n(oh, hd, 0.f);
         for (size_t k = 0; k < K; ++k) {
           const float p = float(scores[k] / denominator);
@@ -595,19 +602,21 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
   for (const SequenceRows& s : batch.sequences) {
     V4LayerCache& cache = s.cache->layer(layer);
     for (int64_t p = std::max(s.start, s.end() - cache.window_ring); p < s.end(); ++p)
-      std::copy_n(kv.data() + s.row(p) * hd, hd, cache.window.data() + p % cache.window_ring * hd);
+      std::copy_n(kv + s.row(p) * hd, hd, cache.window.data() + p % cache.window_ring * hd);
   }
 
   // Grouped low-rank output: group g's heads [N, H*hd/G] -> [N, R] through its rows of wo_a, then wo_b.
   const int64_t G = v.o_groups, R = v.o_lora_rank, group_width = H * hd / G;
-  std::vector<float> group_in(N * group_width), group_out(N * R), low_rank(N * G * R);
+  float* group_in = group_in_buffer.get(size_t(N * group_width));  // [N, H*hd/G]
+  float* group_out = group_out_buffer.get(size_t(N * R));          // [N, R]
+  float* low_rank = low_rank_buffer.get(size_t(N * G * R));        // [N, G, R]
   for (int64_t g = 0; g < G; ++g) {
     for (int64_t n = 0; n < N; ++n)
-      std::copy_n(o.data() + n * H * hd + g * group_width, group_width, group_in.data() + n * group_width);
-    matmul(group_out.data(), group_in.data(), N, G == 1 ? w.wo_a : w.wo_a.row_slice(g * R, R));
-    for (int64_t n = 0; n < N; ++n) std::copy_n(group_out.data() + n * R, R, low_rank.data() + (n * G + g) * R);
+      std::copy_n(o + n * H * hd + g * group_width, group_width, group_in + n * group_width);
+    matmul(group_out, group_in, N, G == 1 ? w.wo_a : w.wo_a.row_slice(g * R, R));
+    for (int64_t n = 0; n < N; ++n) std::copy_n(group_out + n * R, R, low_rank + (n * G + g) * R);
   }
-  matmul(out, low_rank.data(), N, w.wo_b);
+  matmul(out, low_rank, N, w.wo_b);
 }
 
 // out [N, D] = routed experts (sqrt-softplus scores; a hash table or biased top-k picks them)
@@ -663,23 +672,29 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
   const int64_t N = batch.size();
 
   // Every stream starts as the embedding.
-  std::vector<float> streams(N * M * D), h(N * D), x(N * D), y(N * D);  // [N, M, D], then [N, D] each
-  std::vector<float> post(N * M), comb(N * M * M);
+  // Kept between calls (a decode step runs this once per token); every element is written before it is read.
+  thread_local Scratch<float> streams_buffer, h_buffer, x_buffer, y_buffer, post_buffer, comb_buffer;
+  float* streams = streams_buffer.get(size_t(N * M * D));  // [N, M, D]
+  float* h = h_buffer.get(size_t(N * D));                  // [N, D] each
+  float* x = x_buffer.get(size_t(N * D));
+  float* y = y_buffer.get(size_t(N * D));
+  float* post = post_buffer.get(size_t(N * M));      // [N, M]
+  float* comb = comb_buffer.get(size_t(N * M * M));  // [N, M, M]
   for (int64_t n = 0; n < N; ++n) {
-    dequantize_row(x.data() + n * D, weights_.embed, batch.ids[n]);
-    for (int64_t i = 0; i < M; ++i) std::copy_n(x.data() + n * D, D, streams.data() + (n * M + i) * D);
+    dequantize_row(x + n * D, weights_.embed, batch.ids[n]);
+    for (int64_t i = 0; i < M; ++i) std::copy_n(x + n * D, D, streams + (n * M + i) * D);
   }
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const V4BlockWeights& block = weights_.layers[L];
     const Rope& rope = c.v4.compress_ratio(L) ? compressed_rope_ : window_rope_;
-    hc_pre(h.data(), post.data(), comb.data(), streams.data(), N, block.hc_attn, c);
-    rms_norm(x.data(), h.data(), block.attn_norm.data(), N, D, eps);
-    attention_forward(y.data(), x.data(), batch, L, c, block.attn, rope);
-    hc_post(streams.data(), y.data(), post.data(), comb.data(), N, M, D);
-    hc_pre(h.data(), post.data(), comb.data(), streams.data(), N, block.hc_ffn, c);
-    rms_norm(x.data(), h.data(), block.ffn_norm.data(), N, D, eps);
-    moe_forward(y.data(), x.data(), batch.ids, c, block.ffn, *experts_, L, expert_load_, expert_parallel_);
-    hc_post(streams.data(), y.data(), post.data(), comb.data(), N, M, D);
+    hc_pre(h, post, comb, streams, N, block.hc_attn, c);
+    rms_norm(x, h, block.attn_norm.data(), N, D, eps);
+    attention_forward(y, x, batch, L, c, block.attn, rope);
+    hc_post(streams, y, post, comb, N, M, D);
+    hc_pre(h, post, comb, streams, N, block.hc_ffn, c);
+    rms_norm(x, h, block.ffn_norm.data(), N, D, eps);
+    moe_forward(y, x, batch.ids, c, block.ffn, *experts_, L, expert_load_, expert_parallel_);
+    hc_post(streams, y, post, comb, N, M, D);
   }
   for (const SequenceRows& s : batch.sequences) s.cache->advance(s.count);
 
@@ -687,7 +702,7 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
   const int64_t R = int64_t(logit_rows.size());
   std::vector<float> final_streams(R * M * D), mix(R * M), pre(R * M), final_rows(R * D);
   for (int64_t r = 0; r < R; ++r)
-    std::copy_n(streams.data() + logit_rows[r] * M * D, M * D, final_streams.data() + r * M * D);
+    std::copy_n(streams + logit_rows[r] * M * D, M * D, final_streams.data() + r * M * D);
   hc_mix(mix.data(), final_streams.data(), R, weights_.hc_head.fn, c.rms_norm_eps);
   for (int64_t i = 0; i < R * M; ++i)
     pre[i] = float(sigmoid_d(double(mix[i]) * weights_.hc_head.scale[0] + weights_.hc_head.base[i % M]) + c.v4.hc_eps);
