@@ -391,12 +391,6 @@ void normalize(float* x, int64_t n, double eps) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inverse;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 // Computes every entry that the batch's tokens complete for one compressor of `layer` (its own or
 // its indexer's), then keeps the rows of the windows still open in the caches. Entries are rms-normed,
 // roped at their window's first position, then FP8 round-tripped (attention) or Hadamard-rotated

@@ -49,6 +49,10 @@ void matmul_reference_quantized(float* y, const float* x, int64_t T, const Weigh
 // weighted sum of cached values), SIMD along the outputs; each output adds its terms in order s.
 void weighted_row_sum(float* out, const float* weights, const float* rows, int64_t n, int64_t width, int64_t stride);
 
+// a [n] · b [n] (attention scores against keys that are not one matrix), SIMD, the sums in a fixed
+// order for each n: the same bits for the same inputs on one target.
+float dot(const float* a, const float* b, int64_t n);
+
 // out [W.cols] = row `row` of W as fp32 (embedding lookups, tests).
 void dequantize_row(float* out, const WeightView& W, int64_t row);
 

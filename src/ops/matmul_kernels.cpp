@@ -771,6 +771,24 @@ void WeightedRowSum(float* out, const float* weights, const float* rows, int64_t
   }
 }
 
+float Dot(const float* a, const float* b, int64_t n) {
+  const DF df;
+  const int64_t N = int64_t(hn::Lanes(df));
+  auto even = hn::Zero(df), odd = hn::Zero(df);  // two chains, so consecutive FMAs need not wait
+  int64_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    even = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), even);
+    odd = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), odd);
+  }
+  if (i + N <= n) {
+    even = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), even);
+    i += N;
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(even, odd)));
+  for (; i < n; ++i) sum = std::fma(a[i], b[i], sum);
+  return sum;
+}
+
 void DequantizeRow(float* out, const WeightView& W, int64_t row) {
   WithRows(W, [&](const auto& w) { w.Dequantize(out, row, 0, W.cols); });
 }
@@ -783,6 +801,7 @@ namespace megamoe {
 HWY_EXPORT(MatmulTasks);
 HWY_EXPORT(DequantizeRow);
 HWY_EXPORT(WeightedRowSum);
+HWY_EXPORT(Dot);
 HWY_EXPORT(QuantizeActivations);
 
 bool matmul_quantizes_activations(DType weight_format) {
@@ -847,6 +866,8 @@ void matmul_swiglu(float* h, const float* x, int64_t T, const WeightView& gate, 
 void weighted_row_sum(float* out, const float* weights, const float* rows, int64_t n, int64_t width, int64_t stride) {
   HWY_DYNAMIC_DISPATCH(WeightedRowSum)(out, weights, rows, n, width, stride);
 }
+
+float dot(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DISPATCH(Dot)(a, b, n); }
 
 void dequantize_row(float* out, const WeightView& W, int64_t row) {
   W.check();

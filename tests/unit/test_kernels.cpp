@@ -376,6 +376,21 @@ TEST(KernelTargetTest, WeightedRowSumGivesEachOutputAloneItsBits) {
   }
 }
 
+TEST(KernelTargetTest, DotMatchesTheExactSumForEverySize) {
+  TargetGuard guard;
+  const std::vector<float> a = random_floats(300, 73), b = random_floats(300, 74);
+  for (const std::string& target : matmul_targets()) {
+    matmul_use_target(target);
+    for (int64_t n : {0, 1, 15, 16, 31, 32, 33, 64, 96, 128, 257, 300}) {
+      double exact = 0, magnitude = 0;  // fp32 sums err in proportion to the terms' sizes
+      for (int64_t i = 0; i < n; ++i) exact += double(a[i]) * b[i], magnitude += std::abs(double(a[i]) * b[i]);
+      const float sum = dot(a.data(), b.data(), n);
+      ASSERT_NEAR(sum, exact, 1e-6 * (1 + magnitude)) << target << " n " << n;
+      ASSERT_EQ(std::bit_cast<uint32_t>(sum), std::bit_cast<uint32_t>(dot(a.data(), b.data(), n))) << target << " n " << n;
+    }
+  }
+}
+
 TEST(KernelTargetTest, EmptyInputsGiveZeros) {
   const WeightView empty{.dtype = DType::BF16, .rows = 3, .cols = 0, .data = nullptr};
   std::vector<float> y(9 * 3, NAN);
