@@ -1,7 +1,5 @@
 #include "model/deepseek_v3.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <utility>
@@ -162,7 +160,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
 
   // Kept from call to call (a decode step calls this once per layer): fresh buffers cost page faults,
   // zeroing and heap trimming, a quarter of a decode step's time when measured.
-  thread_local Scratch<float> q_buffer, q_latent_buffer, kv_a_buffer, heads_buffer, head_work_buffer;
+  thread_local Scratch<float> q_buffer, q_latent_buffer, kv_a_buffer, heads_buffer;
   float* q = q_buffer.get(size_t(N * H * dq));  // [N, H, dn+dr]
   if (c.q_lora_rank) {
     const int64_t R = *c.q_lora_rank;
@@ -202,11 +200,10 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
     B = std::max(B, runs.back().second - runs.back().first);
   }
   float* heads = heads_buffer.get(size_t(N * H * dv));  // [N, H, dv]
-  // Each thread's working memory, one slice per thread of one buffer (carved below).
-  const int64_t work_floats = dn * C + dv * C + B * (entry + longest + C + dv);
-  float* work = head_work_buffer.get(size_t(omp_get_max_threads() * work_floats));
+  const int64_t work_floats = dn * C + dv * C + B * (entry + longest + C + dv);  // per head, carved below
   parallel_for<Schedule::Dynamic>(H, true, [&](int64_t h) {
-    float* next = work + omp_get_thread_num() * work_floats;
+    thread_local Scratch<float> head_work;  // each thread's own, kept between calls
+    float* next = head_work.get(size_t(work_floats));
     const auto take = [&](int64_t n) { return std::exchange(next, next + n); };
     float* w_uk = take(dn * C);       // [dn, C]: this head's rows of kv_b for W_UK
     float* w_uv = take(dv * C);       // [dv, C]
