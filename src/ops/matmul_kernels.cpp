@@ -410,13 +410,26 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 // reads R rows side by side, R short streams that the hardware prefetchers pick up late (an expert's
 // row is only 1-4 KB), so each tile asks for the same place in the next tile's rows (R rows on) as it
 // goes: one q8_0 expert [1024, 2048] 9.7 -> 24 GB/s on one Zen 5 thread. Prefetching past the last
-// row is harmless (prefetches never fault). Each sum has its own
+// row is harmless (prefetches never fault). The tile read next is not always the next R rows of the
+// same matrix: a fused gate/up pass alternates between two matrices, so each tile is told where it
+// is (NextTile). Each sum has its own
 // accumulators and the same order of operations for every R and C (the tails use explicit fma so
 // that no instantiation contracts differently), which makes the results batch invariant.
 
+// The R rows from `row` of `w` that a matrix-vector tile prefetches as it goes (PrefetchNextTile);
+// none when `w` is null.
+template <class Rows>
+struct NextTile {
+  const Rows* w = nullptr;
+  int64_t row = 0;
+  void Prefetch(size_t r, int64_t b) const {
+    if (w) w->Prefetch(row + int64_t(r), b);
+  }
+};
+
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
-                         const float* const* xd, int64_t blocks) {
+                         const float* const* xd, int64_t blocks, const NextTile<Rows>& next) {
   const DI8 d8;
   const DI32 d32;
   const DF8 df;
@@ -425,7 +438,7 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
     for (auto& a : row) a = hn::Zero(df);
   for (int64_t b = 0; b < blocks; ++b) {
     if constexpr (C == 1)
-      for (size_t r = 0; r < R; ++r) w.Prefetch(rows[r] + R, b);  // see PrefetchNextTile
+      for (size_t r = 0; r < R; ++r) next.Prefetch(r, b);  // see PrefetchNextTile
     V<DI32> dot[R][C];
     for (size_t c = 0; c < C; ++c) {
       // Unsigned weights start each lane from -offset * (its 4 activations' sum), so that every lane
@@ -464,7 +477,7 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
 // the upper half) and PairScales; every C runs the same code, so the results stay batch invariant.
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
-                             const float* const* xd, int64_t blocks) {
+                             const float* const* xd, int64_t blocks, const NextTile<Rows>& next) {
   const DF df;
   V<DF> acc[R][C];
   for (auto& row : acc)
@@ -472,8 +485,8 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
   const auto pair = [&](int64_t j, bool half) HWY_ATTR {
     if constexpr (C == 1)
       for (size_t r = 0; r < R; ++r) {  // see PrefetchNextTile; both block starts, so no line is skipped
-        w.Prefetch(rows[r] + R, 2 * j);
-        w.Prefetch(rows[r] + R, 2 * j + 1);
+        next.Prefetch(r, 2 * j);
+        next.Prefetch(r, 2 * j + 1);
       }
     PairVec wv[R];
     V<DF> ws[R];
@@ -504,7 +517,8 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
 #endif
 
 template <size_t R, size_t C, class Rows>
-HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const float* const* x, int64_t K) {
+HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const float* const* x, int64_t K,
+                          const NextTile<Rows>& next) {
   const DF df;
   const int64_t N = int64_t(hn::Lanes(df));
   V<DF> acc[R][C];
@@ -520,7 +534,7 @@ HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const
     int64_t k = k0;
     for (; k + N <= k1; k += N) {
       if constexpr (C == 1)
-        for (size_t r = 0; r < R; ++r) w.Prefetch(rows[r] + R, k);  // see PrefetchNextTile
+        for (size_t r = 0; r < R; ++r) next.Prefetch(r, k);  // see PrefetchNextTile
       V<DF> wv[R];
       for (size_t r = 0; r < R; ++r) wv[r] = w.Load(df, rows[r], k);
       for (size_t c = 0; c < C; ++c) {
@@ -555,7 +569,7 @@ struct DecodedRows {
   V<DF> Load(DF df, int64_t r, int64_t k) const { return hn::LoadU(df, data + r * cols + k); }
   float Element(int64_t r, int64_t k) const { return data[r * cols + k]; }
   float Scale(int64_t r, int64_t k) const { return w.Scale(rows[r], k); }
-  void Prefetch(int64_t, int64_t) const {}  // the buffer is in cache
+  void Prefetch(int64_t, int64_t) const {}  // never asked for (NextTile is empty): the buffer is in cache
 };
 
 // y [t_begin..t_end, rows] of one row tile (y points at token t_begin's first row of the tile, rows
@@ -563,7 +577,8 @@ struct DecodedRows {
 // (same work, no extra instantiations) and store only the real ones.
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, const QuantizedActivations& xq,
-                           int64_t t_begin, int64_t t_end, int64_t K, const Rows& w, const int64_t* rows) {
+                           int64_t t_begin, int64_t t_end, int64_t K, const Rows& w, const int64_t* rows,
+                           const NextTile<Rows>& next) {
   for (int64_t t0 = t_begin; t0 < t_end; t0 += C) {
     float sums[R * C];
     if constexpr (Rows::kInt8) {
@@ -576,14 +591,14 @@ HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, 
       }
 #if HWY_TARGET == HWY_AVX3_DL
       if constexpr (Rows::kPairs) {
-        Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+        Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock, next);
       } else
 #endif
-        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock, next);
     } else {
       const float* xs[C];
       for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, t_end - 1) * K;
-      FloatTile<R, C>(sums, w, rows, xs, K);
+      FloatTile<R, C>(sums, w, rows, xs, K, next);
     }
     for (size_t c = 0; c < C && t0 + int64_t(c) < t_end; ++c)
       for (size_t r = 0; r < size_t(n_out); ++r) y[(t0 - t_begin + c) * ld + r] = sums[r * C + c];
@@ -609,9 +624,10 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
   const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
   if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
   if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(std::min(T, block) * R)));
-  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out (rows ld apart).
+  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out (rows ld apart); `next` is the
+  // tile read after it.
   auto tile_products = [&](float* out, int64_t ld, const Rows& weight, const int64_t* rows, int64_t n_out,
-                           int64_t t_begin, int64_t t_end) {
+                           int64_t t_begin, int64_t t_end, const NextTile<Rows>& next) {
     if constexpr (!Rows::kInt8) {
       if (decode) {
         int64_t local[R];
@@ -620,10 +636,11 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
           weight.Dequantize(buffers.decoded.data() + r * K, rows[r], 0, K, /*unscaled=*/true);
         }
         const DecodedRows<Rows> buffered{buffers.decoded.data(), K, weight, rows};
-        return TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, buffered, local);
+        return TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, buffered, local,
+                                NextTile<DecodedRows<Rows>>{});
       }
     }
-    TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, weight, rows);
+    TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, weight, rows, next);
   };
   for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
     const int64_t t_end = std::min(T, t_begin + block);
@@ -632,10 +649,15 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
       for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
       float* out = task.y + t_begin * n_rows + tile * R;
       const int64_t n_out = std::min<int64_t>(R, n_rows - tile * R);
-      tile_products(out, n_rows, w, rows, n_out, t_begin, t_end);
-      if (!up) continue;
+      const NextTile<Rows> next_of_w{&w, (tile + 1) * int64_t(R)};
+      if (!up) {
+        tile_products(out, n_rows, w, rows, n_out, t_begin, t_end, next_of_w);
+        continue;
+      }
+      // Fused gate/up: the gate tile is followed by the same rows of up, and those by the gate's next.
+      tile_products(out, n_rows, w, rows, n_out, t_begin, t_end, NextTile<Rows>{up, tile * int64_t(R)});
       float* up_sums = buffers.up_sums.data();
-      tile_products(up_sums, R, *up, rows, n_out, t_begin, t_end);
+      tile_products(up_sums, R, *up, rows, n_out, t_begin, t_end, next_of_w);
       for (int64_t t = 0; t < t_end - t_begin; ++t)
         for (int64_t r = 0; r < n_out; ++r)
           out[t * n_rows + r] = swiglu_value(out[t * n_rows + r], up_sums[t * R + r], swiglu_limit);
