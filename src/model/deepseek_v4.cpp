@@ -11,6 +11,7 @@
 #include "ops/matmul.h"
 #include "ops/round_trip.h"
 #include "util/error.h"
+#include "util/parallel.h"
 #include "util/scratch.h"
 
 namespace megamoe {
@@ -423,55 +424,52 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
     for (int64_t p = s.start; p < s.end(); ++p)
       if ((p + 1) % r == 0) windows.push_back({&s, p / r});
 
-#pragma omp parallel
-  {
-    std::vector<const float*> kv_rows, gate_rows;  // the pool: c*r tokens' rows
-    std::vector<float> entry(d), weights(overlap * r);
-#pragma omp for schedule(dynamic)
-    for (size_t k = 0; k < windows.size(); ++k) {
-      const SequenceRows& s = *windows[k].sequence;
-      CompressorCache& state = state_of(s);
-      const int64_t n = windows[k].index;
-      // Rows of position p: this batch's, or kept in the cache from an earlier one.
-      auto rows_of = [&](int64_t p, int64_t feature_offset) {
-        if (p >= s.start) {
-          kv_rows.push_back(kv + s.row(p) * cd + feature_offset);
-          gate_rows.push_back(gate + s.row(p) * cd + feature_offset);
-        } else {
-          const float* kept = state.rows.data() + p % state.ring * 2 * cd;
-          kv_rows.push_back(kept + feature_offset);
-          gate_rows.push_back(kept + cd + feature_offset);
-        }
-      };
-      kv_rows.clear();
-      gate_rows.clear();
-      // Ratio 4 overlaps: the previous window's first-half features, then this one's second half.
-      if (overlap == 2 && n > 0)
-        for (int64_t p = (n - 1) * r; p < n * r; ++p) rows_of(p, 0);
-      for (int64_t p = n * r; p < (n + 1) * r; ++p) rows_of(p, overlap == 2 ? d : 0);
-      const size_t pool = kv_rows.size();
-      for (int64_t j = 0; j < d; ++j) {  // softmax over the pool, per feature
-        float top = -INFINITY;
-        for (size_t e = 0; e < pool; ++e) top = std::max(top, gate_rows[e][j]);
-        double sum = 0, weighted = 0;
-        for (size_t e = 0; e < pool; ++e) {
-          const double weight = std::exp(double(gate_rows[e][j]) - top);
-          sum += weight;
-          weighted += weight * kv_rows[e][j];
-        }
-        entry[j] = float(weighted / sum);
-      }
-      rms_norm(entry.data(), entry.data(), w.norm.data(), 1, d, float(c.rms_norm_eps));
-      rope.apply(entry.data() + d - dr, n * r);
-      if (indexer) {
-        hadamard_rotate(entry.data(), d);
-        fp4_round_trip(entry.data(), d);
+  parallel_for<Schedule::Dynamic>(int64_t(windows.size()), windows.size() > 1, [&](int64_t k) {
+    thread_local std::vector<const float*> kv_rows, gate_rows;  // the pool: c*r tokens' rows (each thread's)
+    thread_local std::vector<float> entry;
+    entry.resize(size_t(d));
+    const SequenceRows& s = *windows[k].sequence;
+    CompressorCache& state = state_of(s);
+    const int64_t n = windows[k].index;
+    // Rows of position p: this batch's, or kept in the cache from an earlier one.
+    auto rows_of = [&](int64_t p, int64_t feature_offset) {
+      if (p >= s.start) {
+        kv_rows.push_back(kv + s.row(p) * cd + feature_offset);
+        gate_rows.push_back(gate + s.row(p) * cd + feature_offset);
       } else {
-        fp8_round_trip(entry.data(), d - dr);
+        const float* kept = state.rows.data() + p % state.ring * 2 * cd;
+        kv_rows.push_back(kept + feature_offset);
+        gate_rows.push_back(kept + cd + feature_offset);
       }
-      std::copy(entry.begin(), entry.end(), state.entries.begin() + n * d);
+    };
+    kv_rows.clear();
+    gate_rows.clear();
+    // Ratio 4 overlaps: the previous window's first-half features, then this one's second half.
+    if (overlap == 2 && n > 0)
+      for (int64_t p = (n - 1) * r; p < n * r; ++p) rows_of(p, 0);
+    for (int64_t p = n * r; p < (n + 1) * r; ++p) rows_of(p, overlap == 2 ? d : 0);
+    const size_t pool = kv_rows.size();
+    for (int64_t j = 0; j < d; ++j) {  // softmax over the pool, per feature
+      float top = -INFINITY;
+      for (size_t e = 0; e < pool; ++e) top = std::max(top, gate_rows[e][j]);
+      double sum = 0, weighted = 0;
+      for (size_t e = 0; e < pool; ++e) {
+        const double weight = std::exp(double(gate_rows[e][j]) - top);
+        sum += weight;
+        weighted += weight * kv_rows[e][j];
+      }
+      entry[j] = float(weighted / sum);
     }
-  }
+    rms_norm(entry.data(), entry.data(), w.norm.data(), 1, d, float(c.rms_norm_eps));
+    rope.apply(entry.data() + d - dr, n * r);
+    if (indexer) {
+      hadamard_rotate(entry.data(), d);
+      fp4_round_trip(entry.data(), d);
+    } else {
+      fp8_round_trip(entry.data(), d - dr);
+    }
+    std::copy(entry.begin(), entry.end(), state.entries.begin() + n * d);
+  });
 
   for (const SequenceRows& s : batch.sequences) {  // keep the latest rows for windows to come
     CompressorCache& state = state_of(s);
@@ -493,7 +491,8 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
   const float eps = float(c.rms_norm_eps);
 
   // Queries [N, H, hd]: from the normalized low-rank qr [N, q_rank], each head normalized, roped.
-  thread_local Scratch<float> qr_buffer, q_buffer, kv_buffer, o_buffer, group_in_buffer, group_out_buffer, low_rank_buffer;
+  thread_local Scratch<float> qr_buffer, q_buffer, kv_buffer, o_buffer;  // kept between calls, as in forward
+  thread_local Scratch<float> group_in_buffer, group_out_buffer, low_rank_buffer;
   float* qr = qr_buffer.get(size_t(N * q_rank));  // [N, q_rank]
   float* q = q_buffer.get(size_t(N * H * hd));    // [N, H, hd]
   matmul(qr, x, N, w.wq_a);
@@ -540,57 +539,53 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
   // (CSA: the indexer's top index_topk); the head's sink adds exp(sink) to the denominator only.
   float* o = o_buffer.get(size_t(N * H * hd));  // [N, H, hd]
   const float softmax_scale = float(1 / std::sqrt(double(hd)));
-#pragma omp parallel
-  {
-    std::vector<const float*> keys;
-    std::vector<float> scores, index_scores;
-    std::vector<int32_t> chosen;
-#pragma omp for schedule(dynamic)
-    for (int64_t n = 0; n < N; ++n) {
-      const SequenceRows& s = batch.sequences[batch.tokens[n].sequence];
-      const int64_t t = batch.tokens[n].position;
-      const V4LayerCache& cache = s.cache->layer(layer);
-      keys.clear();
-      for (int64_t p = std::max<int64_t>(0, t - W + 1); p <= t; ++p)
-        keys.push_back(p >= s.start ? kv + s.row(p) * hd : cache.window.data() + p % cache.window_ring * hd);
-      if (ratio) {
-        const int64_t complete = (t + 1) / ratio;
-        const float* entries = cache.compressor.entries.data();
-        if (ratio == 4 && complete > v.index_topk) {
-          index_scores.resize(complete);  // I[t, s] = sum_h relu(iq_h . ik_s) * w_h
-          for (int64_t e = 0; e < complete; ++e) {
-            const float* key = cache.indexer.entries.data() + e * dI;
-            float score = 0;
-            for (int64_t h = 0; h < nh; ++h)
-              score += std::max(0.f, dot(iq.data() + (n * nh + h) * dI, key, dI)) * iw[n * nh + h];
-            index_scores[e] = score;
-          }
-          top_k_indices(&chosen, index_scores.data(), complete, v.index_topk);
-          std::sort(chosen.begin(), chosen.end());
-          for (int32_t e : chosen) keys.push_back(entries + e * hd);
-        } else {
-          for (int64_t e = 0; e < complete; ++e) keys.push_back(entries + e * hd);
+  parallel_for<Schedule::Dynamic>(N, N > 1, [&](int64_t n) {
+    thread_local std::vector<const float*> keys;  // each thread's, kept between calls
+    thread_local std::vector<float> scores, index_scores;
+    thread_local std::vector<int32_t> chosen;
+    const SequenceRows& s = batch.sequences[batch.tokens[n].sequence];
+    const int64_t t = batch.tokens[n].position;
+    const V4LayerCache& cache = s.cache->layer(layer);
+    keys.clear();
+    for (int64_t p = std::max<int64_t>(0, t - W + 1); p <= t; ++p)
+      keys.push_back(p >= s.start ? kv + s.row(p) * hd : cache.window.data() + p % cache.window_ring * hd);
+    if (ratio) {
+      const int64_t complete = (t + 1) / ratio;
+      const float* entries = cache.compressor.entries.data();
+      if (ratio == 4 && complete > v.index_topk) {
+        index_scores.resize(complete);  // I[t, s] = sum_h relu(iq_h . ik_s) * w_h
+        for (int64_t e = 0; e < complete; ++e) {
+          const float* key = cache.indexer.entries.data() + e * dI;
+          float score = 0;
+          for (int64_t h = 0; h < nh; ++h)
+            score += std::max(0.f, dot(iq.data() + (n * nh + h) * dI, key, dI)) * iw[n * nh + h];
+          index_scores[e] = score;
         }
-      }
-      const size_t K = keys.size();
-      scores.resize(K);
-      for (int64_t h = 0; h < H; ++h) {
-        const float* qh = q + (n * H + h) * hd;
-        const float sink = w.sink[h];
-        float top = sink;
-        for (size_t k = 0; k < K; ++k) top = std::max(top, scores[k] = dot(qh, keys[k], hd) * softmax_scale);
-        double denominator = std::exp(double(sink) - top);
-        for (size_t k = 0; k < K; ++k) denominator += scores[k] = std::exp(scores[k] - top);
-        float* oh = o + (n * H + h) * hd;
-        std::fill_n(oh, hd, 0.f);
-        for (size_t k = 0; k < K; ++k) {
-          const float p = float(scores[k] / denominator);
-          for (int64_t i = 0; i < hd; ++i) oh[i] += p * keys[k][i];
-        }
-        rope.apply(oh + hd - dr, t, /*inverse=*/true);
+        top_k_indices(&chosen, index_scores.data(), complete, v.index_topk);
+        std::sort(chosen.begin(), chosen.end());
+        for (int32_t e : chosen) keys.push_back(entries + e * hd);
+      } else {
+        for (int64_t e = 0; e < complete; ++e) keys.push_back(entries + e * hd);
       }
     }
-  }
+    const size_t K = keys.size();
+    scores.resize(K);
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qh = q + (n * H + h) * hd;
+      const float sink = w.sink[h];
+      float top = sink;
+      for (size_t k = 0; k < K; ++k) top = std::max(top, scores[k] = dot(qh, keys[k], hd) * softmax_scale);
+      double denominator = std::exp(double(sink) - top);
+      for (size_t k = 0; k < K; ++k) denominator += scores[k] = std::exp(scores[k] - top);
+      float* oh = o + (n * H + h) * hd;
+      std::fill_n(oh, hd, 0.f);
+      for (size_t k = 0; k < K; ++k) {
+        const float p = float(scores[k] / denominator);
+        for (int64_t i = 0; i < hd; ++i) oh[i] += p * keys[k][i];
+      }
+      rope.apply(oh + hd - dr, t, /*inverse=*/true);
+    }
+  });
 
   // Keep the latest raw keys for the queries to come.
   for (const SequenceRows& s : batch.sequences) {
