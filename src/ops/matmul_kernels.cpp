@@ -636,10 +636,10 @@ void PackRowLanes(int8_t* packed, const Rows& w, const int64_t* rows, int64_t bl
         quads[i + 2 * h] = _mm256_unpacklo_epi64(pairs[i + h], pairs[i + 2 + h]);      // word 2h | 2h + 4
         quads[i + 2 * h + 1] = _mm256_unpackhi_epi64(pairs[i + h], pairs[i + 2 + h]);  // word 2h + 1 | 2h + 5
       }
+    __m256i* vectors = reinterpret_cast<__m256i*>(out);
     for (size_t k = 0; k < 4; ++k) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k * 32), _mm256_permute2x128_si256(quads[k], quads[4 + k], 0x20));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (k + 4) * 32),
-                          _mm256_permute2x128_si256(quads[k], quads[4 + k], 0x31));
+      _mm256_storeu_si256(vectors + k, _mm256_permute2x128_si256(quads[k], quads[4 + k], 0x20));
+      _mm256_storeu_si256(vectors + k + 4, _mm256_permute2x128_si256(quads[k], quads[4 + k], 0x31));
     }
     std::memcpy(out + kLaneRows * kQuantBlock, scales, sizeof scales);
   }
@@ -775,7 +775,8 @@ HWY_INLINE void RowLaneTokens(float* y, int64_t ld, int64_t n_out, const Quantiz
                               std::vector<int8_t>* packed) {
   const int64_t blocks = K / kQuantBlock;
   const auto store = [&](const float* sums, int64_t t0, int64_t n_tokens) {
-    for (int64_t c = 0; c < n_tokens; ++c) std::copy_n(sums + c * int64_t(kLaneRows), n_out, y + (t0 - t_begin + c) * ld);
+    for (int64_t c = 0; c < n_tokens; ++c)
+      std::copy_n(sums + c * int64_t(kLaneRows), n_out, y + (t0 - t_begin + c) * ld);
   };
   if (!packed) {
     for (int64_t t = t_begin; t < t_end; ++t) {
@@ -832,7 +833,7 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
     if constexpr (RowLanes<Rows>())
       return RowLaneTokens<C>(out, ld, n_out, xq, t_begin, t_end, K, weight, rows, next,
-                                 T >= kDecodeMinTokens ? &buffers.packed : nullptr);
+                              T >= kDecodeMinTokens ? &buffers.packed : nullptr);
 #endif
     if constexpr (!Rows::kInt8) {
       if (decode) {
@@ -974,9 +975,9 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
       const Rows* up_rows = up ? &*up : nullptr;
       if (task.T == 1)
         return TileRange<TileRows<Rows>(true), 1>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
-                                       range.tile_end, buffers);
-      TileRange<TileRows<Rows>(false), TokensPerTile<Rows>()>(task, xq[range.task], w, up_rows, swiglu_limit, range.tile_begin,
-                                                range.tile_end, buffers);
+                                                  range.tile_end, buffers);
+      TileRange<TileRows<Rows>(false), TokensPerTile<Rows>()>(task, xq[range.task], w, up_rows, swiglu_limit,
+                                                              range.tile_begin, range.tile_end, buffers);
     });
   });
 }
