@@ -161,6 +161,12 @@ HWY_INLINE V<DI32> DotSigned(V<DI32> acc, V<DI8> w, V<DI8> x) {
 #endif
 }
 
+// acc + w . x in the way the format's codes are stored (unsigned with an offset, or signed).
+template <class Rows>
+HWY_INLINE V<DI32> DotCodes(V<DI32> acc, V<DI8> w, V<DI8> x) {
+  return Rows::kOffset ? DotUnsigned(acc, w, x) : DotSigned(acc, w, x);
+}
+
 // Asks for the cache line holding p. GCC 12 dropped plain __builtin_prefetch calls from these
 // inlined loops (seen in the assembly); an asm statement stays.
 HWY_INLINE void PrefetchLine(const void* p) {
@@ -483,7 +489,7 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
       for (size_t c = 0; c < C; ++c) {
         const auto xv = hn::LoadU(d8, xq[c] + b * kQuantBlock + part);
         for (size_t r = 0; r < R; ++r)
-          dot[r][c] = Rows::kOffset ? DotUnsigned(dot[r][c], wv[r], xv) : DotSigned(dot[r][c], wv[r], xv);
+          dot[r][c] = DotCodes<Rows>(dot[r][c], wv[r], xv);
       }
     }
     for (size_t r = 0; r < R; ++r) {
@@ -600,8 +606,7 @@ HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, c
     V<DI32> dots[kLaneRows];
     alignas(32) float scale_of[kLaneRows];
     for (size_t r = 0; r < kLaneRows; ++r) {
-      dots[r] = Rows::kOffset ? DotUnsigned(hn::Zero(d32), w.Part(rows[r], b, 0), xv)
-                              : DotSigned(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
+      dots[r] = DotCodes<Rows>(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
       scale_of[r] = w.Scale(rows[r], b);
     }
     const auto scales = hn::Load(df, scale_of);
