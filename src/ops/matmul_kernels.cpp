@@ -13,7 +13,8 @@
 // fallback takes one block per vector (Int8Tile). From kDecodeMinTokens tokens on,
 // the float formats decode each tile's rows once into an fp32 buffer (unscaled, exactly the values
 // decoded in registers) that every token of the block reads, instead of decoding them again for
-// every C tokens. Matrix-vector tiles prefetch the next tile's rows (PrefetchNextTile).
+// every C tokens. A tile's rows lie far apart in the matrix (StridedTiles), and matrix-vector tiles
+// prefetch the next tile's rows (PrefetchNextTile).
 #ifndef MEGAMOE_MATMUL_KERNELS_CONFIG
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
@@ -31,6 +32,7 @@
 #include <array>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "ops/elementwise.h"
@@ -282,6 +284,7 @@ template <class Derived>
 struct Int8Rows {
   static constexpr bool kInt8 = true;
   static constexpr bool kPairs = false;  // whether it reads two blocks per vector (Int8PairTile)
+  static constexpr bool kHalfScales = false;  // whether ScaleBits gives each block's fp16 scale
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     const auto& self = static_cast<const Derived&>(*this);
     const DF df;
@@ -303,7 +306,9 @@ struct Q8Rows : Int8Rows<Q8Rows> {
   const BlockQ8_0* data;
   int64_t blocks;
   Q8Rows(const WeightView& W) : data(static_cast<const BlockQ8_0*>(W.data)), blocks(W.cols / kQuantBlock) {}
-  float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
+  static constexpr bool kHalfScales = true;
+  uint16_t ScaleBits(int64_t row, int64_t b) const { return data[row * blocks + b].d; }
+  float Scale(int64_t row, int64_t b) const { return HalfToFloat(ScaleBits(row, b)); }
 #if HWY_TARGET == HWY_AVX3_DL
   PairVec PairCodes(int64_t row, int64_t j, bool half) const {
     const BlockQ8_0* p = data + row * blocks + 2 * j;
@@ -384,7 +389,9 @@ struct Q4Rows : NibbleRows<Q4Rows> {
   int64_t blocks;
   Q4Rows(const WeightView& W) : data(static_cast<const BlockQ4_0*>(W.data)), blocks(W.cols / kQuantBlock) {}
   const uint8_t* Nibbles(int64_t row, int64_t b) const { return data[row * blocks + b].qs; }
-  float Scale(int64_t row, int64_t b) const { return HalfToFloat(data[row * blocks + b].d); }
+  static constexpr bool kHalfScales = true;
+  uint16_t ScaleBits(int64_t row, int64_t b) const { return data[row * blocks + b].d; }
+  float Scale(int64_t row, int64_t b) const { return HalfToFloat(ScaleBits(row, b)); }
   void Prefetch(int64_t row, int64_t b) const { PrefetchLine(data + row * blocks + b); }
   static constexpr int64_t kBlockBytes = sizeof(BlockQ4_0);
   const void* RowStart(int64_t row) const { return data + row * blocks; }
@@ -439,25 +446,43 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 // ---------------------------------------------------------------------------------------------
 // Tiles: sums[r * C + c] = row rows[r] . token c, for R rows x C tokens.
 //
-// PrefetchNextTile: matrix-vector products (C = 1, decode) stream each weight once from DRAM. A tile
-// reads R rows side by side, R short streams that the hardware prefetchers pick up late (an expert's
-// row is only 1-4 KB), so each tile asks for the same place in the next tile's rows (R rows on) as it
-// goes: one q8_0 expert [1024, 2048] 9.7 -> 24 GB/s on one Zen 5 thread. Prefetching past the last
-// row is harmless (prefetches never fault). The tile read next is not always the next R rows of the
-// same matrix: a fused gate/up pass alternates between two matrices, so each tile is told where it
-// is (NextTile). Each sum has its own
-// accumulators and the same order of operations for every R and C (the tails use explicit fma so
-// that no instantiation contracts differently), which makes the results batch invariant.
+// StridedTiles: tile t of a matrix of n rows holds rows t, t + S, t + 2S, ... (S = ceil(n / R), the
+// tile count), not R rows side by side. Each of the R row streams of a tile then goes on, tile after
+// tile, through its own contiguous part of the matrix: R long sequential streams far apart, which the
+// hardware prefetchers follow. R adjacent rows were R short streams (an expert's row is only 1-4 KB)
+// that had to be restarted every tile: on one Zen 2 thread, q8_0 decode of [1024, 2048] expert
+// matrices 15.8 -> 21.2 GB/s, of [2048, 1024] ones 10.2 -> 21.0 GB/s. The results do not change:
+// every row is summed alone, in the same order, whichever rows share its tile.
+//
+// PrefetchNextTile: matrix-vector products (C = 1, decode) stream each weight once from DRAM, so
+// each tile also asks for the same place in the rows of the tile read after it. That is not always
+// the next tile of the same matrix: a fused gate/up pass alternates between two matrices, so each
+// tile is told which rows come next (NextTile). Prefetching past the last row is harmless
+// (prefetches never fault).
+//
+// Each sum has its own accumulators and the same order of operations for every R and C (the tails
+// use explicit fma so that no instantiation contracts differently), which makes the results batch
+// invariant.
 
-// The R rows from `row` of `w` that a matrix-vector tile prefetches as it goes (PrefetchNextTile);
-// none when `w` is null.
+// The R rows `rows` of `w` that a matrix-vector tile prefetches as it goes (PrefetchNextTile); none
+// when `w` is null.
 template <class Rows>
 struct NextTile {
   const Rows* w = nullptr;
-  int64_t row = 0;
+  const int64_t* rows = nullptr;
   void Prefetch(size_t r, int64_t b) const {
-    if (w) w->Prefetch(row + int64_t(r), b);
+    if (w) w->Prefetch(rows[r], b);
   }
+};
+
+// Where a tile's sums go: lane r of token t (counted from the tile's first token) to
+// y[t * ld + cols[r]], for the lanes r < n that hold a real row (see TileRange).
+struct TileOutput {
+  float* y;
+  int64_t ld;
+  const int64_t* cols;
+  int64_t n;
+  void Store(int64_t t, size_t r, float sum) const { y[t * ld + cols[r]] = sum; }
 };
 
 template <size_t R, size_t C, class Rows>
@@ -579,6 +604,23 @@ HWY_INLINE V<DI32> SumEachOf8(const V<DI32>* dots) {
                                   _mm256_permute2x128_si256(quads[0], quads[1], 0x31))};
 }
 
+// The block-b scales of the 8 rows `rows` of w as one vector. fp16 scales go into one vector of 8
+// words and convert with one vcvtph2ps: converted one at a time, they cost 4-5 instructions per row.
+template <class Rows>
+HWY_INLINE V<DF8> LaneScales(const Rows& w, const int64_t* rows, int64_t b) {
+  if constexpr (Rows::kHalfScales) {
+    __m128i bits = _mm_cvtsi32_si128(w.ScaleBits(rows[0], b));
+    [&]<size_t... r>(std::index_sequence<r...>) {
+      ((bits = _mm_insert_epi16(bits, w.ScaleBits(rows[r + 1], b), r + 1)), ...);
+    }(std::make_index_sequence<kLaneRows - 1>());
+    return V<DF8>{_mm256_cvtph_ps(bits)};
+  } else {
+    alignas(32) float scales[kLaneRows];
+    for (size_t r = 0; r < kLaneRows; ++r) scales[r] = w.Scale(rows[r], b);
+    return hn::Load(DF8(), scales);
+  }
+}
+
 // sums [8] = the 8 rows `rows` of w . one token (xq, xd, xsum: its codes, scales and block sums).
 template <class Rows>
 HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, const int8_t* xq, const float* xd,
@@ -587,31 +629,24 @@ HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, c
   const DI32 d32;
   const DF8 df;
   auto acc = hn::Zero(df);
-  // See PrefetchNextTile. q8_0 asks for each row of the next tile at every block, in the order the
-  // next tile reads them. The nibble formats, bound by their unpacking more than by memory, ask for
-  // the next tile's 8 rows (contiguous codes) as one span, kSpanStep bytes per block: 2-3 prefetches
-  // per block instead of 8-16 (one thread on Zen 2: FP4 8.1 -> 10.4 GB/s, q4_0 9.8 -> 11.6; q8_0
-  // lost 16% that way).
-  constexpr bool kSpan = Rows::kBlockBytes < 32;
-  constexpr int64_t kSpanStep = kLaneRows * Rows::kBlockBytes;
-  const uint8_t* span = kSpan && next.w ? static_cast<const uint8_t*>(next.w->RowStart(next.row)) : nullptr;
+  // See PrefetchNextTile. q8_0 asks for each row of the next tile at the same distance from the row
+  // being read (both tiles' rows are equally far apart): one instruction per row and block, rather
+  // than 6 recomputing the address. The nibble formats, bound by their unpacking more than by memory,
+  // ask for nothing: with StridedTiles the hardware prefetchers keep up (one Zen 2 thread: FP4
+  // 8.7 -> 9.7 GB/s without, q4_0 unchanged).
+  constexpr bool kPrefetch = Rows::kBlockBytes >= 32;
+  const auto* first_row = static_cast<const uint8_t*>(w.RowStart(rows[0]));
+  const ptrdiff_t next_distance =
+      next.w ? static_cast<const uint8_t*>(next.w->RowStart(next.rows[0])) - first_row : 0;
   for (int64_t b = 0; b < blocks; ++b) {
-    if constexpr (kSpan) {
-      if (span)
-        for (int64_t offset = b * kSpanStep; offset < (b + 1) * kSpanStep; offset += 64) PrefetchLine(span + offset);
-    } else {
-      for (size_t r = 0; r < kLaneRows; ++r) next.Prefetch(r, b);
-    }
+    if constexpr (kPrefetch)
+      for (size_t r = 0; r < kLaneRows; ++r)
+        PrefetchLine(static_cast<const uint8_t*>(w.RowStart(rows[r])) + b * Rows::kBlockBytes + next_distance);
     const auto xv = hn::LoadU(d8, xq + b * kQuantBlock);
     V<DI32> dots[kLaneRows];
-    alignas(32) float scale_of[kLaneRows];
-    for (size_t r = 0; r < kLaneRows; ++r) {
-      dots[r] = DotCodes<Rows>(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
-      scale_of[r] = w.Scale(rows[r], b);
-    }
-    const auto scales = hn::Load(df, scale_of);
+    for (size_t r = 0; r < kLaneRows; ++r) dots[r] = DotCodes<Rows>(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
     const auto dot = hn::Sub(SumEachOf8(dots), hn::Set(d32, Rows::kOffset * xsum[b]));
-    acc = hn::MulAdd(hn::ConvertTo(df, dot), hn::Mul(scales, hn::Set(df, xd[b])), acc);
+    acc = hn::MulAdd(hn::ConvertTo(df, dot), hn::Mul(LaneScales(w, rows, b), hn::Set(df, xd[b])), acc);
   }
   hn::StoreU(acc, df, sums);
 }
@@ -738,13 +773,11 @@ struct DecodedRows {
   void Prefetch(int64_t, int64_t) const {}  // never asked for (NextTile is empty): the buffer is in cache
 };
 
-// y [t_begin..t_end, rows] of one row tile (y points at token t_begin's first row of the tile, rows
-// `ld` apart, n_out <= R of them real), C tokens at a time. Edge tiles repeat their last row or token
-// (same work, no extra instantiations) and store only the real ones.
+// One row tile's sums for tokens [t_begin, t_end) into `out`, C tokens at a time. Edge tiles repeat
+// their last row or token (same work, no extra instantiations) and store only the real ones.
 template <size_t R, size_t C, class Rows>
-HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, const QuantizedActivations& xq,
-                           int64_t t_begin, int64_t t_end, int64_t K, const Rows& w, const int64_t* rows,
-                           const NextTile<Rows>& next) {
+HWY_INLINE void TileTokens(const TileOutput& out, const float* x, const QuantizedActivations& xq, int64_t t_begin,
+                           int64_t t_end, int64_t K, const Rows& w, const int64_t* rows, const NextTile<Rows>& next) {
   for (int64_t t0 = t_begin; t0 < t_end; t0 += C) {
     float sums[R * C];
     if constexpr (Rows::kInt8) {
@@ -767,7 +800,7 @@ HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, 
       FloatTile<R, C>(sums, w, rows, xs, K, next);
     }
     for (size_t c = 0; c < C && t0 + int64_t(c) < t_end; ++c)
-      for (size_t r = 0; r < size_t(n_out); ++r) y[(t0 - t_begin + c) * ld + r] = sums[r * C + c];
+      for (size_t r = 0; r < size_t(out.n); ++r) out.Store(t0 - t_begin + int64_t(c), r, sums[r * C + c]);
   }
 }
 
@@ -775,13 +808,13 @@ HWY_INLINE void TileTokens(float* y, int64_t ld, int64_t n_out, const float* x, 
 // TileTokens in row lanes (R = 8): tokens one at a time from the rows as stored, or, given `packed`
 // (from kDecodeMinTokens tokens on), C at a time from the tile's rows packed once.
 template <size_t C, class Rows>
-HWY_INLINE void RowLaneTokens(float* y, int64_t ld, int64_t n_out, const QuantizedActivations& xq, int64_t t_begin,
-                              int64_t t_end, int64_t K, const Rows& w, const int64_t* rows, const NextTile<Rows>& next,
+HWY_INLINE void RowLaneTokens(const TileOutput& out, const QuantizedActivations& xq, int64_t t_begin, int64_t t_end,
+                              int64_t K, const Rows& w, const int64_t* rows, const NextTile<Rows>& next,
                               std::vector<int8_t>* packed) {
   const int64_t blocks = K / kQuantBlock;
   const auto store = [&](const float* sums, int64_t t0, int64_t n_tokens) {
     for (int64_t c = 0; c < n_tokens; ++c)
-      std::copy_n(sums + c * int64_t(kLaneRows), n_out, y + (t0 - t_begin + c) * ld);
+      for (size_t r = 0; r < size_t(out.n); ++r) out.Store(t0 - t_begin + c, r, sums[c * int64_t(kLaneRows) + r]);
   };
   if (!packed) {
     for (int64_t t = t_begin; t < t_end; ++t) {
@@ -818,61 +851,72 @@ struct TileBuffers {
   std::vector<int8_t> packed;  // [blocks, kPackedBytes]: a tile's int8 rows in row lanes
 };
 
-// Row tiles [tile_begin, tile_end) of one task, all its tokens, on the calling thread; with `up`,
-// y = swiglu(x @ w^T, x @ up^T), each tile's two products combined as soon as both are done (the
-// expert's first two matrices in one pass, no [T, n_rows] intermediate). Tokens go in blocks whose
-// activations stay in L2 while the range's rows, also in L2, pass over them.
+// Row tiles [tile_begin, tile_end) of one task (StridedTiles), all its tokens, on the calling thread;
+// with `up`, y = swiglu(x @ w^T, x @ up^T), each tile's two products combined as soon as both are
+// done (the expert's first two matrices in one pass, no [T, n_rows] intermediate). Tokens go in
+// blocks whose activations stay in L2 while the range's rows, also in L2, pass over them.
 template <size_t R, size_t C, class Rows>
 void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Rows& w, const Rows* up,
                float swiglu_limit, int64_t tile_begin, int64_t tile_end, TileBuffers& buffers) {
   const int64_t T = task.T, n_rows = task.weight->rows, K = task.weight->cols;
+  const int64_t tiles = (n_rows + int64_t(R) - 1) / int64_t(R);
   const int64_t token_bytes = Rows::kInt8 ? K + K / kQuantBlock * 4 : K * 4;
   const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
   const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
   if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
   if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(std::min(T, block) * R)));
-  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out (rows ld apart); `next` is the
-  // tile read after it.
-  auto tile_products = [&](float* out, int64_t ld, const Rows& weight, const int64_t* rows, int64_t n_out,
-                           int64_t t_begin, int64_t t_end, const NextTile<Rows>& next) {
+  // Tile `tile`'s rows, lanes past the last row repeating it; returns how many are real.
+  const auto tile_rows = [&](int64_t* rows, int64_t tile) {
+    int64_t real = 0;
+    for (size_t r = 0; r < R; ++r) {
+      rows[r] = std::min(int64_t(r) * tiles + tile, n_rows - 1);
+      real += int64_t(r) * tiles + tile < n_rows;
+    }
+    return real;
+  };
+  int64_t lanes[R];  // the up projection's sums go to lane r of a buffer
+  for (size_t r = 0; r < R; ++r) lanes[r] = int64_t(r);
+  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out; `next` is the tile read after it.
+  auto tile_products = [&](const TileOutput& out, const Rows& weight, const int64_t* rows, int64_t t_begin,
+                           int64_t t_end, const NextTile<Rows>& next) {
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
     if constexpr (RowLanes<Rows>())
-      return RowLaneTokens<C>(out, ld, n_out, xq, t_begin, t_end, K, weight, rows, next,
+      return RowLaneTokens<C>(out, xq, t_begin, t_end, K, weight, rows, next,
                               T >= kDecodeMinTokens ? &buffers.packed : nullptr);
 #endif
     if constexpr (!Rows::kInt8) {
       if (decode) {
-        int64_t local[R];
-        for (size_t r = 0; r < R; ++r) {
-          local[r] = int64_t(r);
+        for (size_t r = 0; r < R; ++r)
           weight.Dequantize(buffers.decoded.data() + r * K, rows[r], 0, K, /*unscaled=*/true);
-        }
         const DecodedRows<Rows> buffered{buffers.decoded.data(), K, weight, rows};
-        return TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, buffered, local,
-                                NextTile<DecodedRows<Rows>>{});
+        return TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, buffered, lanes, NextTile<DecodedRows<Rows>>{});
       }
     }
-    TileTokens<R, C>(out, ld, n_out, task.x, xq, t_begin, t_end, K, weight, rows, next);
+    TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows, next);
   };
   for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
     const int64_t t_end = std::min(T, t_begin + block);
+    int64_t rows[R], next_rows[R];
+    int64_t real = tile_rows(rows, tile_begin);
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      int64_t rows[R];
-      for (size_t r = 0; r < R; ++r) rows[r] = std::min<int64_t>(tile * R + r, n_rows - 1);
-      float* out = task.y + t_begin * n_rows + tile * R;
-      const int64_t n_out = std::min<int64_t>(R, n_rows - tile * R);
-      const NextTile<Rows> next_of_w{&w, (tile + 1) * int64_t(R)};
+      const int64_t next_real = tile_rows(next_rows, tile + 1);
+      const NextTile<Rows> next_of_w{&w, next_rows};
+      const TileOutput out{task.y + t_begin * n_rows, n_rows, rows, real};
       if (!up) {
-        tile_products(out, n_rows, w, rows, n_out, t_begin, t_end, next_of_w);
-        continue;
+        tile_products(out, w, rows, t_begin, t_end, next_of_w);
+      } else {
+        // Fused gate/up: the gate tile is followed by the same rows of up, and those by the gate's next.
+        tile_products(out, w, rows, t_begin, t_end, NextTile<Rows>{up, rows});
+        float* up_sums = buffers.up_sums.data();
+        tile_products(TileOutput{up_sums, int64_t(R), lanes, real}, *up, rows, t_begin, t_end, next_of_w);
+        for (int64_t t = 0; t < t_end - t_begin; ++t)
+          for (int64_t r = 0; r < real; ++r) {
+            float& y = out.y[t * n_rows + rows[r]];
+            y = swiglu_value(y, up_sums[t * int64_t(R) + r], swiglu_limit);
+          }
       }
-      // Fused gate/up: the gate tile is followed by the same rows of up, and those by the gate's next.
-      tile_products(out, n_rows, w, rows, n_out, t_begin, t_end, NextTile<Rows>{up, tile * int64_t(R)});
-      float* up_sums = buffers.up_sums.data();
-      tile_products(up_sums, R, *up, rows, n_out, t_begin, t_end, next_of_w);
-      for (int64_t t = 0; t < t_end - t_begin; ++t)
-        for (int64_t r = 0; r < n_out; ++r)
-          out[t * n_rows + r] = swiglu_value(out[t * n_rows + r], up_sums[t * R + r], swiglu_limit);
+      std::copy_n(next_rows, R, rows);
+      real = next_real;
     }
   }
 }
