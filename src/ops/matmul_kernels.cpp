@@ -13,8 +13,8 @@
 // fallback takes one block per vector (Int8Tile). From kDecodeMinTokens tokens on,
 // the float formats decode each tile's rows once into an fp32 buffer (unscaled, exactly the values
 // decoded in registers) that every token of the block reads, instead of decoding them again for
-// every C tokens. A tile's rows lie far apart in the matrix (StridedTiles), and matrix-vector tiles
-// prefetch the next tile's rows (PrefetchNextTile).
+// every C tokens. A tile's rows lie far apart in the matrix (StridedTiles), so that decode reads
+// long sequential streams that the hardware prefetchers follow.
 #ifndef MEGAMOE_MATMUL_KERNELS_CONFIG
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
@@ -169,16 +169,6 @@ HWY_INLINE V<DI32> DotCodes(V<DI32> acc, V<DI8> w, V<DI8> x) {
   return Rows::kOffset ? DotUnsigned(acc, w, x) : DotSigned(acc, w, x);
 }
 
-// Asks for the cache line holding p. GCC 12 dropped plain __builtin_prefetch calls from these
-// inlined loops (seen in the assembly); an asm statement stays.
-HWY_INLINE void PrefetchLine(const void* p) {
-#if HWY_ARCH_X86
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p);
-#endif
-}
-
 // Half-precision scale to fp32: one vcvtph2ps with F16C (every x86 target here).
 HWY_INLINE float HalfToFloat(uint16_t bits) {
 #if HWY_TARGET == HWY_SCALAR
@@ -238,7 +228,6 @@ struct F32Rows : FloatRows<F32Rows> {
   V<DF> Load(DF df, int64_t row, int64_t k) const { return hn::LoadU(df, data + row * cols + k); }
   float Element(int64_t row, int64_t k) const { return data[row * cols + k]; }
   float Scale(int64_t, int64_t) const { return 1; }
-  void Prefetch(int64_t row, int64_t k) const { PrefetchLine(data + row * cols + k); }
 };
 
 template <class Half>  // hwy::float16_t or hwy::bfloat16_t
@@ -256,7 +245,6 @@ struct HalfRows : FloatRows<HalfRows<Half>> {
     return std::is_same_v<Half, hwy::bfloat16_t> ? bf16_to_f32(bits) : f16_to_f32(bits);
   }
   float Scale(int64_t, int64_t) const { return 1; }
-  void Prefetch(int64_t row, int64_t k) const { PrefetchLine(data + row * cols + k); }
 };
 
 struct Fp8Rows : FloatRows<Fp8Rows> {
@@ -277,7 +265,6 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
   float Scale(int64_t row, int64_t k) const {
     return scale_inv[row / kFp8BlockSize * scale_cols + k / kFp8BlockSize] * kFp8Rescale;
   }
-  void Prefetch(int64_t row, int64_t k) const { PrefetchLine(data + row * cols + k); }
 };
 
 template <class Derived>
@@ -325,9 +312,6 @@ struct Q8Rows : Int8Rows<Q8Rows> {
     return kOffset ? hn::Xor(q, hn::Set(DI8(), int8_t(-128))) : q;  // q + 128 as unsigned
   }
   void Codes(int8_t* out, int64_t row, int64_t b) const { std::memcpy(out, data[row * blocks + b].qs, kQuantBlock); }
-  void Prefetch(int64_t row, int64_t b) const { PrefetchLine(data + row * blocks + b); }
-  static constexpr int64_t kBlockBytes = sizeof(BlockQ8_0);
-  const void* RowStart(int64_t row) const { return data + row * blocks; }
 };
 
 // Q4_0 and F4_E2M1: 16 bytes of nibbles per block, used unsigned: q4_0's codes as they are (offset 8),
@@ -392,9 +376,6 @@ struct Q4Rows : NibbleRows<Q4Rows> {
   static constexpr bool kHalfScales = true;
   uint16_t ScaleBits(int64_t row, int64_t b) const { return data[row * blocks + b].d; }
   float Scale(int64_t row, int64_t b) const { return HalfToFloat(ScaleBits(row, b)); }
-  void Prefetch(int64_t row, int64_t b) const { PrefetchLine(data + row * blocks + b); }
-  static constexpr int64_t kBlockBytes = sizeof(BlockQ4_0);
-  const void* RowStart(int64_t row) const { return data + row * blocks; }
 #if HWY_TARGET == HWY_AVX3_DL
   // The pair's 36 bytes as two overlapping 32-byte loads: bytes 0..31 (both fp16 scales, words 0
   // and 9) and 4..35; one vpermt2b picks the nibbles (bytes 2..17 and 20..35) twice from them.
@@ -428,12 +409,6 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
       : data(static_cast<const uint8_t*>(W.data)), scales(W.scale_e8m0), blocks(W.cols / kQuantBlock) {}
   const uint8_t* Nibbles(int64_t row, int64_t b) const { return data + (row * blocks + b) * (kQuantBlock / 2); }
   float Scale(int64_t row, int64_t b) const { return kFp4Scales[scales[row * blocks + b]]; }
-  void Prefetch(int64_t row, int64_t b) const {
-    PrefetchLine(Nibbles(row, b));
-    PrefetchLine(scales + row * blocks + b);
-  }
-  static constexpr int64_t kBlockBytes = kQuantBlock / 2;  // of codes; the scales are another array
-  const void* RowStart(int64_t row) const { return Nibbles(row, 0); }
 #if HWY_TARGET == HWY_AVX3_DL
   V<DF> PairScales(int64_t row, int64_t j) const { return Join(Scale(row, 2 * j), Scale(row, 2 * j + 1)); }
   __m512i NibblesTwice(int64_t row, int64_t j) const {  // the pair's 32 bytes are contiguous
@@ -449,31 +424,17 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 // StridedTiles: tile t of a matrix of n rows holds rows t, t + S, t + 2S, ... (S = ceil(n / R), the
 // tile count), not R rows side by side. Each of the R row streams of a tile then goes on, tile after
 // tile, through its own contiguous part of the matrix: R long sequential streams far apart, which the
-// hardware prefetchers follow. R adjacent rows were R short streams (an expert's row is only 1-4 KB)
-// that had to be restarted every tile: on one Zen 2 thread, q8_0 decode of [1024, 2048] expert
-// matrices 15.8 -> 21.2 GB/s, of [2048, 1024] ones 10.2 -> 21.0 GB/s. The results do not change:
-// every row is summed alone, in the same order, whichever rows share its tile.
-//
-// PrefetchNextTile: matrix-vector products (C = 1, decode) stream each weight once from DRAM, so
-// each tile also asks for the same place in the rows of the tile read after it. That is not always
-// the next tile of the same matrix: a fused gate/up pass alternates between two matrices, so each
-// tile is told which rows come next (NextTile). Prefetching past the last row is harmless
-// (prefetches never fault).
+// hardware prefetchers follow, as they do the roofline's read. R adjacent rows were R short streams
+// (an expert's row is only 1-4 KB) restarted every tile, which every matrix-vector tile had to ask
+// for ahead itself (software prefetch of the next tile's rows); with strided tiles those prefetches
+// cost more than they bring. One Zen 2 thread, q8_0 decode, adjacent tiles with prefetch ->
+// strided without: [1024, 2048] expert matrices 16 -> 21 GB/s, [2048, 1024] ones 10 -> 21, F32
+// 20 -> 26, F16 21 -> 24 (docs/performance.md, item 20). The results do not change: every row is
+// summed alone, in the same order, whichever rows share its tile.
 //
 // Each sum has its own accumulators and the same order of operations for every R and C (the tails
 // use explicit fma so that no instantiation contracts differently), which makes the results batch
 // invariant.
-
-// The R rows `rows` of `w` that a matrix-vector tile prefetches as it goes (PrefetchNextTile); none
-// when `w` is null.
-template <class Rows>
-struct NextTile {
-  const Rows* w = nullptr;
-  const int64_t* rows = nullptr;
-  void Prefetch(size_t r, int64_t b) const {
-    if (w) w->Prefetch(rows[r], b);
-  }
-};
 
 // Where a tile's sums go: lane r of token t (counted from the tile's first token) to
 // y[t * ld + cols[r]], for the lanes r < n that hold a real row (see TileRange).
@@ -487,7 +448,7 @@ struct TileOutput {
 
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
-                         const float* const* xd, int64_t blocks, const NextTile<Rows>& next) {
+                         const float* const* xd, int64_t blocks) {
   const DI8 d8;
   const DI32 d32;
   const DF8 df;
@@ -495,8 +456,6 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
   for (auto& row : acc)
     for (auto& a : row) a = hn::Zero(df);
   for (int64_t b = 0; b < blocks; ++b) {
-    if constexpr (C == 1)
-      for (size_t r = 0; r < R; ++r) next.Prefetch(r, b);  // see PrefetchNextTile
     V<DI32> dot[R][C];
     for (size_t c = 0; c < C; ++c) {
       // Unsigned weights start each lane from -offset * (its 4 activations' sum), so that every lane
@@ -535,17 +494,12 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
 // the upper half) and PairScales; every C runs the same code, so the results stay batch invariant.
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
-                             const float* const* xd, int64_t blocks, const NextTile<Rows>& next) {
+                             const float* const* xd, int64_t blocks) {
   const DF df;
   V<DF> acc[R][C];
   for (auto& row : acc)
     for (auto& a : row) a = hn::Zero(df);
   const auto pair = [&](int64_t j, bool half) HWY_ATTR {
-    if constexpr (C == 1)
-      for (size_t r = 0; r < R; ++r) {  // see PrefetchNextTile; both block starts, so no line is skipped
-        next.Prefetch(r, 2 * j);
-        next.Prefetch(r, 2 * j + 1);
-      }
     PairVec wv[R];
     V<DF> ws[R];
     for (size_t r = 0; r < R; ++r) {
@@ -624,24 +578,12 @@ HWY_INLINE V<DF8> LaneScales(const Rows& w, const int64_t* rows, int64_t b) {
 // sums [8] = the 8 rows `rows` of w . one token (xq, xd, xsum: its codes, scales and block sums).
 template <class Rows>
 HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, const int8_t* xq, const float* xd,
-                              const int32_t* xsum, int64_t blocks, const NextTile<Rows>& next) {
+                              const int32_t* xsum, int64_t blocks) {
   const DI8 d8;
   const DI32 d32;
   const DF8 df;
   auto acc = hn::Zero(df);
-  // See PrefetchNextTile. q8_0 asks for each row of the next tile at the same distance from the row
-  // being read (both tiles' rows are equally far apart): one instruction per row and block, rather
-  // than 6 recomputing the address. The nibble formats, bound by their unpacking more than by memory,
-  // ask for nothing: with StridedTiles the hardware prefetchers keep up (one Zen 2 thread: FP4
-  // 8.7 -> 9.7 GB/s without, q4_0 unchanged).
-  constexpr bool kPrefetch = Rows::kBlockBytes >= 32;
-  const auto* first_row = static_cast<const uint8_t*>(w.RowStart(rows[0]));
-  const ptrdiff_t next_distance =
-      next.w ? static_cast<const uint8_t*>(next.w->RowStart(next.rows[0])) - first_row : 0;
   for (int64_t b = 0; b < blocks; ++b) {
-    if constexpr (kPrefetch)
-      for (size_t r = 0; r < kLaneRows; ++r)
-        PrefetchLine(static_cast<const uint8_t*>(w.RowStart(rows[r])) + b * Rows::kBlockBytes + next_distance);
     const auto xv = hn::LoadU(d8, xq + b * kQuantBlock);
     V<DI32> dots[kLaneRows];
     for (size_t r = 0; r < kLaneRows; ++r) dots[r] = DotCodes<Rows>(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
@@ -653,12 +595,10 @@ HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, c
 
 // packed [blocks, kPackedBytes] = the 8 rows `rows` of w in row lanes: per block, vector k = bytes
 // 4k..4k+3 of each row's codes (as Part gives them; an 8 x 8 transpose of 4-byte words), then the
-// rows' scales. This is where a prefill reads the weights from memory, so it asks for the next
-// tile's rows as it goes, as decode does (PrefetchNextTile).
+// rows' scales.
 template <class Rows>
-void PackRowLanes(int8_t* packed, const Rows& w, const int64_t* rows, int64_t blocks, const NextTile<Rows>& next) {
+void PackRowLanes(int8_t* packed, const Rows& w, const int64_t* rows, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b) {
-    for (size_t r = 0; r < kLaneRows; ++r) next.Prefetch(r, b);
     int8_t* out = packed + b * kPackedBytes;
     __m256i r[kLaneRows];
     float scales[kLaneRows];
@@ -718,8 +658,7 @@ HWY_INLINE void RowLaneTile(float* sums, const int8_t* packed, const int8_t* con
 #endif
 
 template <size_t R, size_t C, class Rows>
-HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const float* const* x, int64_t K,
-                          const NextTile<Rows>& next) {
+HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const float* const* x, int64_t K) {
   const DF df;
   const int64_t N = int64_t(hn::Lanes(df));
   V<DF> acc[R][C];
@@ -734,8 +673,6 @@ HWY_INLINE void FloatTile(float* sums, const Rows& w, const int64_t* rows, const
       for (auto& a : row) a = hn::Zero(df);
     int64_t k = k0;
     for (; k + N <= k1; k += N) {
-      if constexpr (C == 1)
-        for (size_t r = 0; r < R; ++r) next.Prefetch(r, k);  // see PrefetchNextTile
       V<DF> wv[R];
       for (size_t r = 0; r < R; ++r) wv[r] = w.Load(df, rows[r], k);
       for (size_t c = 0; c < C; ++c) {
@@ -770,14 +707,13 @@ struct DecodedRows {
   V<DF> Load(DF df, int64_t r, int64_t k) const { return hn::LoadU(df, data + r * cols + k); }
   float Element(int64_t r, int64_t k) const { return data[r * cols + k]; }
   float Scale(int64_t r, int64_t k) const { return w.Scale(rows[r], k); }
-  void Prefetch(int64_t, int64_t) const {}  // never asked for (NextTile is empty): the buffer is in cache
 };
 
 // One row tile's sums for tokens [t_begin, t_end) into `out`, C tokens at a time. Edge tiles repeat
 // their last row or token (same work, no extra instantiations) and store only the real ones.
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void TileTokens(const TileOutput& out, const float* x, const QuantizedActivations& xq, int64_t t_begin,
-                           int64_t t_end, int64_t K, const Rows& w, const int64_t* rows, const NextTile<Rows>& next) {
+                           int64_t t_end, int64_t K, const Rows& w, const int64_t* rows) {
   for (int64_t t0 = t_begin; t0 < t_end; t0 += C) {
     float sums[R * C];
     if constexpr (Rows::kInt8) {
@@ -790,14 +726,14 @@ HWY_INLINE void TileTokens(const TileOutput& out, const float* x, const Quantize
       }
 #if HWY_TARGET == HWY_AVX3_DL
       if constexpr (Rows::kPairs) {
-        Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock, next);
+        Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
       } else
 #endif
-        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock, next);
+        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
     } else {
       const float* xs[C];
       for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, t_end - 1) * K;
-      FloatTile<R, C>(sums, w, rows, xs, K, next);
+      FloatTile<R, C>(sums, w, rows, xs, K);
     }
     for (size_t c = 0; c < C && t0 + int64_t(c) < t_end; ++c)
       for (size_t r = 0; r < size_t(out.n); ++r) out.Store(t0 - t_begin + int64_t(c), r, sums[r * C + c]);
@@ -809,8 +745,7 @@ HWY_INLINE void TileTokens(const TileOutput& out, const float* x, const Quantize
 // (from kDecodeMinTokens tokens on), C at a time from the tile's rows packed once.
 template <size_t C, class Rows>
 HWY_INLINE void RowLaneTokens(const TileOutput& out, const QuantizedActivations& xq, int64_t t_begin, int64_t t_end,
-                              int64_t K, const Rows& w, const int64_t* rows, const NextTile<Rows>& next,
-                              std::vector<int8_t>* packed) {
+                              int64_t K, const Rows& w, const int64_t* rows, std::vector<int8_t>* packed) {
   const int64_t blocks = K / kQuantBlock;
   const auto store = [&](const float* sums, int64_t t0, int64_t n_tokens) {
     for (int64_t c = 0; c < n_tokens; ++c)
@@ -819,14 +754,13 @@ HWY_INLINE void RowLaneTokens(const TileOutput& out, const QuantizedActivations&
   if (!packed) {
     for (int64_t t = t_begin; t < t_end; ++t) {
       float sums[kLaneRows];
-      RowLaneMatvec(sums, w, rows, xq.q.data() + t * K, xq.d.data() + t * blocks, xq.sums.data() + t * blocks, blocks,
-                    next);
+      RowLaneMatvec(sums, w, rows, xq.q.data() + t * K, xq.d.data() + t * blocks, xq.sums.data() + t * blocks, blocks);
       store(sums, t, 1);
     }
     return;
   }
   packed->resize(std::max(packed->size(), size_t(blocks * kPackedBytes)));
-  PackRowLanes(packed->data(), w, rows, blocks, next);
+  PackRowLanes(packed->data(), w, rows, blocks);
   for (int64_t t0 = t_begin; t0 < t_end; t0 += C) {
     const int8_t* q[C];
     const float* d[C];
@@ -865,23 +799,14 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
   const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
   if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
   if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(std::min(T, block) * R)));
-  // Tile `tile`'s rows, lanes past the last row repeating it; returns how many are real.
-  const auto tile_rows = [&](int64_t* rows, int64_t tile) {
-    int64_t real = 0;
-    for (size_t r = 0; r < R; ++r) {
-      rows[r] = std::min(int64_t(r) * tiles + tile, n_rows - 1);
-      real += int64_t(r) * tiles + tile < n_rows;
-    }
-    return real;
-  };
   int64_t lanes[R];  // the up projection's sums go to lane r of a buffer
   for (size_t r = 0; r < R; ++r) lanes[r] = int64_t(r);
-  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out; `next` is the tile read after it.
+  // One tile of `weight`'s rows for tokens [t_begin, t_end) into out.
   auto tile_products = [&](const TileOutput& out, const Rows& weight, const int64_t* rows, int64_t t_begin,
-                           int64_t t_end, const NextTile<Rows>& next) {
+                           int64_t t_end) {
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
     if constexpr (RowLanes<Rows>())
-      return RowLaneTokens<C>(out, xq, t_begin, t_end, K, weight, rows, next,
+      return RowLaneTokens<C>(out, xq, t_begin, t_end, K, weight, rows,
                               T >= kDecodeMinTokens ? &buffers.packed : nullptr);
 #endif
     if constexpr (!Rows::kInt8) {
@@ -889,34 +814,29 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
         for (size_t r = 0; r < R; ++r)
           weight.Dequantize(buffers.decoded.data() + r * K, rows[r], 0, K, /*unscaled=*/true);
         const DecodedRows<Rows> buffered{buffers.decoded.data(), K, weight, rows};
-        return TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, buffered, lanes, NextTile<DecodedRows<Rows>>{});
+        return TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, buffered, lanes);
       }
     }
-    TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows, next);
+    TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
   };
   for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
     const int64_t t_end = std::min(T, t_begin + block);
-    int64_t rows[R], next_rows[R];
-    int64_t real = tile_rows(rows, tile_begin);
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      const int64_t next_real = tile_rows(next_rows, tile + 1);
-      const NextTile<Rows> next_of_w{&w, next_rows};
-      const TileOutput out{task.y + t_begin * n_rows, n_rows, rows, real};
-      if (!up) {
-        tile_products(out, w, rows, t_begin, t_end, next_of_w);
-      } else {
-        // Fused gate/up: the gate tile is followed by the same rows of up, and those by the gate's next.
-        tile_products(out, w, rows, t_begin, t_end, NextTile<Rows>{up, rows});
-        float* up_sums = buffers.up_sums.data();
-        tile_products(TileOutput{up_sums, int64_t(R), lanes, real}, *up, rows, t_begin, t_end, next_of_w);
-        for (int64_t t = 0; t < t_end - t_begin; ++t)
-          for (int64_t r = 0; r < real; ++r) {
-            float& y = out.y[t * n_rows + rows[r]];
-            y = swiglu_value(y, up_sums[t * int64_t(R) + r], swiglu_limit);
-          }
+      int64_t rows[R], real = 0;  // lanes past the last row repeat it; `real` lanes hold a row of their own
+      for (size_t r = 0; r < R; ++r) {
+        rows[r] = std::min(int64_t(r) * tiles + tile, n_rows - 1);
+        real += int64_t(r) * tiles + tile < n_rows;
       }
-      std::copy_n(next_rows, R, rows);
-      real = next_real;
+      const TileOutput out{task.y + t_begin * n_rows, n_rows, rows, real};
+      tile_products(out, w, rows, t_begin, t_end);
+      if (!up) continue;
+      float* up_sums = buffers.up_sums.data();
+      tile_products(TileOutput{up_sums, int64_t(R), lanes, real}, *up, rows, t_begin, t_end);
+      for (int64_t t = 0; t < t_end - t_begin; ++t)
+        for (int64_t r = 0; r < real; ++r) {
+          float& y = out.y[t * n_rows + rows[r]];
+          y = swiglu_value(y, up_sums[t * int64_t(R) + r], swiglu_limit);
+        }
     }
   }
 }
