@@ -19,9 +19,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // Sums `bytes` of `data` as 64-bit integers (so no load can be skipped), each thread its part. A
 // single sequential stream leaves bandwidth unused: one core keeps more lines in flight when it reads
-// several streams at once and asks for them ahead (what the matrix kernels do, 8 rows per tile
-// prefetching the next tile), so each thread reads kStreams interleaved streams of its part, each
-// prefetched kAhead bytes ahead; the roofline is then the most the core can read, not the least.
+// several streams at once (what the matrix kernels do: a tile's R rows lie far apart, StridedTiles in
+// matmul_kernels.cpp), so each thread reads kStreams interleaved streams of its part, each prefetched
+// kAhead bytes ahead; the roofline is then the most the core can read, not the least.
 constexpr int64_t kStreams = 8, kAhead = 1024;
 HWY_INLINE void Prefetch(const uint8_t* p) {
 #if HWY_ARCH_X86
