@@ -607,11 +607,7 @@ void PackRowLanes(int8_t* packed, const Rows& w, const int64_t* rows, int64_t bl
   for (int64_t b = 0; b < blocks; ++b) {
     int8_t* out = packed + b * kPackedBytes;
     __m256i r[kLaneRows];
-    float scales[kLaneRows];
-    for (size_t i = 0; i < kLaneRows; ++i) {
-      r[i] = w.Part(rows[i], b, 0).raw;
-      scales[i] = w.Scale(rows[i], b);
-    }
+    for (size_t i = 0; i < kLaneRows; ++i) r[i] = w.Part(rows[i], b, 0).raw;
     __m256i pairs[kLaneRows], quads[kLaneRows];  // words k of rows (i, i+1), then of rows i..i+3
     for (size_t i = 0; i < kLaneRows; i += 2) {
       pairs[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);      // words 0, 1 | 4, 5
@@ -627,7 +623,7 @@ void PackRowLanes(int8_t* packed, const Rows& w, const int64_t* rows, int64_t bl
       _mm256_storeu_si256(vectors + k, _mm256_permute2x128_si256(quads[k], quads[4 + k], 0x20));
       _mm256_storeu_si256(vectors + k + 4, _mm256_permute2x128_si256(quads[k], quads[4 + k], 0x31));
     }
-    std::memcpy(out + kLaneRows * kQuantBlock, scales, sizeof scales);
+    hn::StoreU(LaneScales(w, rows, b), DF8(), reinterpret_cast<float*>(out + kLaneRows * kQuantBlock));
   }
 }
 
