@@ -800,7 +800,6 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
   const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
   const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
   if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
-  if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(std::min(T, block) * R)));
   int64_t lanes[R];  // the up projection's sums go to lane r of a buffer
   for (size_t r = 0; r < R; ++r) lanes[r] = int64_t(r);
   // One tile of `weight`'s rows for tokens [t_begin, t_end) into out.
@@ -821,24 +820,46 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
     }
     TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
   };
+  // The rows of `tile` (StridedTiles); lanes past the last row repeat it. Returns how many lanes hold
+  // a row of their own.
+  auto tile_rows = [&](int64_t tile, int64_t* rows) {
+    int64_t real = 0;
+    for (size_t r = 0; r < R; ++r) {
+      rows[r] = std::min(int64_t(r) * tiles + tile, n_rows - 1);
+      real += int64_t(r) * tiles + tile < n_rows;
+    }
+    return real;
+  };
+  // With `up`, one token (decode) takes all the range's tiles of `weight`, then all of `up`: R streams
+  // at a time where alternating tile by tile kept 2R and read 16.8 instead of 20.1 GB/s (q8_0 on
+  // Zen 2). More tokens alternate tile by tile, so that both products of a tile are still in cache.
+  const int64_t chunk = T == 1 ? tile_end - tile_begin : 1;
+  if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(chunk * std::min(T, block) * R)));
   for (int64_t t_begin = 0; t_begin < T; t_begin += block) {
-    const int64_t t_end = std::min(T, t_begin + block);
-    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      int64_t rows[R], real = 0;  // lanes past the last row repeat it; `real` lanes hold a row of their own
-      for (size_t r = 0; r < R; ++r) {
-        rows[r] = std::min(int64_t(r) * tiles + tile, n_rows - 1);
-        real += int64_t(r) * tiles + tile < n_rows;
+    const int64_t t_end = std::min(T, t_begin + block), n_tokens = t_end - t_begin;
+    for (int64_t chunk_begin = tile_begin; chunk_begin < tile_end; chunk_begin += chunk) {
+      const int64_t chunk_end = std::min(tile_end, chunk_begin + chunk);
+      int64_t rows[R];
+      for (int64_t tile = chunk_begin; tile < chunk_end; ++tile) {
+        const int64_t real = tile_rows(tile, rows);
+        tile_products(TileOutput{task.y + t_begin * n_rows, n_rows, rows, real}, w, rows, t_begin, t_end);
       }
-      const TileOutput out{task.y + t_begin * n_rows, n_rows, rows, real};
-      tile_products(out, w, rows, t_begin, t_end);
       if (!up) continue;
-      float* up_sums = buffers.up_sums.data();
-      tile_products(TileOutput{up_sums, int64_t(R), lanes, real}, *up, rows, t_begin, t_end);
-      for (int64_t t = 0; t < t_end - t_begin; ++t)
-        for (int64_t r = 0; r < real; ++r) {
-          float& y = out.y[t * n_rows + rows[r]];
-          y = swiglu_value(y, up_sums[t * int64_t(R) + r], swiglu_limit);
-        }
+      // up_sums [chunk tiles, tokens, R]
+      for (int64_t tile = chunk_begin; tile < chunk_end; ++tile) {
+        const int64_t real = tile_rows(tile, rows);
+        float* up_sums = buffers.up_sums.data() + (tile - chunk_begin) * n_tokens * int64_t(R);
+        tile_products(TileOutput{up_sums, int64_t(R), lanes, real}, *up, rows, t_begin, t_end);
+      }
+      for (int64_t tile = chunk_begin; tile < chunk_end; ++tile) {
+        const int64_t real = tile_rows(tile, rows);
+        const float* up_sums = buffers.up_sums.data() + (tile - chunk_begin) * n_tokens * int64_t(R);
+        for (int64_t t = 0; t < n_tokens; ++t)
+          for (int64_t r = 0; r < real; ++r) {
+            float& y = task.y[(t_begin + t) * n_rows + rows[r]];
+            y = swiglu_value(y, up_sums[t * int64_t(R) + r], swiglu_limit);
+          }
+      }
     }
   }
 }

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/elementwise.h"
@@ -181,32 +182,40 @@ TEST_P(KernelTest, EveryTokenGetsTheSameBitsWhateverTheBatch) {
 
 // The fused MLP entry is bit for bit matmul, matmul and swiglu, with and without V4's clamp, for
 // T = 1 and a batch spanning several token blocks, on every target; mixed formats take two passes.
+// One token on 301 rows with one thread or several gives threads ranges of many tiles, which decode
+// takes as all of gate's tiles, then all of up's.
 TEST_P(KernelTest, MatmulSwigluEqualsTwoProductsAndSwiglu) {
   const DType format = GetParam();
-  const int64_t rows = 37, cols = is_block_format(format) ? 4160 : 4161;
-  const std::vector<float> g = random_floats(size_t(rows * cols), 41, 0.5f), u = random_floats(size_t(rows * cols), 42, 0.5f);
-  const OwnedWeight gate = quantize_weight(format, g.data(), rows, cols), up = quantize_weight(format, u.data(), rows, cols);
-  const OwnedWeight up_f32 = quantize_weight(DType::F32, u.data(), rows, cols);
+  const int64_t all_rows = 301, cols = is_block_format(format) ? 4160 : 4161;
+  const std::vector<float> g = random_floats(size_t(all_rows * cols), 41, 0.5f),
+                           u = random_floats(size_t(all_rows * cols), 42, 0.5f);
+  const OwnedWeight gate = quantize_weight(format, g.data(), all_rows, cols),
+                    up = quantize_weight(format, u.data(), all_rows, cols);
+  const OwnedWeight up_f32 = quantize_weight(DType::F32, u.data(), all_rows, cols);
+  const int threads = omp_get_max_threads();
   TargetGuard guard;
   for (const std::string& target : matmul_targets()) {
     matmul_use_target(target);
-    for (int64_t T : {1, 45})
+    for (auto [T, rows, n_threads] : {std::tuple{1, 37, threads}, {45, 37, threads}, {1, 301, 1}, {1, 301, threads}})
       for (float limit : {0.f, 0.05f})
         for (const OwnedWeight* up_weight : {&up, &up_f32}) {
+          omp_set_num_threads(n_threads);
+          const WeightView gate_rows = gate.view.row_slice(0, rows), up_rows = up_weight->view.row_slice(0, rows);
           const std::vector<float> x = random_floats(size_t(T * cols), 43);
           std::vector<float> fused(size_t(T * rows), NAN), expected(size_t(T * rows)), up_products(size_t(T * rows));
-          matmul_swiglu(fused.data(), x.data(), T, gate.view, up_weight->view, limit);
-          matmul(expected.data(), x.data(), T, gate.view);
-          matmul(up_products.data(), x.data(), T, up_weight->view);
+          matmul_swiglu(fused.data(), x.data(), T, gate_rows, up_rows, limit);
+          matmul(expected.data(), x.data(), T, gate_rows);
+          matmul(up_products.data(), x.data(), T, up_rows);
           swiglu(expected.data(), up_products.data(), T * rows, limit);
           for (int64_t i = 0; i < T * rows; ++i)
             ASSERT_EQ(std::bit_cast<uint32_t>(fused[i]), std::bit_cast<uint32_t>(expected[i]))
-                << dtype_name(format) << " target " << target << " T " << T << " limit " << limit << " up "
-                << dtype_name(up_weight->view.dtype) << " output " << i;
+                << dtype_name(format) << " target " << target << " T " << T << " rows " << rows << " threads "
+                << n_threads << " limit " << limit << " up " << dtype_name(up_weight->view.dtype) << " output " << i;
         }
   }
+  omp_set_num_threads(threads);
   std::vector<float> h(1);
-  EXPECT_THROW(matmul_swiglu(h.data(), g.data(), 1, gate.view, up.view.row_slice(0, rows - 1)), std::exception);
+  EXPECT_THROW(matmul_swiglu(h.data(), g.data(), 1, gate.view, up.view.row_slice(0, all_rows - 1)), std::exception);
 }
 
 // A batch of tasks (the experts of an MoE layer: different token counts, fused SwiGLU or not, an empty
