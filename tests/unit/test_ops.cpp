@@ -2,6 +2,7 @@
 // kernels: test_kernels.cpp).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <random>
@@ -35,6 +36,23 @@ TEST(ElementwiseTest, SoftmaxIsStableAndNormalized) {
   EXPECT_NEAR(x[0], 1 / z, 1e-6);
   EXPECT_NEAR(x[1], std::exp(1.0) / z, 1e-6);
   EXPECT_NEAR(x[2], std::exp(-1.0) / z, 1e-6);
+}
+
+// With and without DeepSeek-V4's clamp, and where e^-gate overflows (silu goes to -0, not NaN).
+TEST(ElementwiseTest, SwigluMatchesDefinition) {
+  std::vector<float> gate = random_floats(37, 5, 8.f), up = random_floats(37, 6, 2.f);
+  const float extremes[] = {-200.f, -88.8f, -20.f, 0.f, 20.f, 200.f};
+  std::copy(std::begin(extremes), std::end(extremes), gate.begin());
+  for (float limit : {0.f, 1.5f}) {
+    std::vector<float> out = gate;
+    swiglu(out.data(), up.data(), int64_t(out.size()), limit);
+    for (size_t i = 0; i < out.size(); ++i) {
+      double g = gate[i], u = up[i];
+      if (limit > 0) g = std::min(g, double(limit)), u = std::clamp(u, -double(limit), double(limit));
+      const double expected = g / (1 + std::exp(-g)) * u;
+      EXPECT_NEAR(out[i], expected, 1e-6 * std::abs(expected) + 1e-30) << "limit " << limit << " gate " << gate[i];
+    }
+  }
 }
 
 TEST(RopeTest, RotatesInterleavedPairs) {
