@@ -550,16 +550,21 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
 constexpr int64_t kPackedBytes = kLaneRows * kQuantBlock + kLaneRows * 4;  // a block of 8 rows: codes, scales
 
-// [sum of dots[0]'s lanes, ..., sum of dots[7]'s lanes]: a transpose that adds as it goes (unpacks,
-// not vphaddd, whose extra micro-ops cost Q4_0 decode 40% with two threads on Zen 2).
+// [a0 + a2, b0 + b2, a1 + a3, b1 + b3] in each 128-bit half: two vectors' 32-bit lanes interleaved and
+// added, and the same for 64-bit lanes: the steps of a transpose that adds as it goes (unpacks, not
+// vphaddd, whose extra micro-ops cost Q4_0 decode 40% with two threads on Zen 2).
+HWY_INLINE __m256i AddInterleaved32(__m256i a, __m256i b) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+}
+HWY_INLINE __m256i AddInterleaved64(__m256i a, __m256i b) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+}
+
+// [sum of dots[0]'s lanes, ..., sum of dots[7]'s lanes].
 HWY_INLINE V<DI32> SumEachOf8(const V<DI32>* dots) {
   __m256i pairs[4], quads[2];
-  for (int i = 0; i < 4; ++i)  // [r0.0+r0.2, r1.0+r1.2, r0.1+r0.3, r1.1+r1.3 | same of words 4..7] for rows 2i, 2i+1
-    pairs[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(dots[2 * i].raw, dots[2 * i + 1].raw),
-                                _mm256_unpackhi_epi32(dots[2 * i].raw, dots[2 * i + 1].raw));
-  for (int i = 0; i < 2; ++i)  // [rows 4i..4i+3 | same of the high half]
-    quads[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(pairs[2 * i], pairs[2 * i + 1]),
-                                _mm256_unpackhi_epi64(pairs[2 * i], pairs[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) pairs[i] = AddInterleaved32(dots[2 * i].raw, dots[2 * i + 1].raw);
+  for (int i = 0; i < 2; ++i) quads[i] = AddInterleaved64(pairs[2 * i], pairs[2 * i + 1]);
   return V<DI32>{_mm256_add_epi32(_mm256_permute2x128_si256(quads[0], quads[1], 0x20),
                                   _mm256_permute2x128_si256(quads[0], quads[1], 0x31))};
 }
@@ -581,6 +586,33 @@ HWY_INLINE V<DF8> LaneScales(const Rows& w, const int64_t* rows, int64_t b) {
   }
 }
 
+// Block b of 8 rows (q4_0 or FP4) . a block of activations x, less offset * sum(x): [row 0, ..., row 7].
+// Two rows per vector, [row r's 16 bytes | row r + 4's], low and high nibbles apart, each against its
+// half of x in both halves. The two pmaddubsw results add in int16 without overflow (unsigned codes
+// <= 24 times |x| <= 127, four products per lane: at most 12192), so one pmaddwd serves both: 12
+// multiplies per 8 rows where NibblePart and DotUnsigned took 16, and half the lanes to add up.
+template <class Rows>
+HWY_INLINE V<DI32> NibbleBlockDots(const Rows& w, const int64_t* rows, int64_t b, const int8_t* x) {
+  const __m256i x_low = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+  const __m256i x_high = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 16)));
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  __m256i dots[4];
+  for (size_t r = 0; r < 4; ++r) {
+    const __m256i both = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(w.Nibbles(rows[r + 4], b)),
+                                             reinterpret_cast<const __m128i*>(w.Nibbles(rows[r], b)));
+    __m256i low = _mm256_and_si256(both, mask), high = _mm256_and_si256(_mm256_srli_epi16(both, 4), mask);
+    if constexpr (Rows::kLookup) {
+      const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kFp4Unsigned)));
+      low = _mm256_shuffle_epi8(table, low);
+      high = _mm256_shuffle_epi8(table, high);
+    }
+    const __m256i products = _mm256_add_epi16(_mm256_maddubs_epi16(low, x_low), _mm256_maddubs_epi16(high, x_high));
+    dots[r] = _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+  }
+  // dots[r] = [row r's 4 partial sums | row r + 4's]
+  return V<DI32>{AddInterleaved64(AddInterleaved32(dots[0], dots[1]), AddInterleaved32(dots[2], dots[3]))};
+}
+
 // sums [8] = the 8 rows `rows` of w . one token (xq, xd, xsum: its codes, scales and block sums).
 template <class Rows>
 HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, const int8_t* xq, const float* xd,
@@ -590,10 +622,16 @@ HWY_INLINE void RowLaneMatvec(float* sums, const Rows& w, const int64_t* rows, c
   const DF8 df;
   auto acc = hn::Zero(df);
   for (int64_t b = 0; b < blocks; ++b) {
-    const auto xv = hn::LoadU(d8, xq + b * kQuantBlock);
-    V<DI32> dots[kLaneRows];
-    for (size_t r = 0; r < kLaneRows; ++r) dots[r] = DotCodes<Rows>(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
-    const auto dot = hn::Sub(SumEachOf8(dots), hn::Set(d32, Rows::kOffset * xsum[b]));
+    V<DI32> dot;
+    if constexpr (std::is_base_of_v<NibbleRows<Rows>, Rows>) {
+      dot = NibbleBlockDots(w, rows, b, xq + b * kQuantBlock);
+    } else {
+      const auto xv = hn::LoadU(d8, xq + b * kQuantBlock);
+      V<DI32> dots[kLaneRows];
+      for (size_t r = 0; r < kLaneRows; ++r) dots[r] = DotCodes<Rows>(hn::Zero(d32), w.Part(rows[r], b, 0), xv);
+      dot = SumEachOf8(dots);
+    }
+    dot = hn::Sub(dot, hn::Set(d32, Rows::kOffset * xsum[b]));
     acc = hn::MulAdd(hn::ConvertTo(df, dot), hn::Mul(LaneScales(w, rows, b), hn::Set(df, xd[b])), acc);
   }
   hn::StoreU(acc, df, sums);
