@@ -435,8 +435,9 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 // for ahead itself (software prefetch of the next tile's rows); with strided tiles those prefetches
 // cost more than they bring. One Zen 2 thread, q8_0 decode, adjacent tiles with prefetch ->
 // strided without: [1024, 2048] expert matrices 16 -> 21 GB/s, [2048, 1024] ones 10 -> 21, F32
-// 20 -> 26, F16 21 -> 24 (docs/performance.md, item 20). The results do not change: every row is
-// summed alone, in the same order, whichever rows share its tile.
+// 20 -> 26, F16 21 -> 24 (docs/performance.md, item 20). Each lane's walk is turned by a few rows
+// (LaneShift) so that the R streams do not all sit at one offset within a page. The results do not
+// change: every row is summed alone, in the same order, whichever rows share its tile.
 //
 // Each sum has its own accumulators and the same order of operations for every R and C (the tails
 // use explicit fma so that no instantiation contracts differently), which makes the results batch
@@ -825,6 +826,30 @@ struct TileBuffers {
   std::vector<int8_t> packed;  // [blocks, kPackedBytes]: a tile's int8 rows in row lanes
 };
 
+// How far each lane's walk through its part of the matrix is turned (StridedTiles): lane r of tile t
+// holds row r * S + (t + r * shift) % S. Parts S rows apart start at the same offset within a 4 KB
+// page whenever S times the row's bytes is a multiple of 4 KB (most of a model's shapes), so all R
+// streams fall on the same L1 and L2 sets. The shift (the smallest such, below 64) that puts the
+// lanes' offsets within a page, r * step, furthest apart. Measured on Zen 2 (q8_0 matrix-vector
+// products of 256 MB, one thread, GB/s with no shift -> this one): K = 512 19.1 -> 20.2, 1024
+// 20.5 -> 25.1, 1536 20.8 -> 23.7, 2048 20.4 -> 23.8; with rows longer than a page it did not help
+// (K = 4096 20.6 -> 17.9, 7168 20.0 -> 20.4), so those rows keep their places.
+HWY_INLINE int64_t LaneShift(int64_t tiles, int64_t row_bytes, size_t lanes) {
+  constexpr int64_t kPage = 4096;
+  if (row_bytes > kPage) return 0;
+  int64_t best_shift = 0, best_gap = -1;
+  for (int64_t shift = 0; shift < std::min<int64_t>(tiles, 64); ++shift) {
+    const int64_t step = (tiles + shift) * row_bytes % kPage;  // lane r + 1's offset less lane r's
+    int64_t gap = kPage;  // the closest two lanes: lanes k apart are k * step apart, around the page
+    for (int64_t k = 1; k < int64_t(lanes); ++k) {
+      const int64_t offset = k * step % kPage;
+      gap = std::min(gap, std::min(offset, kPage - offset));
+    }
+    if (gap > best_gap) best_gap = gap, best_shift = shift;
+  }
+  return best_shift;
+}
+
 // Row tiles [tile_begin, tile_end) of one task (StridedTiles), all its tokens, on the calling thread;
 // with `up`, y = swiglu(x @ w^T, x @ up^T), each tile's two products combined as soon as both are
 // done (the expert's first two matrices in one pass, no [T, n_rows] intermediate). Tokens go in
@@ -859,12 +884,17 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
     TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
   };
   // The rows of `tile` (StridedTiles); lanes past the last row repeat it. Returns how many lanes hold
-  // a row of their own.
+  // a row of their own (the first ones: only one lane's part of the matrix can end past the last row).
+  const int64_t shift = LaneShift(tiles, task.weight->row_bytes(), R);
+  int64_t turn[R];  // (r * shift) % tiles, so that no tile divides (20-40 cycles each on Zen 2)
+  for (size_t r = 0; r < R; ++r) turn[r] = int64_t(r) * shift % tiles;
   auto tile_rows = [&](int64_t tile, int64_t* rows) {
     int64_t real = 0;
     for (size_t r = 0; r < R; ++r) {
-      rows[r] = std::min(int64_t(r) * tiles + tile, n_rows - 1);
-      real += int64_t(r) * tiles + tile < n_rows;
+      const int64_t turned = tile + turn[r];
+      const int64_t row = int64_t(r) * tiles + (turned >= tiles ? turned - tiles : turned);
+      rows[r] = std::min(row, n_rows - 1);
+      real += row < n_rows;
     }
     return real;
   };
