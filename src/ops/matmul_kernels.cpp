@@ -851,9 +851,10 @@ HWY_INLINE int64_t LaneShift(int64_t tiles, int64_t row_bytes, size_t lanes) {
 }
 
 // Row tiles [tile_begin, tile_end) of one task (StridedTiles), all its tokens, on the calling thread;
-// with `up`, y = swiglu(x @ w^T, x @ up^T), each tile's two products combined as soon as both are
-// done (the expert's first two matrices in one pass, no [T, n_rows] intermediate). Tokens go in
-// blocks whose activations stay in L2 while the range's rows, also in L2, pass over them.
+// with `up`, y = swiglu(x @ w^T, x @ up^T) in the same pass (the expert's first two matrices, no
+// [T, n_rows] intermediate): each tile's two products combined as soon as both are done, or for one
+// token the range's, through a buffer of the range's rows. Tokens go in blocks whose activations stay
+// in L2 while the range's rows, also in L2, pass over them.
 template <size_t R, size_t C, class Rows>
 void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Rows& w, const Rows* up,
                float swiglu_limit, int64_t tile_begin, int64_t tile_end, TileBuffers& buffers) {
@@ -883,13 +884,13 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
     }
     TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
   };
-  // The rows of `tile` (StridedTiles); lanes past the last row repeat it. Returns how many lanes hold
-  // a row of their own (the first ones: only one lane's part of the matrix can end past the last row).
   // Turned lanes only where tiles stream the weights once per token (memory bound): the packed and
   // decoded tiles of more tokens were 2% slower with them (experts-32, 64-token prefill).
   const int64_t shift = T < kDecodeMinTokens ? LaneShift(tiles, task.weight->row_bytes(), R) : 0;
   int64_t turn[R];  // (r * shift) % tiles, so that no tile divides (20-40 cycles each on Zen 2)
   for (size_t r = 0; r < R; ++r) turn[r] = int64_t(r) * shift % tiles;
+  // The rows of `tile` (StridedTiles); lanes past the last row repeat it. Returns how many lanes hold
+  // a row of their own (the first ones: only one lane's part of the matrix can end past the last row).
   auto tile_rows = [&](int64_t tile, int64_t* rows) {
     int64_t real = 0;
     for (size_t r = 0; r < R; ++r) {
