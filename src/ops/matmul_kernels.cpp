@@ -846,6 +846,7 @@ HWY_INLINE int64_t LaneShift(int64_t tiles, int64_t row_bytes, size_t lanes) {
       gap = std::min(gap, std::min(offset, kPage - offset));
     }
     if (gap > best_gap) best_gap = gap, best_shift = shift;
+    if (best_gap >= kPage / int64_t(lanes)) break;  // evenly spread: no shift does better
   }
   return best_shift;
 }
