@@ -19,7 +19,7 @@ float weight_element(const WeightView& W, int64_t row, int64_t col) {
     case DType::BF16:
       return bf16_to_f32(static_cast<const uint16_t*>(W.data)[i]);
     case DType::F8_E4M3:
-      return fp8_e4m3_to_f32(bytes[i]) * W.scale_inv[(row / kFp8BlockSize) * W.scale_cols() + col / kFp8BlockSize];
+      return fp8_e4m3_to_f32(bytes[i]) * W.scale_inv[W.scale_index(row, col)];
     case DType::Q8_0: {
       const BlockQ8_0& block = static_cast<const BlockQ8_0*>(W.data)[i / kQuantBlock];
       return float(block.qs[col % kQuantBlock]) * f16_to_f32(block.d);

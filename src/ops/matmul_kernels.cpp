@@ -251,9 +251,13 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
   static constexpr int64_t kScaleCols = kFp8BlockSize;
   const uint8_t* data;
   const float* scale_inv;
-  int64_t cols, scale_cols;
+  int64_t cols, scale_cols, scale_row_offset;
   Fp8Rows(const WeightView& W)
-      : data(static_cast<const uint8_t*>(W.data)), scale_inv(W.scale_inv), cols(W.cols), scale_cols(W.scale_cols()) {}
+      : data(static_cast<const uint8_t*>(W.data)),
+        scale_inv(W.scale_inv),
+        cols(W.cols),
+        scale_cols(W.scale_cols()),
+        scale_row_offset(W.scale_row_offset) {}
   // The code's sign, exponent and mantissa moved into fp32's fields (sign-extended, shifted by 20,
   // masked) read as the e4m3 value x 2^-120, subnormals included as fp32 denormals (never flushed:
   // nothing sets DAZ); x 2^112 gives exactly what fp8_unscaled gives, the value x 2^-8. One
@@ -267,7 +271,7 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
   }
   float Element(int64_t row, int64_t k) const { return fp8_unscaled(data[row * cols + k]); }
   float Scale(int64_t row, int64_t k) const {
-    return scale_inv[row / kFp8BlockSize * scale_cols + k / kFp8BlockSize] * kFp8Rescale;
+    return scale_inv[(row + scale_row_offset) / kFp8BlockSize * scale_cols + k / kFp8BlockSize] * kFp8Rescale;
   }
 };
 

@@ -8,7 +8,7 @@ namespace megamoe {
 int64_t WeightView::bytes() const {
   int64_t scale_bytes = 0;
   if (dtype == DType::F8_E4M3)
-    scale_bytes = (rows + kFp8BlockSize - 1) / kFp8BlockSize * scale_cols() * int64_t(sizeof(float));
+    scale_bytes = (rows + scale_row_offset + kFp8BlockSize - 1) / kFp8BlockSize * scale_cols() * int64_t(sizeof(float));
   else if (dtype == DType::F4_E2M1)
     scale_bytes = rows * (cols / kQuantBlock);
   return rows * row_bytes() + scale_bytes;
@@ -21,11 +21,10 @@ WeightView WeightView::row_slice(int64_t first, int64_t count) const {
   slice.rows = count;
   slice.data = static_cast<const std::byte*>(data) + first * row_bytes();
   if (dtype == DType::F8_E4M3) {
-    // Scales cover 128-row blocks; a slice must start on one to keep using them.
-    if (first % kFp8BlockSize != 0)
-      fail("rows [{}, {}) of an F8_E4M3 weight do not start on a {}-row scale block", first, first + count,
-           kFp8BlockSize);
-    slice.scale_inv = scale_inv + (first / kFp8BlockSize) * scale_cols();
+    // Scales cover 128-row blocks: the slice starts at the block of its first row, as far into it.
+    const int64_t block_row = scale_row_offset + first;
+    slice.scale_inv = scale_inv + block_row / kFp8BlockSize * scale_cols();
+    slice.scale_row_offset = block_row % kFp8BlockSize;
   } else if (dtype == DType::F4_E2M1) {
     slice.scale_e8m0 = scale_e8m0 + first * (cols / kQuantBlock);
   }

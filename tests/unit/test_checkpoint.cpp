@@ -128,7 +128,14 @@ TEST_F(CheckpointTest, Fp8WeightWithBlockScales) {
   EXPECT_EQ(w.row_slice(256, 44).scale_inv[0], 5.f);
   EXPECT_EQ(w.row_slice(0, 10).scale_inv, w.scale_inv);
 
-  expect_error([&] { w.row_slice(100, 28); }, {"128-row"});
+  // A slice inside a scale block keeps that block's scales (DeepSeek's scale[row / 128, col / 128]).
+  const WeightView inside = w.row_slice(100, 60);
+  EXPECT_EQ(inside.scale_inv, w.scale_inv);
+  EXPECT_EQ(inside.scale_row_offset, 100);
+  EXPECT_EQ(inside.scale_inv[inside.scale_index(27, 150)], 2.f);  // row 127: scale row 0, column 1
+  EXPECT_EQ(inside.scale_inv[inside.scale_index(28, 0)], 3.f);    // row 128: scale row 1
+  EXPECT_EQ(inside.bytes(), 60 * 200 + 2 * 2 * 4);
+  EXPECT_EQ(inside.row_slice(30, 30).scale_row_offset, 2);        // rows 130..159
   expect_error([&] { w.row_slice(256, 45); }, {"outside", "300 rows"});
   expect_error([&] { w.row_slice(-128, 1); }, {"outside"});
 }
