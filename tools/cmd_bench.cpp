@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "distributed_options.h"
 #include "memory_options.h"
+#include "numerics_option.h"
 #include "model/model.h"
 #include "ops/roofline.h"
 #include "util/error.h"
@@ -51,6 +52,7 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--json", o->json, "Print one JSON object");
   add_distributed_options(cmd, &o->distributed);
   add_memory_options(cmd, &o->memory);
+  add_numerics_option(cmd);
   cmd->callback([o] {
     if (o->threads > 0) omp_set_num_threads(o->threads);
     using Clock = std::chrono::steady_clock;
@@ -101,6 +103,7 @@ void register_bench(CLI::App& app) {
         {"model", o->model},
         {"architecture", info.architecture},
         {"threads", omp_get_max_threads()},
+        {"numerics", numerics_name(numerics())},
         {"prompt_tokens", P},
         {"gen_tokens", G},
         {"runs", o->runs},
@@ -134,6 +137,7 @@ void register_bench(CLI::App& app) {
       std::printf("%s\n", result.dump(2).c_str());
       return;
     }
+    std::printf("numerics %s\n", numerics_name(numerics()).c_str());
     std::printf("prefill  %10.1f tokens/s   (%lld-token prompt, median of %d)\n", prefill, (long long)P, o->runs);
     std::printf("decode   %10.1f tokens/s   (%.1f%% of the bandwidth roofline: %.1f GB/s / %.1f MB per token)\n",
                 decode, 100 * decode / roofline_tokens_per_s, bandwidth,

@@ -1,6 +1,7 @@
 // megamoe gradients: the training loss of some token rows and every parameter's gradient, for
 // checking the backward passes against an autograd reference.
 #include "commands.h"
+#include "numerics_option.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/token_list.h"
@@ -26,6 +27,7 @@ void register_gradients(CLI::App& app) {
   cmd->add_option("--balance", o->balance, "Add this auxiliary balancing loss: none, aux-loss or seq-aux-loss")
       ->capture_default_str();
   cmd->add_option("--balance-alpha", o->alpha, "Its weight (default 1e-2 for aux-loss, 1e-4 for seq-aux-loss)");
+  add_numerics_option(cmd);  // accepted for uniformity: training's products are fp32 in both modes
   cmd->callback([o] {
     BalanceLoss balance;
     balance.strategy = parse_balance_strategy(o->balance, "--balance");

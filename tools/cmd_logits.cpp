@@ -2,6 +2,7 @@
 #include "distributed_options.h"
 #include "io/npy.h"
 #include "memory_options.h"
+#include "numerics_option.h"
 #include "model/model.h"
 #include "util/token_list.h"
 
@@ -25,6 +26,7 @@ void register_logits(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   add_distributed_options(cmd, &options->distributed);
   add_memory_options(cmd, &options->memory);
+  add_numerics_option(cmd);
   cmd->callback([options] {
     const std::vector<int32_t> tokens = parse_token_list(options->tokens, "--tokens");
     const auto model = dist::load_model_on_ranks(options->model, options->distributed, weight_residency(options->memory, options->model));

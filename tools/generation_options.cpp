@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "distributed_options.h"
+#include "numerics_option.h"
 #include "util/error.h"
 
 namespace megamoe::cli {
@@ -37,6 +38,7 @@ void add_generation_options(CLI::App* cmd, GenerationOptions* o, int64_t default
   cmd->add_option("--max-context", o->max_context, "Context length (default: the model's)");
   add_distributed_options(cmd, &o->distributed);
   add_memory_options(cmd, &o->memory);
+  add_numerics_option(cmd);
 }
 
 GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_required) {

@@ -12,7 +12,8 @@ namespace megamoe {
 
 // y [T, W.rows] = x [T, W.cols] @ W^T, parallel over output rows. For Q8_0, Q4_0 and F4_E2M1 weights
 // the activations are first rounded to q8_0 blocks per token, as llama.cpp does, and multiplied in
-// int8. Batch invariant: y[t, r] is bit for bit the same whatever T, the other tokens and the thread
+// int8, unless numerics() is Exact (ops/numerics.h): then they stay fp32 against the dequantized
+// weights, as for every other format. Batch invariant: y[t, r] is bit for bit the same whatever T, the other tokens and the thread
 // count (on one SIMD target), so prefill, step-by-step decode and any batching agree exactly.
 void matmul(float* y, const float* x, int64_t T, const WeightView& W);
 
@@ -35,7 +36,8 @@ void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit = 0);
 void matmul_swiglu(float* h, const float* x, int64_t T, const WeightView& gate, const WeightView& up,
                    float swiglu_limit = 0);
 
-// Whether matmul rounds the activations to q8_0 blocks against weights in this format.
+// Whether matmul rounds the activations to q8_0 blocks against weights in this format (in the
+// current numerics mode).
 bool matmul_quantizes_activations(DType weight_format);
 
 // Slow scalar reference for tests: element by element, double accumulation.

@@ -7,7 +7,8 @@
 // whatever the tile shape, T and the other tokens of the batch, so y[t, r] is bit for bit the same
 // for one token alone (decode), in a prefill of 512 or in any batch (batch invariance: prefill and
 // step-by-step decode agree exactly, and top-k choices downstream do not flip). For Q8_0, Q4_0 and
-// F4_E2M1 the activations are always rounded to q8_0 blocks per token and the products are int8
+// F4_E2M1 the activations are rounded to q8_0 blocks per token (--numerics fast, the default; exact
+// reads them as float formats instead: ExactRows) and the products are int8
 // (vpdpbusd / pmaddubsw), scaled per block of 32; on AVX3_DL two blocks share a 512-bit vector
 // (Int8PairTile), on AVX2 and AVX3 each lane of a vector is one row (RowLaneTile), and the scalar
 // fallback takes one block per vector (Int8Tile). From kDecodeMinTokens tokens on,
@@ -37,6 +38,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/numerics.h"
 #include "ops/quant.h"
 #include "util/error.h"
 #include "util/parallel.h"
@@ -754,6 +756,25 @@ struct DecodedRows {
   float Scale(int64_t r, int64_t k) const { return w.Scale(rows[r], k); }
 };
 
+// An int8 format read as a float one (--numerics exact, ops/numerics.h): rows dequantized block by
+// block to fp32 (code x scale, exact in fp32) into the tile's buffer, which FloatTile multiplies by
+// the fp32 activations. Tiles always take the buffered path (DecodedRows), for any number of tokens.
+template <class Int8>
+struct ExactRows {
+  static constexpr bool kInt8 = false;
+  static constexpr int64_t kScaleCols = 0;
+  Int8 w;
+  explicit ExactRows(const WeightView& W) : w(W) {}
+  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n, bool /*unscaled: no scale apart*/ = false) const {
+    w.Dequantize(out, row, k0, n);
+  }
+  float Scale(int64_t, int64_t) const { return 1; }
+};
+template <class Rows>
+constexpr bool kExactRows = false;
+template <class Int8>
+constexpr bool kExactRows<ExactRows<Int8>> = true;
+
 // One row tile's sums for tokens [t_begin, t_end) into `out`, C tokens at a time. Edge tiles repeat
 // their last row or token (same work, no extra instantiations) and store only the real ones.
 template <size_t R, size_t C, class Rows>
@@ -867,7 +888,8 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
   const int64_t tiles = (n_rows + int64_t(R) - 1) / int64_t(R);
   const int64_t token_bytes = Rows::kInt8 ? K + K / kQuantBlock * 4 : K * 4;
   const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
-  const bool decode = !Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens;
+  const bool decode =
+      kExactRows<Rows> || (!Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens);
   if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
   int64_t lanes[R];  // the up projection's sums go to lane r of a buffer
   for (size_t r = 0; r < R; ++r) lanes[r] = int64_t(r);
@@ -887,7 +909,7 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
         return TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, buffered, lanes);
       }
     }
-    TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
+    if constexpr (!kExactRows<Rows>) TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
   };
   // Turned lanes only where tiles stream the weights once per token (memory bound): the packed and
   // decoded tiles of more tokens were 2% slower with them (experts-32, 64-token prefill).
@@ -986,8 +1008,9 @@ void QuantizeActivations(QuantizedActivations* out, const float* x, int64_t T, i
 // ---------------------------------------------------------------------------------------------
 // Entry points (one per target, picked by HWY_DYNAMIC_DISPATCH).
 
+// `exact`: the int8 formats as float ones (ExactRows), against fp32 activations.
 template <class Op>
-void WithRows(const WeightView& W, Op&& op) {
+void WithRows(const WeightView& W, bool exact, Op&& op) {
   switch (W.dtype) {
     case DType::F32:
       return op(F32Rows(W));
@@ -998,11 +1021,11 @@ void WithRows(const WeightView& W, Op&& op) {
     case DType::F8_E4M3:
       return op(Fp8Rows(W));
     case DType::Q8_0:
-      return op(Q8Rows(W));
+      return exact ? op(ExactRows<Q8Rows>(W)) : op(Q8Rows(W));
     case DType::Q4_0:
-      return op(Q4Rows(W));
+      return exact ? op(ExactRows<Q4Rows>(W)) : op(Q4Rows(W));
     case DType::F4_E2M1:
-      return op(Fp4Rows(W));
+      return exact ? op(ExactRows<Fp4Rows>(W)) : op(Fp4Rows(W));
     default:
       fail("weight format {} is not supported by the matrix kernels", dtype_name(W.dtype));
   }
@@ -1010,8 +1033,9 @@ void WithRows(const WeightView& W, Op&& op) {
 
 // Every task's row tiles in one parallel pass: the tiles are cut into ranges that threads take as they
 // finish, so a few small experts keep every core busy without starting a team of threads per matrix.
-// xq [n]: each task's activations rounded to q8_0 where its format multiplies in int8.
-void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* xq, float swiglu_limit) {
+// xq [n]: each task's activations rounded to q8_0 where its format multiplies in int8 (not `exact`).
+void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* xq, float swiglu_limit,
+                 bool exact) {
   struct Range {
     size_t task;
     int64_t tile_begin, tile_end;
@@ -1019,7 +1043,7 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
   // A task's tile count depends on its format and T (TileRows).
   auto tile_count = [&](const MatmulTask& task) {
     int64_t R = 0;
-    WithRows(*task.weight, [&](const auto& w) {
+    WithRows(*task.weight, exact, [&](const auto& w) {
       R = int64_t(TileRows<std::decay_t<decltype(w)>>(task.T == 1));
     });
     return (task.weight->rows + R - 1) / R;
@@ -1037,7 +1061,7 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
     thread_local TileBuffers buffers;
     const Range& range = ranges[r];
     const MatmulTask& task = tasks[range.task];
-    WithRows(*task.weight, [&](const auto& w) {
+    WithRows(*task.weight, exact, [&](const auto& w) {
       using Rows = std::decay_t<decltype(w)>;
       const std::optional<Rows> up = task.up ? std::optional<Rows>(*task.up) : std::nullopt;
       const Rows* up_rows = up ? &*up : nullptr;
@@ -1094,7 +1118,7 @@ float Dot(const float* a, const float* b, int64_t n) {
 }
 
 void DequantizeRow(float* out, const WeightView& W, int64_t row) {
-  WithRows(W, [&](const auto& w) { w.Dequantize(out, row, 0, W.cols); });
+  WithRows(W, /*exact=*/false, [&](const auto& w) { w.Dequantize(out, row, 0, W.cols); });
 }
 
 }  // namespace megamoe::HWY_NAMESPACE
@@ -1109,7 +1133,8 @@ HWY_EXPORT(Dot);
 HWY_EXPORT(QuantizeActivations);
 
 bool matmul_quantizes_activations(DType weight_format) {
-  return weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1;
+  return numerics() == Numerics::Fast &&
+         (weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1);
 }
 
 void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
@@ -1145,7 +1170,9 @@ void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
       HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&rounded_xq[i], task.x, task.T, task.weight->cols,
                                                 task.weight->dtype == DType::F4_E2M1);
   });
-  if (!runnable.empty()) HWY_DYNAMIC_DISPATCH(MatmulTasks)(runnable.data(), runnable.size(), xq.data(), swiglu_limit);
+  if (!runnable.empty())
+    HWY_DYNAMIC_DISPATCH(MatmulTasks)(runnable.data(), runnable.size(), xq.data(), swiglu_limit,
+                                      numerics() == Numerics::Exact);
 }
 
 void matmul(float* y, const float* x, int64_t T, const WeightView& W) {

@@ -17,6 +17,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/numerics.h"
 #include "ops/quant.h"
 #include "test_support.h"
 
@@ -82,13 +83,19 @@ std::vector<double> activation_rounding_bound(const std::vector<float>& x, int64
   return bound;
 }
 
-class KernelTest : public ::testing::TestWithParam<DType> {};
+// Each test runs in one numerics mode (ops/numerics.h): every format in `fast`, and the int8 formats
+// once more in `exact`, where they multiply fp32 activations by the dequantized weights.
+class KernelTest : public ::testing::TestWithParam<std::tuple<DType, Numerics>> {
+ protected:
+  void SetUp() override { set_numerics(std::get<1>(GetParam())); }
+  void TearDown() override { set_numerics(Numerics::Fast); }
+};
 
 // Every format x T in {1, 3, 17, 64, 160} x odd row counts x cols, on every target:
 // against the double reference within fp32 summation error (on the rounded activations where matmul
 // rounds them, whose distance to the unrounded reference is bounded separately).
 TEST_P(KernelTest, MatmulMatchesReferenceOnEveryTarget) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const std::vector<int64_t> all_cols =
       is_block_format(format) ? std::vector<int64_t>{32, 96, 288, 4160} : std::vector<int64_t>{1, 33, 289, 4161};
   const std::vector<std::string> targets = matmul_targets();
@@ -128,9 +135,9 @@ TEST_P(KernelTest, MatmulMatchesReferenceOnEveryTarget) {
 }
 
 TEST_P(KernelTest, QuantizedReferenceRoundsActivations) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const int64_t rows = 5, cols = 64, T = 2;
-  EXPECT_EQ(matmul_quantizes_activations(format), is_block_format(format));
+  EXPECT_EQ(matmul_quantizes_activations(format), is_block_format(format) && numerics() == Numerics::Fast);
   const std::vector<float> w = random_floats(rows * cols, 1, 0.5f), x = random_floats(T * cols, 2);
   const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
   std::vector<float> quantized(T * rows), plain(T * rows);
@@ -143,7 +150,7 @@ TEST_P(KernelTest, QuantizedReferenceRoundsActivations) {
 // token alone, of any split of the batch, of the batch reversed and of one thread; with enough tokens
 // and inputs for several token blocks and the buffered-rows path, and odd sizes everywhere.
 TEST_P(KernelTest, EveryTokenGetsTheSameBitsWhateverTheBatch) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const int64_t T = 45, rows = 37;
   TargetGuard guard;
   for (int64_t cols : is_block_format(format) ? std::vector<int64_t>{96, 4160} : std::vector<int64_t>{33, 4161}) {
@@ -185,7 +192,7 @@ TEST_P(KernelTest, EveryTokenGetsTheSameBitsWhateverTheBatch) {
 // One token on 301 rows with one thread or several gives threads ranges of many tiles, which decode
 // takes as all of gate's tiles, then all of up's.
 TEST_P(KernelTest, MatmulSwigluEqualsTwoProductsAndSwiglu) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const int64_t all_rows = 301, cols = is_block_format(format) ? 4160 : 4161;
   const std::vector<float> g = random_floats(size_t(all_rows * cols), 41, 0.5f),
                            u = random_floats(size_t(all_rows * cols), 42, 0.5f);
@@ -221,7 +228,7 @@ TEST_P(KernelTest, MatmulSwigluEqualsTwoProductsAndSwiglu) {
 // A batch of tasks (the experts of an MoE layer: different token counts, fused SwiGLU or not, an empty
 // one) gives each task bit for bit what it gives alone, with one thread or several.
 TEST_P(KernelTest, MatmulTasksEqualEachTaskAlone) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const int64_t cols = is_block_format(format) ? 96 : 97;
   const std::vector<int64_t> rows = {37, 5, 64, 1}, tokens = {1, 9, 0, 30};
   std::vector<OwnedWeight> weights;
@@ -277,7 +284,7 @@ class BeforeGuardPage {
 };
 
 TEST_P(KernelTest, ReadsNothingPastTheWeight) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const int64_t rows = 9, T = 5;
   TargetGuard guard;
   for (int64_t cols : is_block_format(format) ? std::vector<int64_t>{96, 128} : std::vector<int64_t>{33, 64}) {
@@ -305,7 +312,7 @@ TEST_P(KernelTest, ReadsNothingPastTheWeight) {
 }
 
 TEST_P(KernelTest, DequantizeRowIsExactOnEveryTarget) {
-  const DType format = GetParam();
+  const DType format = std::get<0>(GetParam());
   const int64_t rows = 131, cols = is_block_format(format) ? 288 : 259;
   const std::vector<float> w = random_floats(rows * cols, 7, 0.5f);
   const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
@@ -353,23 +360,46 @@ TEST(KernelTargetTest, EveryFp8CodeDecodesExactly) {
   }
 }
 
+// Slices on and inside FP8's 128-row scale blocks (V4's wo_a groups of 64 rows) and a slice of a slice:
+// the same elements as those rows of the whole weight and, through the kernels, the same bits.
 TEST_P(KernelTest, RowSliceReadsTheSameRows) {
-  const DType format = GetParam();
-  const int64_t rows = 300, cols = 128;
-  const std::vector<float> w = random_floats(rows * cols, 8, 0.5f);
+  const DType format = std::get<0>(GetParam());
+  const int64_t rows = 300, cols = 160, T = 3;
+  const std::vector<float> w = random_floats(rows * cols, 8, 0.5f), x = random_floats(T * cols, 9);
   const OwnedWeight weight = quantize_weight(format, w.data(), rows, cols);
-  const WeightView slice = weight.view.row_slice(256, 44);
-  for (int64_t r = 0; r < 44; r += 7)
-    for (int64_t c = 0; c < cols; c += 5) {
-      ASSERT_EQ(weight_element(slice, r, c), weight_element(weight.view, 256 + r, c));
-    }
+  std::vector<float> whole(T * rows);
+  matmul(whole.data(), x.data(), T, weight.view);
+  const WeightView nested = weight.view.row_slice(100, 150).row_slice(30, 60);
+  for (auto [first, count, slice] : {std::tuple{256L, 44L, weight.view.row_slice(256, 44)},
+                                     {64L, 64L, weight.view.row_slice(64, 64)},
+                                     {200L, 90L, weight.view.row_slice(200, 90)},
+                                     {130L, 60L, nested}}) {
+    for (int64_t r = 0; r < count; r += 7)
+      for (int64_t c = 0; c < cols; c += 5)
+        ASSERT_EQ(weight_element(slice, r, c), weight_element(weight.view, first + r, c)) << first << " " << r;
+    std::vector<float> y(T * count);
+    matmul(y.data(), x.data(), T, slice);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t r = 0; r < count; ++r)
+        ASSERT_EQ(std::bit_cast<uint32_t>(y[t * count + r]), std::bit_cast<uint32_t>(whole[t * rows + first + r]))
+            << dtype_name(format) << " slice from " << first << " token " << t << " row " << r;
+  }
   EXPECT_EQ(weight.view.bytes(), int64_t(weight.data.size() + weight.scale_inv.size() * 4 + weight.scale_e8m0.size()));
 }
 
+std::string kernel_test_name(const ::testing::TestParamInfo<std::tuple<DType, Numerics>>& info) {
+  const auto [format, mode] = info.param;
+  return std::string(dtype_name(format)) + (mode == Numerics::Exact ? "_exact" : "");
+}
 INSTANTIATE_TEST_SUITE_P(AllFormats, KernelTest,
-                         ::testing::Values(DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::Q8_0,
-                                           DType::Q4_0, DType::F4_E2M1),
-                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+                         ::testing::Combine(::testing::Values(DType::F32, DType::F16, DType::BF16, DType::F8_E4M3,
+                                                              DType::Q8_0, DType::Q4_0, DType::F4_E2M1),
+                                            ::testing::Values(Numerics::Fast)),
+                         kernel_test_name);
+INSTANTIATE_TEST_SUITE_P(ExactNumerics, KernelTest,
+                         ::testing::Combine(::testing::Values(DType::Q8_0, DType::Q4_0, DType::F4_E2M1),
+                                            ::testing::Values(Numerics::Exact)),
+                         kernel_test_name);
 
 // The SIMD activation rounding on halves and near-halves: each output of a one-hot weight is one
 // rounded activation, so any code off by one shows.
