@@ -3,11 +3,10 @@
 the unquantized model; bad input named in one line with nothing left behind.
 
 The references read the U8 blocks with safetensors_np's dequantizer (written from llama.cpp's
-block_q8_0 / block_q4_0). megamoe multiplies these weights in int8 with the activations rounded to
-q8_0 blocks for fewer than 128 tokens (MODEL.md section 3); the references do the same rounding
-(activation_rounding="q8_0"), so the comparison is as tight as for unquantized models. Like the
-V4 logits tests, a check tries a few prompts: a value within ~1e-6 of a rounding boundary flips
-one code whichever side computes it in fp32 and the other in fp64.
+block_q8_0 / block_q4_0). megamoe runs with --numerics exact (fp32 activations against the
+dequantized weights) against the references on every prompt (harness.assert_matches_reference_on_every_prompt);
+the fast default, which rounds the activations to q8_0 blocks for these weights, is held to a bound
+against exact mode that a broken kernel cannot meet.
 
     cd tests/model && MEGAMOE_BIN=/path/to/megamoe PYTHONPATH=/work/main/tests \\
         /usr/bin/python3 -m unittest -v test_quantize
@@ -29,11 +28,14 @@ import safetensors_np
 # Every column count of these is a multiple of 32 but o_proj's and the experts' down_proj (48, 136)
 # in the V3 one: those fall back to BF16.
 CONFIGS = {"v3": "v3-no-qlora-no-shared", "v4": "v4-csa-hca"}
-REFERENCES = {"v3": deepseek_v3.logits, "v4": deepseek_v4.logits}
 SEED = 7
 TOKEN_COUNT = 40
-REFERENCE_TOLERANCE = 1e-3
-PROMPT_SEEDS = (2, 0, 1, 6)
+REFERENCE_LOGITS = {"v3": lambda model, tokens: (deepseek_v3.logits(model, tokens), 0),
+                    "v4": deepseek_v4.logits_and_near_ties}
+# Fast against exact mode: the median position's max|fast - exact| / max|exact| (measured 7e-3 to 4e-2
+# on these models, where rounded activations also change routing choices); a broken kernel is off by
+# the size of the logits.
+FAST_MEDIAN_POSITION_BOUND = 1e-1
 # ||quantized - bf16|| / ||bf16|| on these random models, whose routing (and V4's FP8/FP4 round
 # trips) turn small weight errors into discrete changes; V4's q8_0 is ~9e-2 in the PyTorch reference
 # too (deepseek_v4.logits on the q8_0 and the bf16 checkpoints), not an error of megamoe's.
@@ -86,36 +88,37 @@ class QuantizedModels(unittest.TestCase):
     def path(cls, name):
         return os.path.join(cls.tmp.name, name)
 
-    def logits(self, model, tokens):
-        return harness.megamoe_logits(model, tokens, self.path("logits.npy"))
+    def logits(self, model, tokens, numerics="exact"):
+        return harness.megamoe_logits(model, tokens, self.path("logits.npy"), "--numerics", numerics)
 
     def check_against_reference(self, family):
         vocab = harness.load_json(config_path(family))["vocab_size"]
         for kind in ("q8_0", "q4_0", "q8_0 of fp8", "q4_0 of fp8"):
             with self.subTest(family=family, model=kind):
-                model, errors = self.models[family, kind], []
-                for seed in PROMPT_SEEDS:
-                    tokens = harness.random_tokens(vocab, TOKEN_COUNT, seed)
-                    reference = REFERENCES[family](model, tokens, "q8_0")
-                    errors.append(harness.relative_max_error(self.logits(model, tokens), reference))
-                    if errors[-1] <= REFERENCE_TOLERANCE:
-                        break
-                print(f"{family} {kind}: max|a-b| / max|ref| = {errors[-1]:.2e} "
-                      f"(tolerance {REFERENCE_TOLERANCE:.0e}, prompts tried: {len(errors)})")
-                self.assertLessEqual(errors[-1], REFERENCE_TOLERANCE, f"errors {errors}")
+                model = self.models[family, kind]
+                harness.assert_matches_reference_on_every_prompt(
+                    self, f"{family} {kind}", vocab, lambda tokens: self.logits(model, tokens),
+                    lambda tokens: REFERENCE_LOGITS[family](model, tokens), TOKEN_COUNT)
 
     def test_v3_logits_match_the_reference(self):
         self.check_against_reference("v3")
 
-    # OPEN: exact ties in wo_a's activation rounding. At position 0 a layer's attention output o is
-    # the sink-scaled FP8-round-tripped key p * kv_0, so a q8_0 block holding an element of exactly
-    # half its amax has x / d = 63.5 in real arithmetic; which way it rounds then rests on the last
-    # bits of amax, fp32 in megamoe (llama.cpp's x * (1/d)), fp64 in the reference: 20-28 such codes
-    # a prompt, and 2-20 more within 2e-5 of a half elsewhere (docs/quantization.md). Until the
-    # kernels settle exact ties exactly and this comparison tolerates a flipped code, it fails.
-    @unittest.expectedFailure
     def test_v4_logits_match_the_reference(self):
         self.check_against_reference("v4")
+
+    def test_fast_numerics_stay_near_exact(self):
+        for family in CONFIGS:
+            vocab = harness.load_json(config_path(family))["vocab_size"]
+            tokens = harness.random_tokens(vocab, TOKEN_COUNT, 2)
+            for dtype in ("q8_0", "q4_0"):
+                with self.subTest(family=family, dtype=dtype):
+                    model = self.models[family, dtype]
+                    exact = self.logits(model, tokens).astype(np.float64)
+                    fast = self.logits(model, tokens, "fast")
+                    per_position = np.abs(fast - exact).max(axis=1) / np.abs(exact).max()
+                    print(f"{family} {dtype} fast against exact: median position {np.median(per_position):.1e}")
+                    self.assertGreater(per_position.max(), 0, "fast mode should round the activations")
+                    self.assertLessEqual(np.median(per_position), FAST_MEDIAN_POSITION_BOUND)
 
     def test_quantize_of_bf16_equals_synth(self):
         for family in CONFIGS:

@@ -1,20 +1,16 @@
 """megamoe against the DeepSeek-V4 PyTorch reference on the tiny V4 configs in tests/configs
 (together: window-only, CSA and HCA layers, hash-routed and biased layers, an active SwiGLU clamp,
-2, 3 and 4 hyper-connection streams, YaRN on and off, 1 and several output groups, MTP modules
-or none), in BF16 and in the official layout (FP8 with ue8m0 scales, FP4 experts); incremental
-decoding against prefill over prompts longer than the window and several compressed windows;
-the checkpoint layout synth writes; bad checkpoints named.
+2, 3 and 4 hyper-connection streams, FP8 wo_a groups that start inside a 128-row scale block, YaRN
+on and off, 1 and several output groups, MTP modules or none), in BF16 and in the official layout
+(FP8 with ue8m0 scales, FP4 experts); incremental decoding against prefill over prompts longer than
+the window and several compressed windows; the checkpoint layout synth writes; bad checkpoints named.
 
-megamoe's FP4 kernels multiply in int8 with the activations rounded to q8_0 blocks (an inference
-choice, MODEL.md section 3), so the official layout is compared with the reference doing the same.
-
-The V4 round trips (FP8 keys, FP4 indexer, and q8_0 activations) turn float rounding differences
-into discrete jumps when a value lands within ~1e-6 of a rounding boundary: one flipped code moves
-later logits by 1e-3 to 1e-1 on these tiny models. Such coincidences depend on the prompt and on
-summation order (fp32 against fp64 in the reference), so the comparison with the reference tries a
-few prompts and passes on the first that agrees at every position; a real bug makes every prompt
-disagree. Prefill against incremental decoding needs no such allowance: megamoe's kernels compute a
-token's row bit for bit the same whatever the batch, so the logits must be equal exactly.
+The comparison with the reference runs megamoe with --numerics exact (fp32 activations in every
+product) on every prompt (harness.assert_matches_reference_on_every_prompt: the V4 round trips
+excuse only prompts where the reference saw a value within 1e-6 of a rounding boundary). The fast
+default, whose FP4 products round activations to q8_0 blocks, is held to a bound against exact mode
+that a broken kernel cannot meet. Prefill against incremental decoding needs no allowance in either
+mode: megamoe computes a token's row bit for bit the same whatever the batch.
 
     cd tests/model && MEGAMOE_BIN=/path/to/megamoe PYTHONPATH=/work/main/tests \\
         /usr/bin/python3 -m unittest -v test_v4_logits
@@ -35,10 +31,12 @@ import deepseek_v4
 import safetensors_np
 
 DTYPES = ("bf16", "fp8")
-TOKEN_COUNT = 40
 INCREMENTAL_TOKENS = 70  # > every window, several compressed windows of every ratio
-TOLERANCE = 1e-3         # max|megamoe - reference| <= TOLERANCE * max|reference|
-PROMPT_SEEDS = (2, 0, 1, 6, 4, 9)  # tried in order until one prompt agrees with the reference (see above)
+# Fast against exact mode with FP4 experts, on these random models where a rounded activation can
+# change a routing choice (measured: median position 7e-4 to 1.4e-2, ||fast - exact|| / ||exact||
+# up to 9e-2); a broken kernel is off by the size of the logits.
+FAST_MEDIAN_POSITION_BOUND = 5e-2
+FAST_NORM_BOUND = 2e-1
 
 
 class V4Models(unittest.TestCase):
@@ -57,22 +55,10 @@ class V4Models(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def logits(self, model, tokens, chunk=None):
+    def logits(self, model, tokens, chunk=None, numerics="exact"):
         out = os.path.join(self.tmp.name, "logits.npy")
-        args = ["logits", "--model", model, "--tokens", ",".join(map(str, tokens)), "--output", out]
-        harness.run_megamoe(*args, *(["--chunk-size", chunk] if chunk else []))
-        return np.load(out)
-
-    def assert_some_prompt_agrees(self, label, error_for_seed, tolerance):
-        """error_for_seed(seed) -> max|a - b| / max|b|; passes on the first prompt within tolerance."""
-        errors = []
-        for seed in PROMPT_SEEDS:
-            errors.append(error_for_seed(seed))
-            if errors[-1] <= tolerance:
-                print(f"{label}: max|a-b| / max|ref| = {errors[-1]:.2e} (tolerance {tolerance:.0e}; "
-                      f"prompts tried: {len(errors)})")
-                return
-        self.fail(f"{label}: no prompt agrees within {tolerance:.0e}: errors {['%.1e' % e for e in errors]}")
+        return harness.megamoe_logits(model, tokens, out, "--numerics", numerics,
+                                      *(["--chunk-size", chunk] if chunk else []))
 
 
 class V4Logits(V4Models):
@@ -80,23 +66,38 @@ class V4Logits(V4Models):
         for (name, dtype), model in self.models.items():
             with self.subTest(config=name, dtype=dtype):
                 config = harness.load_json(harness.config_path(name))
+                harness.assert_matches_reference_on_every_prompt(
+                    self, f"{name} {dtype}", config["vocab_size"], lambda tokens: self.logits(model, tokens),
+                    lambda tokens: deepseek_v4.logits_and_near_ties(model, tokens))
 
-                def error(seed):
-                    tokens = harness.random_tokens(config["vocab_size"], TOKEN_COUNT, seed)
-                    reference = deepseek_v4.logits(model, tokens, "q8_0" if dtype == "fp8" else None)
-                    return harness.relative_max_error(self.logits(model, tokens), reference)
-                self.assert_some_prompt_agrees(f"{name} {dtype}", error, TOLERANCE)
-
-    def test_incremental_decoding_equals_prefill(self):
+    def test_fast_numerics_stay_near_exact(self):
         for (name, dtype), model in self.models.items():
             with self.subTest(config=name, dtype=dtype):
                 config = harness.load_json(harness.config_path(name))
+                tokens = harness.random_tokens(config["vocab_size"], 40, 2)
+                exact = self.logits(model, tokens).astype(np.float64)
+                fast = self.logits(model, tokens, numerics="fast")
+                if dtype == "bf16":  # no int8 products: the modes are the same computation
+                    np.testing.assert_array_equal(fast, exact)
+                    continue
+                per_position = np.abs(fast - exact).max(axis=1) / np.abs(exact).max()
+                norm = float(np.linalg.norm(fast - exact) / np.linalg.norm(exact))
+                print(f"{name} {dtype} fast against exact: median position {np.median(per_position):.1e}, "
+                      f"||fast - exact|| / ||exact|| = {norm:.1e}")
+                self.assertGreater(norm, 0, "fast mode should round the FP4 experts' activations")
+                self.assertLessEqual(np.median(per_position), FAST_MEDIAN_POSITION_BOUND)
+                self.assertLessEqual(norm, FAST_NORM_BOUND)
 
-                tokens = harness.random_tokens(config["vocab_size"], INCREMENTAL_TOKENS, PROMPT_SEEDS[0])
-                prefill = self.logits(model, tokens)
-                for chunk in (1, 5):
-                    np.testing.assert_array_equal(self.logits(model, tokens, chunk), prefill,
-                                                  f"{name} {dtype} chunks of {chunk}")
+    def test_incremental_decoding_equals_prefill(self):
+        for (name, dtype), model in self.models.items():
+            for numerics in ("exact", "fast"):
+                with self.subTest(config=name, dtype=dtype, numerics=numerics):
+                    config = harness.load_json(harness.config_path(name))
+                    tokens = harness.random_tokens(config["vocab_size"], INCREMENTAL_TOKENS, 2)
+                    prefill = self.logits(model, tokens, numerics=numerics)
+                    for chunk in (1, 5):
+                        np.testing.assert_array_equal(self.logits(model, tokens, chunk, numerics), prefill,
+                                                      f"{name} {dtype} {numerics} chunks of {chunk}")
 
     def test_sharded_checkpoint_gives_the_same_logits(self):
         name = "v4-csa-hca"

@@ -34,9 +34,32 @@ import safetensors_np
 FP8_BLOCK, FP8_MAX = 64, 448.0
 FP4_BLOCK, FP4_MAX = 32, 6.0
 E2M1_GRID = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6], dtype=torch.float64)
+E4M3_GRID = torch.from_numpy(safetensors_np.E4M3_VALUES[:0x7F].astype(np.float64))  # 0 .. 448, increasing
 
 
 # ---- the quantization round trips (exact) ----
+
+# A rounding decision closer than NEAR_TIE (relative) to a boundary of its grid or of its power-of-two
+# scale may go either way in an engine that computes the value in fp32 rather than float64; both are
+# right. `near_ties` counts such decisions since the caller last reset it, so that a comparison can
+# tell those prompts apart from real disagreements.
+NEAR_TIE = 1e-6
+near_ties = 0
+
+
+def count_near_ties(scaled, grid, amax_over_max):
+    """scaled: values in units of their block scale; grid: the format's magnitudes, increasing;
+    amax_over_max: the blocks' amax / format max, whose power of two above is the scale."""
+    global near_ties
+    boundaries = (grid[1:] + grid[:-1]) / 2
+    magnitude = scaled.abs().reshape(-1)
+    above = torch.searchsorted(boundaries, magnitude).clamp(max=len(boundaries) - 1)
+    below = (above - 1).clamp(min=0)
+    distance = torch.minimum((magnitude - boundaries[above]).abs(), (magnitude - boundaries[below]).abs())
+    near_ties += int((distance <= NEAR_TIE * magnitude).sum())
+    mantissa, _ = torch.frexp(amax_over_max.reshape(-1))  # in [0.5, 1): near 0.5 or 1 is near a power of two
+    near_power = ((mantissa - 0.5).abs() <= NEAR_TIE) | ((1 - mantissa).abs() <= NEAR_TIE)
+    near_ties += int((near_power & (mantissa != 0.5)).sum())
 
 def power_of_two_at_least(values):
     """2^ceil(log2(v)) elementwise for v > 0, exactly (frexp instead of a rounded log)."""
@@ -50,6 +73,7 @@ def fp8_round_trip(x):
     blocks = x.reshape(*x.shape[:-1], x.shape[-1] // FP8_BLOCK, FP8_BLOCK)
     amax = blocks.abs().amax(-1, keepdim=True).clamp(min=1e-4)
     scale = power_of_two_at_least(amax / FP8_MAX)
+    count_near_ties(blocks / scale, E4M3_GRID, amax / FP8_MAX)
     codes = safetensors_np.encode_e4m3((blocks / scale).numpy())
     rounded = torch.from_numpy(safetensors_np.E4M3_VALUES[codes].astype(np.float64))
     return (rounded * scale).reshape(x.shape)
@@ -71,6 +95,7 @@ def fp4_round_trip(x):
     blocks = x.reshape(*x.shape[:-1], x.shape[-1] // FP4_BLOCK, FP4_BLOCK)
     amax = blocks.abs().amax(-1, keepdim=True)
     scale = power_of_two_at_least(torch.where(amax > 0, amax / FP4_MAX, torch.ones_like(amax)))
+    count_near_ties(blocks / scale, E2M1_GRID, torch.where(amax > 0, amax / FP4_MAX, torch.ones_like(amax)))
     return (round_to_e2m1(blocks / scale) * scale).reshape(x.shape)
 
 
@@ -444,6 +469,14 @@ def logits(model_dir, tokens, activation_rounding=None):
     """float32 logits [T, vocab] for the token ids at positions 0..T-1."""
     with torch.no_grad():
         return DeepseekV4Reference.from_dir(model_dir, activation_rounding).logits(list(tokens)).float().numpy()
+
+
+def logits_and_near_ties(model_dir, tokens):
+    """(logits, how many round-trip decisions lay within NEAR_TIE of a boundary)."""
+    global near_ties
+    near_ties = 0
+    result = logits(model_dir, tokens)
+    return result, near_ties
 
 
 def main():
