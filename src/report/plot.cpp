@@ -10,9 +10,9 @@
 #include <limits>
 #include <string_view>
 
-#include "train/data.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/text_file.h"
 
 namespace megamoe {
 namespace fs = std::filesystem;

@@ -14,19 +14,6 @@
 
 namespace megamoe {
 namespace fs = std::filesystem;
-std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open for reading", path.string());
-  std::string text(std::istreambuf_iterator<char>(in), {});
-  if (in.bad()) fail("{}: read error", path.string());
-  return text;
-}
-
-std::string content_digest(std::string_view bytes) {
-  uint64_t hash = 1469598103934665603ull;
-  for (unsigned char ch : bytes) hash = (hash ^ ch) * 1099511628211ull;
-  return fmt::format("{:016x}", hash);
-}
 
 std::vector<fs::path> list_data_files(const fs::path& data) {
   std::error_code ec;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tokenizer/tokenizer.h"
+#include "util/text_file.h"
 
 namespace megamoe {
 
@@ -21,12 +22,6 @@ std::vector<std::filesystem::path> list_data_files(const std::filesystem::path& 
 
 // A digest of the files' names (relative to `data`), sizes and contents: equal digests, same text.
 std::string data_fingerprint(const std::filesystem::path& data, std::span<const std::filesystem::path> files);
-
-// The whole file; Error naming it when it cannot be read.
-std::string read_text_file(const std::filesystem::path& path);
-
-// A digest of bytes (FNV-1a 64, as hex): equal digests, same bytes (not a defence against forgery).
-std::string content_digest(std::string_view bytes);
 
 // The token file of a run: one I32 tensor "tokens" in a safetensors file, every document's ids
 // after a BOS token, with metadata naming the text and the tokenizer that made it.
