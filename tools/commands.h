@@ -12,6 +12,7 @@ void register_generate(CLI::App& app);
 void register_gradients(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_logits(CLI::App& app);
+void register_perplexity(CLI::App& app);
 void register_placement(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_serve(CLI::App& app);

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   megamoe::cli::register_gradients(app);
   megamoe::cli::register_inspect(app);
   megamoe::cli::register_logits(app);
+  megamoe::cli::register_perplexity(app);
   megamoe::cli::register_placement(app);
   megamoe::cli::register_quantize(app);
   megamoe::cli::register_serve(app);
