@@ -11,6 +11,7 @@
 #include "io/checkpoint.h"
 #include "io/checkpoint_writer.h"
 #include "model/tensor_spec.h"
+#include "model/weight_encoding.h"
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "util/error.h"
@@ -55,6 +56,14 @@ void convert_rows(std::byte* out, const WeightView& w, DType format) {
   }
 }
 
+// w as fp32 [rows, cols] (the official FP8 layout quantizes whole 128x128 blocks).
+std::vector<float> dequantize_matrix(const WeightView& w) {
+  std::vector<float> values(size_t(w.rows * w.cols));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < w.rows; ++r) dequantize_row(values.data() + r * w.cols, w, r);
+  return values;
+}
+
 bool is_matrix_role(TensorRole role) {
   switch (role) {
     case TensorRole::Norm:
@@ -87,7 +96,8 @@ nlohmann::json megamoe_quantization_config(DType weight_format) {
 }
 
 QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& output, const QuantizeOptions& options) {
-  const nlohmann::json quantization = megamoe_quantization_config(options.weight_format);
+  const bool official_fp8 = options.weight_format == DType::F8_E4M3;
+  const nlohmann::json quantization = official_fp8 ? nlohmann::json() : megamoe_quantization_config(options.weight_format);
   if (fs::exists(output)) fail("{}: already exists (quantize writes a new directory)", output.string());
   const std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(input);
   const Checkpoint& ckpt = *checkpoint;
@@ -110,8 +120,21 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
     }
     const WeightView w =
         ckpt.weight(spec.name, spec.shape[0], spec.shape[1], layout, block_format(spec, c.weight_format));
-    const std::optional<DType> block = block_format(spec, options.weight_format);
-    const bool fallback = !block && (spec.role == TensorRole::Linear || spec.role == TensorRole::Head);
+    if (official_fp8) {
+      if (const std::optional<StoredFormat> format = official_fp8_format(spec, c)) {
+        add_encoded_tensor(&tensors, spec, *format, scale, [w] { return dequantize_matrix(w); });
+        tensors.back().fill = [fill = std::move(tensors.back().fill), weight = ckpt.find(spec.name),
+                               scale = ckpt.find(scale)](std::byte* dst) {
+          fill(dst);
+          release_pages(weight);
+          release_pages(scale);
+        };
+        ++summary.blocked_tensors;
+        return;
+      }
+    }
+    const std::optional<DType> block = official_fp8 ? std::nullopt : block_format(spec, options.weight_format);
+    const bool fallback = !block && !official_fp8 && (spec.role == TensorRole::Linear || spec.role == TensorRole::Head);
     const bool plain = w.dtype == DType::F32 || w.dtype == DType::F16 || w.dtype == DType::BF16;
     if (!block && !fallback && plain) {
       tensors.push_back(copy_as_is(ckpt.find(spec.name)));
@@ -139,8 +162,9 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
   }
 
   nlohmann::json config = ckpt.config();
-  config["quantization_config"] = quantization;
-  config.erase("expert_dtype");  // V4's FP4 experts are blocks now like every other linear layer
+  config.erase("expert_dtype");  // V4's FP4 experts are blocks now like every other linear layer (or FP4 again)
+  if (official_fp8) set_official_fp8_config(&config, c.family);
+  else config["quantization_config"] = quantization;
   std::vector<fs::path> extra_files;  // the tokenizer and whatever else sits beside the weights
   for (const fs::directory_entry& entry : fs::directory_iterator(input)) {
     const std::string name = entry.path().filename().string();

@@ -79,6 +79,8 @@ class QuantizedModels(unittest.TestCase):
                 for dtype in ("q8_0", "q4_0"):
                     cls.models[family, f"{dtype} of {source}"] = cls.path(f"{family}-{dtype}-of-{source}")
                     quantize(cls.models[family, source], dtype, cls.models[family, f"{dtype} of {source}"])
+            cls.models[family, "fp8 of bf16"] = cls.path(f"{family}-fp8-of-bf16")
+            quantize(cls.models[family, "bf16"], "fp8", cls.models[family, "fp8 of bf16"])
 
     @classmethod
     def tearDownClass(cls):
@@ -93,7 +95,7 @@ class QuantizedModels(unittest.TestCase):
 
     def check_against_reference(self, family):
         vocab = harness.load_json(config_path(family))["vocab_size"]
-        for kind in ("q8_0", "q4_0", "q8_0 of fp8", "q4_0 of fp8"):
+        for kind in ("q8_0", "q4_0", "q8_0 of fp8", "q4_0 of fp8", "fp8 of bf16"):
             with self.subTest(family=family, model=kind):
                 model = self.models[family, kind]
                 harness.assert_matches_reference_on_every_prompt(
@@ -129,6 +131,17 @@ class QuantizedModels(unittest.TestCase):
                     self.assertEqual(raw_tensors(quantized), raw_tensors(synthesized))
                     self.assertEqual(harness.load_json(os.path.join(quantized, "config.json")),
                                      harness.load_json(os.path.join(synthesized, "config.json")))
+
+    def test_fp8_is_the_official_layout(self):
+        """quantize --dtype fp8 writes what synth --dtype fp8 writes (DeepSeek's names, dtypes, shapes and
+        config), the values from the BF16 weights."""
+        for family in CONFIGS:
+            with self.subTest(family=family):
+                quantized = raw_tensors(self.models[family, "fp8 of bf16"])
+                official = raw_tensors(self.models[family, "fp8"])
+                self.assertEqual({n: t[:2] for n, t in quantized.items()}, {n: t[:2] for n, t in official.items()})
+                self.assertEqual(harness.load_json(os.path.join(self.models[family, "fp8 of bf16"], "config.json")),
+                                 harness.load_json(os.path.join(self.models[family, "fp8"], "config.json")))
 
     def test_layout(self):
         """Blocks for the linear layers and experts (Q8_0 for the head), BF16 where the columns are
