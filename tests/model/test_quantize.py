@@ -225,6 +225,28 @@ class QuantizedModels(unittest.TestCase):
                                           "--max-tokens", 4, "--print-ids", "--ignore-eos")
                 self.assertEqual(len(out.split()), 4, out)
 
+    def test_generate_and_bench_in_exact_numerics(self):
+        """generate --numerics exact decodes greedily what exact logits pick; bench says which mode ran;
+        an unknown mode is named."""
+        model, prompt, steps = self.models["v4", "q4_0"], [3, 4, 5], 4
+        out = harness.run_megamoe("generate", "--model", model, "--prompt-ids", ",".join(map(str, prompt)),
+                                  "--max-tokens", steps, "--print-ids", "--ignore-eos", "--numerics", "exact")
+        sequence = list(prompt)
+        for _ in range(steps):
+            sequence.append(int(self.logits(model, sequence)[-1].argmax()))
+        self.assertEqual([int(t) for t in out.split()], sequence[len(prompt):])
+        for numerics in ("exact", "fast"):
+            result = json.loads(harness.run_megamoe("bench", "--model", model, "--prompt-tokens", 8, "--gen-tokens", 4,
+                                                    "--runs", 1, "--json", "--numerics", numerics))
+            self.assertEqual(result["numerics"], numerics)
+        for args in (("generate", "--prompt-ids", "3,4"), ("bench",), ("logits", "--tokens", "3,4", "--output",
+                                                                       self.path("never.npy"))):
+            result = run(*args, "--model", model, "--numerics", "precise")
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(result.stderr.strip(), "megamoe: error: --numerics: 'precise' is not a numerics mode "
+                                                    "(exact or fast)")
+        self.assertFalse(os.path.exists(self.path("never.npy")))
+
     def test_shards(self):
         sharded = self.path("sharded-bf16")
         harness.synth(config_path("v3"), "bf16", SEED, sharded, shards=3)
