@@ -105,7 +105,7 @@ using DF8 = hn::Repartition<float, DI8>;  // float lanes of a block-sized vector
 constexpr size_t kTileRows = 4;
 constexpr bool kWide = HWY_TARGET <= HWY_AVX3;
 // One token (decode) needs a single accumulator per row, so AVX-512 takes more rows at once: more
-// independent work per activation load and more weight streams in flight (Q8_0 matvec 15 -> 23 GB/s).
+// independent work per activation load and more weight streams in flight.
 constexpr size_t kDecodeRows = kWide ? 8 : kTileRows;
 // Int8 formats in row lanes (see RowLaneTile), on the targets whose int8 products are 256-bit.
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
@@ -130,7 +130,7 @@ constexpr size_t TokensPerTile() {
   if constexpr (RowLanes<Rows>()) return 6;
   else if constexpr (Rows::kInt8) return kWide ? 4 : 2;
   else if constexpr (Rows::kScaleCols != 0) return kWide ? 3 : 1;
-  else return kWide ? 6 : 3;  // AVX2: 12 sums (FMA latency x 2 pipes) beat 4 x 2 by 15-20% on Zen 2
+  else return kWide ? 6 : 3;  // AVX2: 12 sums cover FMA latency x 2 pipes; 4 x 2 left them idle
 }
 
 constexpr bool kVnni = HWY_TARGET == HWY_AVX3_DL;
@@ -262,8 +262,8 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
         scale_row_offset(W.scale_row_offset) {}
   // The code's sign, exponent and mantissa moved into fp32's fields (sign-extended, shifted by 20,
   // masked) read as the e4m3 value x 2^-120, subnormals included as fp32 denormals (never flushed:
-  // nothing sets DAZ); x 2^112 gives exactly what fp8_unscaled gives, the value x 2^-8. One
-  // instruction fewer than widening through fp16 (vcvtph2ps): decode 9.2 -> 10.2 GB/s on Zen 2.
+  // nothing sets DAZ); x 2^112 gives exactly what fp8_unscaled gives, the value x 2^-8: one
+  // instruction fewer than widening through fp16 (vcvtph2ps) in a loop that decode keeps busy.
   V<DF> Load(DF df, int64_t row, int64_t k) const {
     const hn::RebindToSigned<DF> di;
     const auto codes =
@@ -439,9 +439,7 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 // hardware prefetchers follow, as they do the roofline's read. R adjacent rows were R short streams
 // (an expert's row is only 1-4 KB) restarted every tile, which every matrix-vector tile had to ask
 // for ahead itself (software prefetch of the next tile's rows); with strided tiles those prefetches
-// cost more than they bring. One Zen 2 thread, q8_0 decode, adjacent tiles with prefetch ->
-// strided without: [1024, 2048] expert matrices 16 -> 21 GB/s, [2048, 1024] ones 10 -> 21, F32
-// 20 -> 26, F16 21 -> 24 (docs/performance.md, item 20). Each lane's walk is turned by a few rows
+// cost more than they bring, so there are none. Each lane's walk is turned by a few rows
 // (LaneShift) so that the R streams do not all sit at one offset within a page. The results do not
 // change: every row is summed alone, in the same order, whichever rows share its tile.
 //
@@ -543,9 +541,9 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
 
 // Row-lane int8 tiles (AVX2, and AVX-512 without VNNI, whose int8 products are 256-bit too): each
 // int32 lane of a vector is one of 8 output rows, so a block's scale is applied once per 8 rows and
-// token rather than once per row and token, and sums need no reduction across lanes. Int8Tile spent
-// 3 of its 7 instructions per block, row and token on the scale (cvt, scale product, fma): q8_0 at
-// T = 512 ran at 48 GFLOP/s on Zen 2, half the fp32 FMA peak. Every sum is the exact int32 dot
+// token rather than once per row and token, and sums need no reduction across lanes (Int8Tile spends
+// 3 of its 7 instructions per block, row and token on the scale: cvt, scale product, fma). Every sum
+// is the exact int32 dot
 // product of a row's block with the token's (less offset times the block's activation sum for
 // unsigned codes), then, block by block, acc = fma(float(dot), row scale * token scale, acc): the
 // same operations whatever the tile, so results stay batch invariant.
@@ -559,7 +557,7 @@ constexpr int64_t kPackedBytes = kLaneRows * kQuantBlock + kLaneRows * 4;  // a 
 
 // [a0 + a2, b0 + b2, a1 + a3, b1 + b3] in each 128-bit half: two vectors' 32-bit lanes interleaved and
 // added, and the same for 64-bit lanes: the steps of a transpose that adds as it goes (unpacks, not
-// vphaddd, whose extra micro-ops cost Q4_0 decode 40% with two threads on Zen 2).
+// vphaddd, which decodes into more micro-ops than it saves).
 HWY_INLINE __m256i AddInterleaved32(__m256i a, __m256i b) {
   return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
 }
@@ -855,10 +853,8 @@ struct TileBuffers {
 // holds row r * S + (t + r * shift) % S. Parts S rows apart start at the same offset within a 4 KB
 // page whenever S times the row's bytes is a multiple of 4 KB (most of a model's shapes), so all R
 // streams fall on the same L1 and L2 sets. The shift (the smallest such, below 64) that puts the
-// lanes' offsets within a page, r * step, furthest apart. Measured on Zen 2 (q8_0 matrix-vector
-// products of 256 MB, one thread, GB/s with no shift -> this one): K = 512 19.1 -> 20.2, 1024
-// 20.5 -> 25.1, 1536 20.8 -> 23.7, 2048 20.4 -> 23.8; with rows longer than a page it did not help
-// (K = 4096 20.6 -> 17.9, 7168 20.0 -> 20.4), so those rows keep their places.
+// lanes' offsets within a page, r * step, furthest apart. Rows longer than a page keep their places:
+// no shift helped them (docs/performance.md lists this as open).
 HWY_INLINE int64_t LaneShift(int64_t tiles, int64_t row_bytes, size_t lanes) {
   constexpr int64_t kPage = 4096;
   if (row_bytes > kPage) return 0;
@@ -911,10 +907,10 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
     }
     if constexpr (!kExactRows<Rows>) TileTokens<R, C>(out, task.x, xq, t_begin, t_end, K, weight, rows);
   };
-  // Turned lanes only where tiles stream the weights once per token (memory bound): the packed and
-  // decoded tiles of more tokens were 2% slower with them (experts-32, 64-token prefill).
+  // Turned lanes only where tiles stream the weights once per token (memory bound); the packed and
+  // decoded tiles of more tokens read their rows from cache and only lose locality to the turn.
   const int64_t shift = T < kDecodeMinTokens ? LaneShift(tiles, task.weight->row_bytes(), R) : 0;
-  int64_t turn[R];  // (r * shift) % tiles, so that no tile divides (20-40 cycles each on Zen 2)
+  int64_t turn[R];  // (r * shift) % tiles, so that no tile divides (an integer division is slow)
   for (size_t r = 0; r < R; ++r) turn[r] = int64_t(r) * shift % tiles;
   // The rows of `tile` (StridedTiles); lanes past the last row repeat it. Returns how many lanes hold
   // a row of their own (the first ones: only one lane's part of the matrix can end past the last row).
@@ -929,8 +925,8 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
     return real;
   };
   // With `up`, one token (decode) takes all the range's tiles of `weight`, then all of `up`: R streams
-  // at a time where alternating tile by tile kept 2R and read 16.8 instead of 20.1 GB/s (q8_0 on
-  // Zen 2). More tokens alternate tile by tile, so that both products of a tile are still in cache.
+  // at a time, where alternating tile by tile kept 2R streams and read memory slower. More tokens
+  // alternate tile by tile, so that both products of a tile are still in cache.
   const int64_t chunk = T == 1 ? tile_end - tile_begin : 1;
   if (up) buffers.up_sums.resize(std::max(buffers.up_sums.size(), size_t(chunk * std::min(T, block) * R)));
   for (int64_t t_begin = 0; t_begin < T; t_begin += block) {

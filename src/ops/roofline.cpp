@@ -23,9 +23,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // matmul_kernels.cpp), so each thread reads kStreams interleaved streams of its part, each prefetched
 // kAhead bytes ahead; the roofline is then the most the core can read, not the least. The streams
 // lie kSkew bytes (129 cache lines) apart, not back to back, and so do the threads' parts: streams a
-// power of two apart fall on the same cache sets and memory banks, and one Zen 2 thread read them at
-// 14-17 GB/s against 23-26 skewed, so the roofline understated the machine (the float decode
-// kernels streamed 130% of it) and every fraction of it was overstated.
+// power of two apart fall on the same cache sets and memory banks and read markedly slower, which
+// would understate the machine and overstate every fraction of the roofline.
 constexpr int64_t kStreams = 8, kAhead = 512, kSkew = 129 * 64;
 HWY_INLINE void Prefetch(const uint8_t* p) {
 #if HWY_ARCH_X86
@@ -58,8 +57,7 @@ uint64_t ReadAll(const uint8_t* data, int64_t bytes) {
 
 // `iterations` x kChains independent fp32 FMA vectors per thread; returns the flops done. Enough
 // chains to cover the FMA latency on every pipe, few enough to stay in registers with the two
-// operands: 16 chains on AVX2's 16 registers spilled, and measured half the peak on Zen 2 (59
-// GFLOP/s, against 104 with 12 chains).
+// operands: 16 chains on AVX2's 16 registers spill, and reach half the peak.
 double FmaLoop(int64_t iterations) {
   const hn::ScalableTag<float> d;
   constexpr int kChains = HWY_TARGET <= HWY_AVX3 ? 16 : 12;

@@ -7,7 +7,7 @@ namespace megamoe {
 
 // GB/s reading a buffer of `bytes` (far larger than the caches) with all OpenMP threads, each
 // thread 8 interleaved streams (not a power of two apart) prefetched ahead: the most a core reads
-// (one plain sequential stream gets ~60% of it on Zen 5); median of `runs` passes.
+// (one plain sequential stream gets well under it); median of `runs` passes.
 double measure_read_bandwidth_gb_s(int64_t bytes = int64_t(1) << 30, int runs = 5);
 
 // GFLOP/s of independent fp32 FMA chains on the best SIMD target, all OpenMP threads; median.

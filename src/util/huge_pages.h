@@ -2,8 +2,8 @@
 //
 // Decode streams hundreds of megabytes of weights per token, most of them not read for many tokens.
 // In 4 KiB pages every 4 KiB of such cold memory needs a page walk (a two-dimensional one under a
-// hypervisor); in 2 MiB pages one walk covers 512 times as much. Measured on the VM of
-// docs/performance.md: cold weights stream at 14-17 GB/s from 4 KiB pages, 23-27 GB/s from huge pages.
+// hypervisor); in 2 MiB pages one walk covers 512 times as much, and cold weights stream markedly
+// faster (docs/performance.md).
 #pragma once
 #include <cstddef>
 #include <cstdint>
