@@ -149,7 +149,7 @@ void parse_v3_moe(const ConfigReader& r, ModelConfig& c) {
   }
 }
 
-// DeepSeek-V4 (MODEL.md section 3): every layer is MoE; routing is sqrt-softplus with a bias or a
+// DeepSeek-V4 (docs/models.md#3-deepseek-v4): every layer is MoE; routing is sqrt-softplus with a bias or a
 // hash table, never group-limited, and the weights are always normalized (whatever topk_method
 // and norm_topk_prob say, as the spec prescribes).
 void parse_v4(const ConfigReader& r, ModelConfig& c) {
@@ -228,7 +228,7 @@ void parse_v4(const ConfigReader& r, ModelConfig& c) {
                                           "multiples of 32", D, c.moe_intermediate_size));
 }
 
-// Cross-layer expert pools (MODEL.md section 4), megamoe's extension of the V2/V3 family.
+// Cross-layer expert pools (docs/models.md#expert-pools), megamoe's extension of the V2/V3 family.
 void parse_expert_pools(const ConfigReader& r, ModelConfig& c) {
   c.expert_sharing_group_size = r.integer("expert_sharing_group_size", 1);
   c.share_shared_experts = r.boolean("share_shared_experts", false);

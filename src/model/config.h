@@ -24,7 +24,7 @@ struct YarnConfig {
   double mscale_all_dim = 0;
 };
 
-// What DeepSeek-V4 adds (MODEL.md section 3); the keys it shares with V2/V3 (hidden_size,
+// What DeepSeek-V4 adds (docs/models.md#3-deepseek-v4); the keys it shares with V2/V3 (hidden_size,
 // num_attention_heads, q_lora_rank, qk_rope_head_dim, the MoE keys, rope) stay in ModelConfig.
 struct V4Config {
   int64_t head_dim = 0;                   // hd: the one shared key/value head
@@ -47,7 +47,7 @@ struct V4Config {
   int64_t compress_ratio(int64_t layer) const { return compress_ratios[layer]; }
 };
 
-// DeepSeek-V2/V3 (MODEL.md section 2), with megamoe's Mega-MoE extensions (section 4), or V4.
+// DeepSeek-V2/V3 (docs/models.md#2-deepseek-v2v3), with megamoe's Mega-MoE extensions (section 4), or V4.
 struct ModelConfig {
   std::string architecture;  // "DeepseekV3ForCausalLM"
   ModelFamily family = ModelFamily::DeepseekV3;
@@ -84,7 +84,7 @@ struct ModelConfig {
   // megamoe's own checkpoints: quantization_config {quant_method: megamoe, weight_format: q8_0 | q4_0}
   // (docs/quantization.md); Q8_0 or Q4_0, absent otherwise.
   std::optional<DType> weight_format;
-  // Cross-layer expert pools (MODEL.md section 4, V2/V3 only): the MoE layers, counted in order
+  // Cross-layer expert pools (docs/models.md#expert-pools, V2/V3 only): the MoE layers, counted in order
   // (dense layers and layers off moe_layer_freq are not counted), go in consecutive groups of
   // expert_sharing_group_size (the last group may be shorter); a group's layers route over one pool
   // of n_routed_experts experts, stored under the group's first layer. Gates and biases stay per layer.

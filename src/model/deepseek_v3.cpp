@@ -147,7 +147,7 @@ struct TokenSlot {
   int64_t position;
 };
 
-// Multi-head latent attention in the absorbed form (MODEL.md section 2): each token's normalized
+// Multi-head latent attention in the absorbed form (docs/models.md#absorbed-mla-cache): each token's normalized
 // latent and roped key go into its cache; W_UK (the k_nope rows of kv_b) is folded into the query
 // and W_UV (the v rows) into the output, so attention runs on the cached latents directly.
 // out [N, D] = attention(x [N, D]) for the N tokens of `slots`.

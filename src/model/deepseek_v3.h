@@ -1,4 +1,4 @@
-// DeepSeek-V2/V3: MLA attention and DeepSeekMoE (MODEL.md section 2). The weights, the one list of
+// DeepSeek-V2/V3: MLA attention and DeepSeekMoE (docs/models.md#2-deepseek-v2v3). The weights, the one list of
 // every tensor (load, synth, inspect use it), and the forward pass.
 #pragma once
 #include <filesystem>
@@ -54,7 +54,7 @@ struct ModelWeights {
 void for_each_tensor(const ModelConfig& c, ModelWeights* weights,
                      const std::function<void(const TensorSpec&, TensorSlot)>& visit);
 
-// MLA's rotary embedding with YaRN when the config has rope_scaling (MODEL.md section 2), and the
+// MLA's rotary embedding with YaRN when the config has rope_scaling (docs/models.md#rope-and-yarn), and the
 // attention's softmax scale mscale(mscale_all_dim)^2 / sqrt(qk_head_dim). Inference and training share it.
 struct MlaRope {
   Rope rope;
@@ -62,7 +62,7 @@ struct MlaRope {
 };
 MlaRope mla_rope(const ModelConfig& c);
 
-// The absorbed MLA cache (MODEL.md section 2): per layer and token only the normalized latent
+// The absorbed MLA cache (docs/models.md#absorbed-mla-cache): per layer and token only the normalized latent
 // (kv_lora_rank values) and the roped key (qk_rope_head_dim values).
 class MlaCache final : public SequenceCache {
  public:

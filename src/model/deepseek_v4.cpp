@@ -476,7 +476,7 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
   }
 }
 
-// The shared-KV attention (MODEL.md section 3): out [N, D] = attention(x [N, D]) for the tokens of
+// The shared-KV attention (docs/models.md#shared-kv-attention): out [N, D] = attention(x [N, D]) for the tokens of
 // `batch`, which also extends their caches.
 void attention_forward(float* out, const float* x, const Batch& batch, int64_t layer, const ModelConfig& c,
                        const V4AttentionWeights& w, const Rope& rope) {

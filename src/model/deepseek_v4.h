@@ -1,4 +1,4 @@
-// DeepSeek-V4 (MODEL.md section 3): hyper-connection residual streams, one shared key/value head
+// DeepSeek-V4 (docs/models.md#3-deepseek-v4): hyper-connection residual streams, one shared key/value head
 // attending over a sliding window plus compressed entries (CSA: overlapping windows of 4 picked by
 // the lightning indexer; HCA: longer windows, all seen), sqrt-softplus and hash routing, clamped
 // SwiGLU experts (FP4 in the official layout). The weights, the one list of every tensor (load,
@@ -105,7 +105,7 @@ struct V4LayerCache {
   CompressorCache indexer;     // CSA layers: the indexer's keys
 };
 
-// MODEL.md section 3's cache: per layer a ring of the latest raw keys, the compressed entries and
+// The cache of docs/models.md#incremental-decode: per layer a ring of the latest raw keys, the compressed entries and
 // each compressor's partial windows. Its size grows by hd/r (+ dI/4 for CSA) values per token and
 // layer, plus a fixed ring; every value is stored by position, so it can forget back to any length
 // up to kRewindSlack tokens ago (or everything).

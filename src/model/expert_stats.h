@@ -1,4 +1,4 @@
-// Load-balance statistics of routed experts (MODEL.md section 4), from per-expert token counts:
+// Load-balance statistics of routed experts (docs/models.md#balance-metrics), from per-expert token counts:
 // one definition shared by the trainer's metrics, `generate --expert-stats` and the server.
 #pragma once
 #include <cstdint>
@@ -25,7 +25,7 @@ LoadStats load_stats(std::span<const int64_t> loads);
 // Means over layers and per-layer lists of the statistics of loads [layer][expert]:
 // {"<maxvio_key>", "load_cv", "dead_expert_share", "routing_entropy"} (means) and the same keys
 // with "_per_layer" (lists), plus "expert_loads" (the counts) when `with_loads`. `pool_of`
-// (optional, [layer]) names each layer's expert pool (cross-layer pools, MODEL.md section 4): the
+// (optional, [layer]) names each layer's expert pool (cross-layer pools, docs/models.md#expert-pools): the
 // same keys with "_per_pool" give the statistics of the loads summed over each pool's layers.
 nlohmann::json load_stats_json(const std::vector<std::vector<int64_t>>& loads, const std::string& maxvio_key,
                                bool with_loads, std::span<const int64_t> pool_of = {});

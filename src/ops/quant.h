@@ -1,6 +1,6 @@
 // Block-quantized weight formats. q8_0 and q4_0 have exactly llama.cpp's byte layout and rounding
 // rules, so files and results compare one to one with it; FP4 e2m1 with one ue8m0 scale per 32
-// inputs is DeepSeek-V4's routed-expert format (MODEL.md section 1).
+// inputs is DeepSeek-V4's routed-expert format (docs/models.md#number-formats).
 #pragma once
 #include <cstdint>
 #include <vector>

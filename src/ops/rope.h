@@ -6,7 +6,7 @@
 
 namespace megamoe {
 
-// YaRN frequency interpolation (MODEL.md section 2).
+// YaRN frequency interpolation (docs/models.md#rope-and-yarn).
 struct YarnScaling {
   double factor;                 // s
   double original_max_position;  // L0

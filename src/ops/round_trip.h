@@ -1,5 +1,5 @@
 // Quantize-dequantize round trips of activations: DeepSeek-V4 was trained with them in its
-// forward pass (MODEL.md section 3), so they are part of the model, not an inference choice.
+// forward pass (docs/models.md#quantization-aware-numerics), so they are part of the model, not an inference choice.
 #pragma once
 #include <cstdint>
 

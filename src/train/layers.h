@@ -1,4 +1,4 @@
-// The forward/backward pairs of a DeepSeek-V2/V3 decoder layer for training (MODEL.md section 2):
+// The forward/backward pairs of a DeepSeek-V2/V3 decoder layer for training (docs/models.md#2-deepseek-v2v3):
 // MLA attention, the SwiGLU MLP, and the MoE layer (gate, routed and shared experts). Each forward
 // pass keeps what its backward pass needs in an *Activations struct; each backward pass adds the
 // weight gradients into the gradient block (same offsets as the parameter block) and writes the
@@ -138,7 +138,7 @@ void mlp_backward(float* dx, const MlpScratch& s, const float* dy, const MlpActi
 
 // ---- MoE: gate, routed experts, shared experts ----
 
-// How training keeps the routed experts' loads even (MODEL.md section 4, docs/training.md).
+// How training keeps the routed experts' loads even (docs/models.md#load-balancing, docs/training.md).
 enum class BalanceStrategy {
   None,        // no balancing
   AuxLoss,     // Switch auxiliary loss alpha * E * sum_i f_i P_i over the batch

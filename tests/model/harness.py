@@ -1,5 +1,5 @@
 """Shared helpers of the model tests: running megamoe, the tiny configs, comparing logits, and
-building DeepSeek-V2/V3 checkpoints independently of megamoe (names and shapes from MODEL.md)."""
+building DeepSeek-V2/V3 checkpoints independently of megamoe (names and shapes from docs/models.md)."""
 import glob
 import json
 import os
@@ -140,11 +140,11 @@ def assert_logits_close(test, actual, reference, tolerance, label):
     test.assertLessEqual(error, tolerance, label)
 
 
-# ---- DeepSeek-V2/V3 checkpoint layout (MODEL.md section 1) ----
+# ---- DeepSeek-V2/V3 checkpoint layout (docs/models.md#1-checkpoints) ----
 
 def v3_tensor_shapes(config):
     """{tensor name: shape} of a V2/V3 checkpoint without its MTP layer and FP8 scales; an
-    expert pool's experts appear once, under the first layer of its group (MODEL.md section 4)."""
+    expert pool's experts appear once, under the first layer of its group (docs/models.md#4-mega-moe-extensions)."""
     c = config
     owners = expert_pools.expert_owners(c)
     D, heads = c["hidden_size"], c["num_attention_heads"]
@@ -248,7 +248,7 @@ def write_v3_checkpoint(directory, config, weights, dtype, shards=1):
             json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
 
 
-# ---- DeepSeek-V4 checkpoint layout (MODEL.md sections 1 and 3) ----
+# ---- DeepSeek-V4 checkpoint layout (docs/models.md sections 1 and 3) ----
 
 V4_ARCHITECTURES = ("DeepseekV4ForCausalLM",)
 

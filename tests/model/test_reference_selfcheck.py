@@ -189,7 +189,7 @@ class GateVariants(unittest.TestCase):
 
 def absorbed_attention(reference, layer, x):
     """MLA decoded token by token from a cache of only rms(c) and the roped k_pe: W_UK is
-    folded into the query, W_UV into the output (MODEL.md section 2)."""
+    folded into the query, W_UV into the output (docs/models.md#2-deepseek-v2v3)."""
     c = reference.config
     heads, dn, dr, dv = (c["num_attention_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"],
                          c["v_head_dim"])
@@ -292,7 +292,7 @@ class ReferenceModel(unittest.TestCase):
 
     def test_expert_pool_equals_copied_experts(self):
         # A pooled checkpoint computes what a per-layer one does when each layer holds a copy of
-        # its group's first layer's routed and shared experts (MODEL.md section 4).
+        # its group's first layer's routed and shared experts (docs/models.md#4-mega-moe-extensions).
         for name in ("v3-pool-shared", "v2-pool-layer-freq"):
             config = tiny_config(name)
             pooled = harness.random_v3_weights(config, seed=17)

@@ -57,7 +57,8 @@ class V3Logits(unittest.TestCase):
 
 
 class SynthLayout(unittest.TestCase):
-    """`megamoe synth` writes a Hugging Face layout with the names and dtypes of MODEL.md."""
+    """`megamoe synth` writes a Hugging Face layout with the names and dtypes of
+    docs/models.md#v2v3-tensor-names-and-fp8-scales."""
 
     def check_layout(self, config_path, dtype, seed, shards=None):
         given = harness.load_json(config_path)

@@ -121,7 +121,7 @@ class V4Logits(V4Models):
 
 
 class V4SynthLayout(V4Models):
-    """`megamoe synth` writes the official V4 names, shapes and dtypes (MODEL.md section 1)."""
+    """`megamoe synth` writes the official V4 names, shapes and dtypes (docs/models.md#1-checkpoints)."""
 
     def test_layout(self):
         for (name, dtype), model in self.models.items():

@@ -1,4 +1,4 @@
-"""Independent float64 reference of the DeepSeek-V2/V3 forward pass (MODEL.md sections 1-2).
+"""Independent float64 reference of the DeepSeek-V2/V3 forward pass (docs/models.md sections 1-2).
 
 Whole-prompt prefill, no cache: the naive MLA form, every gate variant, YaRN, cross-layer expert
 pools (section 4, expert_pools.py). The MTP layer
@@ -63,9 +63,10 @@ def apply_rope(x, positions, freqs, scale):
 class DeepseekV3Reference:
     def __init__(self, model_dir, activation_rounding=None):
         """`activation_rounding` "q8_0" rounds the inputs of products with megamoe's q8_0 / q4_0
-        weights as its int8 kernels do (an inference choice, MODEL.md section 3); None keeps them
-        exact. kv_b_proj is exempt: megamoe absorbs it into the query and output (MODEL.md
-        section 2), so no activation meets it in a matrix product."""
+        weights as its int8 kernels do in fast numerics (an inference choice,
+        docs/quantization.md#numerics); None keeps them exact. kv_b_proj is exempt: megamoe absorbs
+        it into the query and output (docs/models.md#absorbed-mla-cache), so no activation meets it
+        in a matrix product."""
         self.activation_rounding = activation_rounding
         self.checkpoint = safetensors_np.Checkpoint(model_dir)
         self.config = self.checkpoint.config

@@ -1,4 +1,4 @@
-"""Independent PyTorch training reference for DeepSeek-V2/V3 (MODEL.md section 2, and megamoe's
+"""Independent PyTorch training reference for DeepSeek-V2/V3 (docs/models.md#2-deepseek-v2v3, and megamoe's
 training recipe as docs/training.md states it).
 
 The forward pass is the inference reference's (deepseek_v3.py: norms, gate variants, experts)
@@ -10,7 +10,7 @@ them and AdamW steps them once. Training: mean next-token cross-entropy, torch.o
 (decay on matrices only, router biases frozen), clip_grad_norm_, linear warmup then cosine decay,
 batches read as consecutive windows.
 
-Optionally an auxiliary balancing loss of every MoE layer is added (MODEL.md section 4):
+Optionally an auxiliary balancing loss of every MoE layer is added (docs/models.md#4-mega-moe-extensions):
 "aux-loss" (Switch, over the batch) or "seq-aux-loss" (DeepSeek-V3, per sequence, averaged).
 
     /usr/bin/python3 tests/reference/deepseek_v3_train.py gradients --model DIR --tokens 1,2,... \
@@ -76,7 +76,7 @@ class TrainingReference(DeepseekV3Reference):
         return self.linear(out, p + "o_proj.weight")
 
     def balance_loss(self, layer, x, sequences):
-        """The auxiliary balancing loss of MoE layer `layer` over x [B*T, D], from MODEL.md section 4:
+        """The auxiliary balancing loss of MoE layer `layer` over x [B*T, D], from docs/models.md#4-mega-moe-extensions:
         over a group of G tokens (the batch for aux-loss, each sequence for seq-aux-loss),
         f_i = E/(k*G) * count_i, P_i = mean of the scores normalized to sum 1 over the experts,
         alpha * sum_i f_i * P_i, averaged over the groups. f (the top-k choice) has no gradient."""

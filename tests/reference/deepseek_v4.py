@@ -1,4 +1,4 @@
-"""Independent float64 reference of the DeepSeek-V4 forward pass (MODEL.md sections 1 and 3).
+"""Independent float64 reference of the DeepSeek-V4 forward pass (docs/models.md sections 1 and 3).
 
 Written from the spec alone: hyper-connection streams with Sinkhorn-normalized mixing, the
 shared-KV attention (per-head query normalization, sliding window, attention sink, inverse rope
@@ -14,7 +14,7 @@ and compressor partial windows); the self-checks require them to agree.
     /usr/bin/python3 tests/reference/deepseek_v4.py --model DIR --tokens 1,2,3 --output FILE.npy
 writes float32 logits [T, vocab]; as a module, `logits(model_dir, tokens)` returns them.
 
-Decisions where MODEL.md leaves room (also in docs/deepseek-v4.md):
+Decisions where the model description leaves room (also in docs/deepseek-v4.md):
 - RoPE is interleaved as in V2/V3 and rotates the last `qk_rope_head_dim` dims; YaRN changes the
   frequencies only (no cos/sin magnitude, no softmax factor).
 - The indexer's compressor output is rotated and FP4 round-tripped instead of the FP8 round trip.
@@ -159,7 +159,8 @@ class DeepseekV4Reference:
     def __init__(self, config, tensor, int8_weights=(), activation_rounding=None):
         """`tensor(name)` returns a float64 tensor (int64 for tid2eid). `activation_rounding`
         "q8_0" rounds the inputs of the `int8_weights` products (FP4, q8_0 and q4_0 weights) as
-        megamoe's kernels do (an inference choice, MODEL.md section 3); None keeps them exact."""
+        megamoe's kernels do in fast numerics (an inference choice, docs/quantization.md#numerics);
+        None keeps them exact."""
         self.config, self.tensor = config, tensor
         self.int8_weights, self.activation_rounding = set(int8_weights), activation_rounding
         c = config
@@ -403,9 +404,9 @@ class DeepseekV4Reference:
 
 
 class Decoder:
-    """Token-by-token decoding with the cache MODEL.md describes: per layer a ring of the last W
-    raw keys, the compressed entries, and each compressor's partial window (plus, for r = 4, the
-    previous window's rows) until the window completes."""
+    """Token-by-token decoding with the cache docs/models.md#incremental-decode describes: per layer
+    a ring of the last W raw keys, the compressed entries, and each compressor's partial window
+    (plus, for r = 4, the previous window's rows) until the window completes."""
 
     def __init__(self, reference):
         self.ref = reference

@@ -1,4 +1,4 @@
-"""Cross-layer expert pools (MODEL.md section 4) of a DeepSeek-V2/V3 config.json.
+"""Cross-layer expert pools (docs/models.md#4-mega-moe-extensions) of a DeepSeek-V2/V3 config.json.
 
 The MoE layers (layer >= first_k_dense_replace and layer % moe_layer_freq == 0, as in Hugging
 Face's DeepSeek code) are counted in order and cut into consecutive groups of

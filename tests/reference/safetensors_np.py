@@ -1,6 +1,6 @@
 """Hugging Face checkpoints read (and, for tests, written) with numpy alone.
 
-Independent of megamoe's C++ reader, written from MODEL.md section 1: a safetensors file is an
+Independent of megamoe's C++ reader, written from docs/models.md#1-checkpoints: a safetensors file is an
 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}} and the
 raw bytes. Every floating point tensor comes back as a float32 torch tensor; quantized weights
 are dequantized (torch 1.13 has no float8 dtype): DeepSeek-V3 FP8 with `<name>_scale_inv` F32

@@ -1,5 +1,5 @@
 // The conversions in ops/dtype.h against slow decoders and a brute-force rounder written here from
-// the format definitions (MODEL.md section 1, IEEE 754).
+// the format definitions (docs/models.md#number-formats, IEEE 754).
 #include "ops/dtype.h"
 
 #include <gtest/gtest.h>

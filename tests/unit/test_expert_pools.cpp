@@ -1,4 +1,4 @@
-// Cross-layer expert pools (MODEL.md section 4): which layers form a pool, where its tensors are
+// Cross-layer expert pools (docs/models.md#expert-pools): which layers form a pool, where its tensors are
 // listed, the config errors, and that a pool's layers share one parameter tensor in training.
 // (Logits, gradients and inspect totals of pooled models: tests/model, against the references.)
 #include <gtest/gtest.h>
