@@ -81,9 +81,11 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
   std::vector<float> rows_x(my_rows * D), rows_y(my_rows * D);  // [my_rows, D]
   {
     int64_t m = 0;
-    for (const Share& s : mine)
-      for (int64_t row = s.first_row; row < s.first_row + s.rows; ++row, ++m)
-        std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, rows_x.data() + m * D);
+    for (const Share& s : mine) {
+      gather_routed_rows(rows_x.data() + m * D, x, D, k,
+                         std::span(groups.slot_of_row).subspan(size_t(s.first_row), size_t(s.rows)));
+      m += s.rows;
+    }
     std::vector<MlpJob> jobs;  // all of this rank's experts in one pass of each kind
     m = 0;
     for (const Share& s : mine) {
@@ -143,15 +145,12 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
            layer, me, slot);
     result[slot - t0 * k] = reinterpret_cast<const float*>(p + sizeof slot);
   }
-  for (int64_t t = t0; t < t1; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const float* y = result[(t - t0) * k + j];
-      if (!y) diverged("expert exchange, layer {}: rank {} got no result for token {} choice {} (ranks disagree on routing)",
-                   layer, me, t, j);
-      const float weight = routing.weights[t * k + j];
-      float* o = out + t * D;
-      for (int64_t i = 0; i < D; ++i) o[i] += weight * y[i];
-    }
+  for (int64_t slot = t0 * k; slot < t1 * k; ++slot)
+    if (!result[slot - t0 * k])
+      diverged("expert exchange, layer {}: rank {} got no result for token {} choice {} (ranks disagree on routing)",
+               layer, me, slot / k, slot % k);
+  combine_routed_rows(out + t0 * D, routing.weights.data(), D, k, t0, t1,
+                      [&](int64_t slot) { return result[slot - t0 * k]; });
   timing.combine_seconds += seconds_since(combine_start);
 
   exchange_start = Clock::now();

@@ -65,6 +65,12 @@ void ExpertGroups::build(const Routing& routing, int64_t n_experts) {
   }
 }
 
+void gather_routed_rows(float* rows, const float* x, int64_t D, int64_t k, std::span<const int64_t> slots) {
+  const int64_t n = int64_t(slots.size());
+  parallel_for(n, n * D >= kParallelGrain,
+               [&](int64_t row) { std::copy_n(x + slots[row] / k * D, D, rows + row * D); });
+}
+
 namespace {
 
 // dispatch_experts for one range of tokens (`routing` covers only them).
@@ -80,9 +86,7 @@ void dispatch_token_range(float* out, const float* x, int64_t D, const Routing& 
   // decode-q8 34 MB smaller).
   thread_local Scratch<float> grouped_buffer;
   float* grouped = grouped_buffer.get(slots * D);
-  parallel_for(slots, slots * D >= kParallelGrain, [&](int64_t row) {
-    std::copy_n(x + (groups.slot_of_row[row] / k) * D, D, grouped + row * D);
-  });
+  gather_routed_rows(grouped, x, D, k, groups.slot_of_row);
   // All experts in one pass of each kind, in chunks a disk cache can pin at once; each expert's rows
   // are computed alone, so the result does not depend on the chunking.
   const std::span<const int32_t> active(groups.active);
@@ -98,15 +102,8 @@ void dispatch_token_range(float* out, const float* x, int64_t D, const Routing& 
     store.release(layer, chunk);
     done += chunk.size();
   }
-  // Combine in slot order so the sum is the same whatever the grouping.
-  parallel_for(T, slots * D >= kParallelGrain, [&](int64_t t) {
-    for (int64_t j = 0; j < k; ++j) {
-      const float weight = routing.weights[t * k + j];
-      const float* y = grouped + groups.row_of_slot[t * k + j] * D;
-      float* o = out + t * D;
-      for (int64_t i = 0; i < D; ++i) o[i] += weight * y[i];
-    }
-  });
+  combine_routed_rows(out, routing.weights.data(), D, k, 0, T,
+                      [&](int64_t slot) { return grouped + groups.row_of_slot[slot] * D; });
 }
 
 }  // namespace

@@ -8,7 +8,9 @@
 #include <span>
 #include <vector>
 
+#include "ops/elementwise.h"  // kParallelGrain
 #include "ops/weight.h"
+#include "util/parallel.h"
 
 namespace megamoe {
 
@@ -56,6 +58,18 @@ struct ExpertGroups {
   void build(const Routing& routing, int64_t n_experts);
   int64_t count(int64_t expert) const { return start[expert + 1] - start[expert]; }
 };
+
+// The two halves of routing every path shares (inference, training, expert parallelism), so that
+// they give the same bits: rows [n, D] = the input row of each routed slot in `slots` (token slot / k),
+// in that order: grouped by expert when `slots` is ExpertGroups::slot_of_row.
+void gather_routed_rows(float* rows, const float* x, int64_t D, int64_t k, std::span<const int64_t> slots);
+// out [t] += sum over j in order of weights[t*k + j] * result(t*k + j) [D], for tokens [t_begin,
+// t_end) (out points at token t_begin's row); weights null: each weight 1 (a gradient's sum).
+// result(slot) gives that slot's expert output row. Summing in slot order makes the sum the same
+// whatever the grouping, the chunking or the ranks that computed the rows.
+template <class Result>
+void combine_routed_rows(float* out, const float* weights, int64_t D, int64_t k, int64_t t_begin, int64_t t_end,
+                         const Result& result);
 
 // Where routed experts come from: memory now (an expert pool's layers share one set); later a
 // disk cache or a remote shard. The MoE layer asks; it does not care which store answers.
@@ -110,5 +124,19 @@ class ExpertLoad {
 // `load` (optional) receives the per-expert token counts; swiglu_limit as in mlp_forward.
 void dispatch_experts(float* out, const float* x, int64_t D, const Routing& routing, int64_t n_experts,
                       const ExpertStore& store, int64_t layer, ExpertLoad* load = nullptr, float swiglu_limit = 0);
+
+template <class Result>
+void combine_routed_rows(float* out, const float* weights, int64_t D, int64_t k, int64_t t_begin, int64_t t_end,
+                         const Result& result) {
+  parallel_for((t_end - t_begin), (t_end - t_begin) * k * D >= kParallelGrain, [&](int64_t i) {
+    const int64_t t = t_begin + i;
+    float* o = out + i * D;
+    for (int64_t j = 0; j < k; ++j) {
+      const float weight = weights ? weights[t * k + j] : 1.f;
+      const float* y = result(t * k + j);
+      for (int64_t d = 0; d < D; ++d) o[d] += weight * y[d];
+    }
+  });
+}
 
 }  // namespace megamoe

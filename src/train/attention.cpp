@@ -9,6 +9,7 @@
 #include "ops/gemm.h"
 #include "train/layers.h"
 #include "train/train_ops.h"
+#include "util/parallel.h"
 
 namespace megamoe {
 
@@ -91,26 +92,24 @@ void attention_forward(float* out, AttentionActivations& a, const float* x, cons
   }
   linear_forward(a.kv_a, x, params.value(p.kv_a_proj), N, C + dr, D);
   rms_norm(a.latent, a.kv_a, params.value(p.kv_a_norm), N, C, eps, C + dr);
-#pragma omp parallel for schedule(static) if (N * H * dr >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N * H * dr >= kParallelGrain, [&](int64_t n) {
     const int64_t pos = n % T;
     setup.rotate(a.kv_a + n * (C + dr) + C, pos);
     for (int64_t h = 0; h < H; ++h) setup.rotate(a.q + (n * H + h) * dq + dn, pos);
-  }
+  });
   linear_forward(a.kv, a.latent, params.value(p.kv_b_proj), N, H * kv_width, C);
-#pragma omp parallel for schedule(static) if (N * H * dq >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n)
+  parallel_for(N, N * H * dq >= kParallelGrain, [&](int64_t n) {
     for (int64_t h = 0; h < H; ++h) {
       float* key = a.k + (n * H + h) * dq;
       std::copy_n(a.kv + (n * H + h) * kv_width, dn, key);
       std::copy_n(a.kv_a + n * (C + dr) + C, dr, key + dn);
     }
+  });
 
   // Per (sequence, head): scores = scale * q k^T, causal softmax, probs @ v. The queries go in
   // blocks of rows, each multiplied only with the keys it sees (5/8 of the square for 4 blocks).
   const int64_t block = causal_block(T);
-#pragma omp parallel for schedule(static) if (B * H * T * T * (dq + dv) >= kParallelGrain)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
+  parallel_for(B * H, B * H * T * T * (dq + dv) >= kParallelGrain, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H, first = b * T;
     float* probs = a.probs + bh * T * T;  // [T, T]
     const int64_t head = first * H + h;    // row `first`, head h of [N, H, ...] arrays
@@ -125,7 +124,7 @@ void attention_forward(float* out, AttentionActivations& a, const float* x, cons
       }
       gemm(a.heads + (head + r0 * H) * dv, H * dv, {probs + r0 * T, T}, {v, H * kv_width}, r1 - r0, dv, r1);
     }
-  }
+  });
   linear_forward(out, a.heads, params.value(p.o_proj), N, D, H * dv);
 }
 
@@ -141,8 +140,7 @@ void attention_backward(float* dx, AttentionScratch& s, const float* dout, const
   linear_backward(s.dheads, params.grad(p.o_proj), dout, a.heads, params.value(p.o_proj), N, D, H * dv);
 
   const int64_t block = causal_block(T);
-#pragma omp parallel for schedule(static) if (B * H * T * T * (dq + dv) >= kParallelGrain)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
+  parallel_for(B * H, B * H * T * T * (dq + dv) >= kParallelGrain, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H, first = b * T, head = first * H + h;
     const float* probs = a.probs + bh * T * T;                // [T, T]
     float* dprobs = s.dprobs + omp_get_thread_num() * T * T;  // [T, T]
@@ -168,13 +166,12 @@ void attention_backward(float* dx, AttentionScratch& s, const float* dout, const
       gemm(s.dq + (head + r0 * H) * dq, H * dq, {ds, T}, {k, H * dq}, rows, dq, r1, scale);              // dQ = s dS K
       gemm(dk_head, H * dq, {ds, T, true}, {q + r0 * H * dq, H * dq}, r1, dq, rows, scale, beta);        // dK += s dS^T Q
     }
-  }
+  });
 
   // Keys back to their sources: k_nope per head into kv's gradient; the shared rope key sums its
   // heads' parts in head order, then the rotations are undone (a rotation's transpose is the
   // opposite rotation), as for the queries' rope parts.
-#pragma omp parallel for schedule(static) if (N * H * dq >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N * H * dq >= kParallelGrain, [&](int64_t n) {
     float* dk_pe = s.dkv_a + n * (C + dr) + C;
     std::fill_n(dk_pe, dr, 0.f);
     for (int64_t h = 0; h < H; ++h) {
@@ -185,7 +182,7 @@ void attention_backward(float* dx, AttentionScratch& s, const float* dout, const
     const int64_t pos = n % T;
     setup.rotate(dk_pe, pos, /*inverse=*/true);
     for (int64_t h = 0; h < H; ++h) setup.rotate(s.dq + (n * H + h) * dq + dn, pos, true);
-  }
+  });
 
   linear_backward(s.dlatent, params.grad(p.kv_b_proj), s.dkv, a.latent, params.value(p.kv_b_proj), N, H * kv_width,
                   C);

@@ -6,6 +6,7 @@
 #include "ops/elementwise.h"
 #include "train/layers.h"
 #include "train/train_ops.h"
+#include "util/parallel.h"
 
 namespace megamoe {
 
@@ -23,12 +24,11 @@ void mlp_forward(float* y, const MlpActivations& a, const float* x, int64_t rows
                  const ParamBlocks& params, int64_t D) {
   const int64_t I = p.width();
   linear_forward(a.gate_up, x, params.value(p.gate), rows, 2 * I, D);  // [gate; up] as one matrix
-#pragma omp parallel for schedule(static) if (rows * I >= kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * I >= kParallelGrain, [&](int64_t r) {
     float* act = a.act + r * I;
     std::copy_n(a.gate_up + r * 2 * I, I, act);
     swiglu(act, a.gate_up + r * 2 * I + I, I);
-  }
+  });
   linear_forward(y, a.act, params.value(p.down), rows, D, I);
 }
 
@@ -36,12 +36,11 @@ void mlp_backward(float* dx, const MlpScratch& s, const float* dy, const MlpActi
                   int64_t rows, const MlpParams& p, const ParamBlocks& params, int64_t D, bool add_dx) {
   const int64_t I = p.width();
   linear_backward(s.dact, params.grad(p.down), dy, a.act, params.value(p.down), rows, D, I);
-#pragma omp parallel for schedule(static) if (rows * I >= kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * I >= kParallelGrain, [&](int64_t r) {
     const float* gate_up = a.gate_up + r * 2 * I;
     float* d = s.dgate_up + r * 2 * I;
     swiglu_backward(d, d + I, s.dact + r * I, gate_up, gate_up + I, I);
-  }
+  });
   linear_backward(dx, params.grad(p.gate), s.dgate_up, x, params.value(p.gate), rows, 2 * I, D, add_dx);
 }
 
@@ -125,37 +124,27 @@ void moe_forward(float* out, MoeActivations& a, const float* x, const MoeParams&
   // Router logits go into `scores`, which route() reads before they become scores in place.
   linear_forward(a.scores, x, params.value(p.gate), N, E, D);
   route(&a.routing, a.scores, N, p.bias.present() ? params.value(p.bias) : nullptr, router);
-#pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) score(a.scores + n * E, a.scores + n * E, E, router.scoring);
+  parallel_for(N, N * E >= kParallelGrain,
+               [&](int64_t n) { score(a.scores + n * E, a.scores + n * E, E, router.scoring); });
   balance_loss_forward(a, balance, E, k, shape);
 
   a.groups.build(a.routing, E);
   const int64_t slots = N * k;
-#pragma omp parallel for schedule(static) if (slots * D >= kParallelGrain)
-  for (int64_t row = 0; row < slots; ++row) std::copy_n(x + a.groups.slot_of_row[row] / k * D, D, a.grouped_x + row * D);
+  gather_routed_rows(a.grouped_x, x, D, k, a.groups.slot_of_row);
   // One expert per thread at a time; each runs its own rows with one-thread BLAS calls. Only the
   // active experts: with thousands of experts most receive no token in a batch.
   const int64_t active = int64_t(a.groups.active.size());
-#pragma omp parallel for schedule(dynamic, 1) if (slots * D * I >= kParallelGrain)
-  for (int64_t i = 0; i < active; ++i) {
+  parallel_for<Schedule::Dynamic>(active, slots * D * I >= kParallelGrain, [&](int64_t i) {
     const int32_t e = a.groups.active[i];
     const int64_t first = a.groups.start[e], count = a.groups.count(e);
     mlp_forward(a.grouped_y + first * D, a.experts.rows_from(first, I), a.grouped_x + first * D, count, p.experts[e],
                 params, D);
-  }
+  });
 
   if (p.shared.gate.present()) mlp_forward(out, a.shared, x, N, p.shared, params, D);
   else std::fill_n(out, N * D, 0.f);
-  // Combine in slot order, so the sum does not depend on the grouping.
-#pragma omp parallel for schedule(static) if (N * k * D >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
-    float* o = out + n * D;
-    for (int64_t j = 0; j < k; ++j) {
-      const float w = a.routing.weights[n * k + j];
-      const float* y = a.grouped_y + a.groups.row_of_slot[n * k + j] * D;
-      for (int64_t i = 0; i < D; ++i) o[i] += w * y[i];
-    }
-  }
+  combine_routed_rows(out, a.routing.weights.data(), D, k, 0, N,
+                      [&](int64_t slot) { return a.grouped_y + a.groups.row_of_slot[slot] * D; });
 }
 
 void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivations& a, const float* x,
@@ -165,8 +154,7 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
   const int64_t I = c.moe_intermediate_size;
 
   // Combine: out[n] += w[n,j] * y[slot]  =>  dw[n,j] = dout[n] . y[slot],  dy[slot] = w[n,j] * dout[n].
-#pragma omp parallel for schedule(static) if (N * k * D >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N * k * D >= kParallelGrain, [&](int64_t n) {
     const float* d = dout + n * D;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t row = a.groups.row_of_slot[n * k + j];
@@ -180,33 +168,25 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
       }
       s.dweights[n * k + j] = float(dot);
     }
-  }
+  });
   const int64_t active = int64_t(a.groups.active.size());
-#pragma omp parallel for schedule(dynamic, 1) if (N * k * D * I >= kParallelGrain)
-  for (int64_t i = 0; i < active; ++i) {
+  parallel_for<Schedule::Dynamic>(active, N * k * D * I >= kParallelGrain, [&](int64_t i) {
     const int32_t e = a.groups.active[i];
     const int64_t first = a.groups.start[e], count = a.groups.count(e);
     mlp_backward(s.dgrouped_x + first * D, s.experts.rows_from(first, I), s.dgrouped_y + first * D,
                  a.experts.rows_from(first, I), a.grouped_x + first * D, count, p.experts[e], params, D);
-  }
+  });
 
   if (p.shared.gate.present()) mlp_backward(dx, s.shared, dout, a.shared, x, N, p.shared, params, D);
   else std::fill_n(dx, N * D, 0.f);
-  // Each token gathers its slots' input gradients, in slot order.
-#pragma omp parallel for schedule(static) if (N * k * D >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
-    float* d = dx + n * D;
-    for (int64_t j = 0; j < k; ++j) {
-      const float* g = s.dgrouped_x + a.groups.row_of_slot[n * k + j] * D;
-      for (int64_t i = 0; i < D; ++i) d[i] += g[i];
-    }
-  }
+  // Each token sums its slots' input gradients, in slot order.
+  combine_routed_rows(dx, nullptr, D, k, 0, N,
+                      [&](int64_t slot) { return s.dgrouped_x + a.groups.row_of_slot[slot] * D; });
 
   // Combine weights -> scores: w_j = f * s_j (normalized: w_j = f * s_j / sum_chosen s), only the
   // chosen experts' scores receive gradient. Then scores -> router logits, in place.
   const double f = router.scaling;
-#pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N * E >= kParallelGrain, [&](int64_t n) {
     const float* scores = a.scores + n * E;
     float* ds = s.dscores + n * E;
     std::fill_n(ds, E, 0.f);
@@ -222,13 +202,12 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
     } else {
       for (int64_t j = 0; j < k; ++j) ds[chosen[j]] += float(f * dw[j]);
     }
-  }
+  });
   // The auxiliary loss: s' = s / S with S = sum_j s_j, so ds_j += (g_j - sum_i g_i s'_i) / S for
   // g = d loss / d s' of the token's group.
   if (balance.on()) {
     const int64_t T = shape.seq_len;
-#pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
-    for (int64_t n = 0; n < N; ++n) {
+    parallel_for(N, N * E >= kParallelGrain, [&](int64_t n) {
       const float* scores = a.scores + n * E;
       const float* g = a.aux_grad + n / T * E;
       float* ds = s.dscores + n * E;
@@ -239,10 +218,9 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
       }
       dot /= sum;
       for (int64_t e = 0; e < E; ++e) ds[e] += float((g[e] - dot) / sum);
-    }
+    });
   }
-#pragma omp parallel for schedule(static) if (N * E >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N * E >= kParallelGrain, [&](int64_t n) {
     const float* scores = a.scores + n * E;
     float* ds = s.dscores + n * E;
     if (router.scoring == ScoringFunc::Softmax) {
@@ -250,7 +228,7 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
     } else {
       for (int64_t e = 0; e < E; ++e) ds[e] *= scores[e] * (1.f - scores[e]);
     }
-  }
+  });
   linear_backward(dx, params.grad(p.gate), s.dscores, x, params.value(p.gate), N, E, D, /*add_dx=*/true);
 }
 

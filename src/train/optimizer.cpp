@@ -4,6 +4,7 @@
 #include <numbers>
 
 #include "train/train_ops.h"
+#include "util/parallel.h"
 
 namespace megamoe {
 
@@ -36,13 +37,12 @@ void AdamW::update(std::span<float> params, std::span<float> grads, double lr, i
     float* g = grads.data() + seg.offset;
     float* m = m_.data() + seg.offset;
     float* v = v_.data() + seg.offset;
-#pragma omp parallel for schedule(static) if (seg.size >= kParallelGrain)
-    for (int64_t i = 0; i < seg.size; ++i) {
+    parallel_for(seg.size, seg.size >= kParallelGrain, [&](int64_t i) {
       m[i] = b1 * m[i] + (1 - b1) * g[i];
       v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
       p[i] = p[i] * shrink - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bias2 + eps);
       g[i] = 0;
-    }
+    });
   }
 }
 

@@ -66,8 +66,7 @@ void rms_norm_backward(float* dx, float* dweight, const float* dy, const float* 
     const float* dyt = dy + t * D;
     for (int64_t i = 0; i < D; ++i) dweight[i] += dyt[i] * xt[i] * inv_rms[t];
   }
-#pragma omp parallel for schedule(static) if (T * D >= kParallelGrain)
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_for(T, T * D >= kParallelGrain, [&](int64_t t) {
     const float* xt = x + t * x_stride;
     const float* dyt = dy + t * D;
     float* dxt = dx + t * dx_stride;
@@ -79,7 +78,7 @@ void rms_norm_backward(float* dx, float* dweight, const float* dy, const float* 
       const float g = dyt[i] * weight[i] * r - xt[i] * correction;
       dxt[i] = add_dx ? dxt[i] + g : g;
     }
-  }
+  });
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, int64_t n) {
@@ -101,8 +100,7 @@ void softmax_backward(float* dy, const float* y, int64_t n) {
 double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
                      float scale) {
   std::vector<double> row_loss(N);  // [N]: summed in order below, so the total is deterministic
-#pragma omp parallel for schedule(static) if (N * V >= kParallelGrain)
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(N, N * V >= kParallelGrain, [&](int64_t n) {
     const float* row = logits + n * V;
     const float max = *std::max_element(row, row + V);
     const float target_logit = row[targets[n]];
@@ -117,7 +115,7 @@ double cross_entropy(float* dlogits, const float* logits, const int32_t* targets
       for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - max);
     }
     row_loss[n] = std::log(sum) + max - target_logit;
-  }
+  });
   double total = 0;
   for (double l : row_loss) total += l;
   return total;
