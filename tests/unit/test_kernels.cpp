@@ -22,6 +22,11 @@
 #include "test_support.h"
 
 namespace megamoe {
+
+// Test names and failure messages show the parameters by name.
+void PrintTo(DType format, std::ostream* out) { *out << dtype_name(format); }
+void PrintTo(Numerics mode, std::ostream* out) { *out << numerics_name(mode); }
+
 namespace {
 
 using testing::random_floats;
