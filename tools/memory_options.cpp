@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "util/byte_size.h"
 #include "util/huge_pages.h"
 
 namespace megamoe::cli {

@@ -22,11 +22,6 @@ namespace megamoe {
 
 class Model;
 
-// "1GiB", "512MiB", "64KiB", "2GB", "1000000" (bytes) -> bytes; a one-line Error otherwise.
-int64_t parse_byte_size(const std::string& text);
-// MemAvailable from /proc/meminfo, in bytes (nullopt where the file is not there).
-std::optional<int64_t> available_memory();
-
 // What the cache has done since it was made (or since reset_stats()).
 struct ExpertCacheStats {
   int64_t lookups = 0;         // experts the MoE layers asked for

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <fstream>
 
-#include "model/expert_cache.h"  // available_memory
+#include "util/byte_size.h"
 #include "util/error.h"
 
 namespace megamoe {

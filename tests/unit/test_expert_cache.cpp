@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "model/synth.h"
 #include "ops/matmul.h"
+#include "util/byte_size.h"
 
 #include "test_support.h"
 
