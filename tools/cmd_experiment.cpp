@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include "commands.h"
-#include "report/experiment.h"
+#include "train/experiment.h"
 #include "util/error.h"
 
 namespace megamoe::cli {

@@ -1,4 +1,4 @@
-#include "report/experiment.h"
+#include "train/experiment.h"
 
 #include <fmt/format.h>
 
