@@ -15,12 +15,6 @@ void SequenceCache::truncate(int64_t length) {
   length_ = length;
 }
 
-void Model::forward_sequence(float* logits, std::span<const int32_t> tokens) const {
-  const std::unique_ptr<SequenceCache> cache = new_cache(int64_t(tokens.size()));
-  const SequenceStep step{cache.get(), tokens, true};
-  forward(logits, std::span(&step, 1));
-}
-
 std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency residency) {
   // A glance at the architecture picks the family; each family's loader reports what is wrong
   // with the directory (the V2/V3 one also names unknown architectures).

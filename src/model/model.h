@@ -82,9 +82,6 @@ class Model {
   // logits [R, V]: the rows of each step in order, all its tokens or only its last.
   virtual void forward(float* logits, std::span<const SequenceStep> batch) const = 0;
 
-  // logits [T, V] of a whole sequence from scratch (a fresh cache).
-  void forward_sequence(float* logits, std::span<const int32_t> tokens) const;
-
   // Where forward() adds the tokens routed to each expert (null: not recorded). Its shape is
   // [num_hidden_layers, n_routed_experts]; dense layers stay zero.
   virtual void record_expert_load(ExpertLoad* load) { expert_load_ = load; }

@@ -55,7 +55,7 @@ void Progress::update(int64_t done, std::string_view suffix) {
   done_ = std::clamp<int64_t>(done, 0, total_);
   suffix_ = suffix;
   const double since_draw = std::chrono::duration<double>(Clock::now() - last_draw_).count();
-  if (since_draw >= (terminal_ ? kTerminalRedrawSeconds : plain_interval_s_)) draw();
+  if (since_draw >= (terminal_ ? kTerminalRedrawSeconds : kPlainIntervalSeconds)) draw();
 }
 
 void Progress::message(std::string_view text) {

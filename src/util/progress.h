@@ -27,9 +27,6 @@ class Progress {
   // Draws the final state and ends the line.
   void finish(std::string_view suffix = {});
 
-  // How often plain (non-terminal) output prints a line.
-  void set_plain_interval(double seconds) { plain_interval_s_ = seconds; }
-
  private:
   using Clock = std::chrono::steady_clock;
   std::string render(int width) const;
@@ -39,7 +36,7 @@ class Progress {
   int64_t total_, start_done_, done_;
   std::FILE* out_;
   bool terminal_, finished_ = false, line_open_ = false;
-  double plain_interval_s_ = 30;
+  static constexpr double kPlainIntervalSeconds = 30;  // how often plain (non-terminal) output prints
   Clock::time_point start_, last_draw_;
 };
 
