@@ -16,7 +16,7 @@
 
 namespace megamoe {
 
-void for_each_tensor(const ModelConfig& c, ModelWeights* w,
+void for_each_tensor(const ModelConfig& c, V3Weights* w,
                      const std::function<void(const TensorSpec&, TensorSlot)>& visit) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t dr = c.qk_rope_head_dim, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
@@ -37,8 +37,8 @@ void for_each_tensor(const ModelConfig& c, ModelWeights* w,
   matrix("model.embed_tokens.weight", c.vocab_size, D, TensorRole::Embedding, &w->embed);
   w->layers.resize(c.num_hidden_layers);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    LayerWeights& lw = w->layers[L];
-    AttentionWeights& a = lw.attn;
+    V3LayerWeights& lw = w->layers[L];
+    V3AttentionWeights& a = lw.attn;
     const std::string p = fmt::format("model.layers.{}", L);
     vector(p + ".input_layernorm.weight", D, TensorRole::Norm, &lw.attn_norm, L);
     if (c.q_lora_rank) {
@@ -57,7 +57,7 @@ void for_each_tensor(const ModelConfig& c, ModelWeights* w,
       mlp(p + ".mlp", c.intermediate_size, &lw.dense, L, -1);
       continue;
     }
-    MoeWeights& m = lw.moe;
+    V3MoeWeights& m = lw.moe;
     matrix(p + ".mlp.gate.weight", c.n_routed_experts, D, TensorRole::RouterGate, &m.gate, L);
     if (c.has_bias())
       vector(p + ".mlp.gate.e_score_correction_bias", c.n_routed_experts, TensorRole::RouterBias, &m.bias, L);
@@ -98,7 +98,7 @@ std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::pa
       experts.emplace_back();
       continue;
     }
-    std::vector<LayerWeights>& layers = model->weights_.layers;
+    std::vector<V3LayerWeights>& layers = model->weights_.layers;
     experts.emplace_back(layers[c.routed_experts_layer(L)].moe.experts);
     layers[L].moe.shared = layers[c.shared_experts_layer(L)].moe.shared;
   }
@@ -152,7 +152,7 @@ struct TokenSlot {
 // and W_UV (the v rows) into the output, so attention runs on the cached latents directly.
 // out [N, D] = attention(x [N, D]) for the N tokens of `slots`.
 void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, int64_t layer, const ModelConfig& c,
-                 const AttentionWeights& w, const Rope& rope, float softmax_scale) {
+                 const V3AttentionWeights& w, const Rope& rope, float softmax_scale) {
   const int64_t N = int64_t(slots.size()), H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim, dq = dn + dr;
   const int64_t entry = C + dr;  // cached values per token
@@ -241,7 +241,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
 }
 
 // out [N, D] = routed experts + shared experts of x [N, D].
-void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, const MoeWeights& w,
+void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, const V3MoeWeights& w,
                  const ExpertStore& experts, int64_t layer, ExpertLoad* load,
                  const ExpertParallel* parallel) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts;
@@ -257,7 +257,7 @@ void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, co
 // Tells a streaming store which experts MoE layer `next` will probably want: its router applied to
 // the current hidden state [N, D] (the residual stream changes little from one layer to the next),
 // so they are read while this layer computes.
-void prefetch_layer(const float* hidden, int64_t N, const ModelConfig& c, const LayerWeights& next_weights,
+void prefetch_layer(const float* hidden, int64_t N, const ModelConfig& c, const V3LayerWeights& next_weights,
                     int64_t next, const ExpertStore& experts) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts;
   std::vector<float> normed(N * D), router_logits(N * E);  // [N, D], [N, E]
@@ -314,7 +314,7 @@ void DeepseekV3Model::forward(float* logits, std::span<const SequenceStep> batch
   };
   for (int64_t n = 0; n < N; ++n) dequantize_row(hidden + n * D, weights_.embed, tokens[n]);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    const LayerWeights& lw = weights_.layers[L];
+    const V3LayerWeights& lw = weights_.layers[L];
     rms_norm(normed, hidden, lw.attn_norm.data(), N, D, eps);
     mla_forward(branch, normed, slots, L, c, lw.attn, rope_, softmax_scale_);
     add_branch();

@@ -17,7 +17,7 @@
 
 namespace megamoe {
 
-struct AttentionWeights {
+struct V3AttentionWeights {
   WeightView q_proj;              // [H*(dn+dr), D]  without q LoRA
   WeightView q_a_proj;            // [q_lora_rank, D] with q LoRA
   std::vector<float> q_a_norm;    // [q_lora_rank]
@@ -28,30 +28,30 @@ struct AttentionWeights {
   WeightView o_proj;              // [D, H*dv]
 };
 
-struct MoeWeights {
+struct V3MoeWeights {
   WeightView gate;                // [E, D] router
   std::vector<float> bias;        // [E] e_score_correction_bias (empty: none)
   MlpWeights shared;              // [n_shared*I_moe, D] ... (gate.data == nullptr: none)
   std::vector<MlpWeights> experts;  // [E] routed; empty in an expert pool's later layers (they use the first's)
 };
 
-struct LayerWeights {
+struct V3LayerWeights {
   std::vector<float> attn_norm;   // [D] input_layernorm
   std::vector<float> ffn_norm;    // [D] post_attention_layernorm
-  AttentionWeights attn;
+  V3AttentionWeights attn;
   MlpWeights dense;               // dense layers only
-  MoeWeights moe;                 // MoE layers only
+  V3MoeWeights moe;                 // MoE layers only
 };
 
-struct ModelWeights {
+struct V3Weights {
   WeightView embed;               // [V, D]
-  std::vector<LayerWeights> layers;
+  std::vector<V3LayerWeights> layers;
   std::vector<float> final_norm;  // [D]
   WeightView lm_head;             // [V, D]
 };
 
 // Every tensor of the model, in checkpoint order (sizes `weights` first).
-void for_each_tensor(const ModelConfig& c, ModelWeights* weights,
+void for_each_tensor(const ModelConfig& c, V3Weights* weights,
                      const std::function<void(const TensorSpec&, TensorSlot)>& visit);
 
 // MLA's rotary embedding with YaRN when the config has rope_scaling (docs/models.md#rope-and-yarn), and the
@@ -95,7 +95,7 @@ class DeepseekV3Model final : public Model {
   ModelConfig config_;
   ModelInfo info_;
   std::unique_ptr<Checkpoint> checkpoint_;
-  ModelWeights weights_;
+  V3Weights weights_;
   std::unique_ptr<ExpertStore> experts_;
   std::vector<std::span<const MlpWeights>> expert_spans_;  // [layers] what experts_ serves
   Rope rope_;

@@ -31,7 +31,7 @@ void for_each_tensor(const ModelConfig& c, const std::function<void(const Tensor
     V4Weights scratch;
     for_each_tensor(c, &scratch, [&](const TensorSpec& spec, TensorSlot) { visit(spec); });
   } else {
-    ModelWeights scratch;
+    V3Weights scratch;
     for_each_tensor(c, &scratch, [&](const TensorSpec& spec, TensorSlot) { visit(spec); });
   }
 }

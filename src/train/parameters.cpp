@@ -20,10 +20,10 @@ ParameterLayout ParameterLayout::make(const ModelConfig& c) {
     fail("'quantization_config': training keeps fp32 weights and saves F32 or BF16; remove the FP8 "
          "quantization_config from the model config");
 
-  // Lay the tensors out in list order, remembering which slot of a scratch ModelWeights each one
+  // Lay the tensors out in list order, remembering which slot of a scratch V3Weights each one
   // fills: the slot's address then tells the layout fields below where their tensor went.
   ParameterLayout layout;
-  ModelWeights slots;
+  V3Weights slots;
   std::unordered_map<const void*, ParamTensor> by_slot;
   for_each_tensor(c, &slots, [&](const TensorSpec& spec, TensorSlot slot) {
     const ParamTensor place{layout.size, spec.shape[0], spec.shape.size() == 2 ? spec.shape[1] : 1};
@@ -47,7 +47,7 @@ ParameterLayout ParameterLayout::make(const ModelConfig& c) {
   layout.final_norm = at(&slots.final_norm);
   layout.lm_head = c.tie_word_embeddings ? layout.embed : at(&slots.lm_head);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    const LayerWeights& w = slots.layers[L];
+    const V3LayerWeights& w = slots.layers[L];
     LayerParams& p = layout.layers.emplace_back();
     p.attn_norm = at(&w.attn_norm);
     p.ffn_norm = at(&w.ffn_norm);
