@@ -7,6 +7,8 @@
 #include "util/error.h"
 
 namespace megamoe::cli {
+
+using namespace train;  // this command is a frontend of the trainer
 namespace {
 
 struct Options {

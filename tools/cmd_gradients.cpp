@@ -8,6 +8,8 @@
 
 namespace megamoe::cli {
 
+using namespace train;  // this command is a frontend of the trainer
+
 void register_gradients(CLI::App& app) {
   struct Options {
     std::string model, tokens, output;

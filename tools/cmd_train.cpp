@@ -8,6 +8,8 @@
 
 namespace megamoe::cli {
 
+using namespace train;  // this command is a frontend of the trainer
+
 void register_train(CLI::App& app) {
   struct Options : TrainOptions {
     std::string save_dtype_name = "f32";
@@ -60,7 +62,7 @@ void register_train(CLI::App& app) {
   cmd->callback([o] {
     o->save_dtype = o->save_dtype_name == "bf16" ? SavedDType::BF16 : SavedDType::F32;
     if (o->balance_name) o->balance = parse_balance_strategy(*o->balance_name, "--balance");
-    train(*o);
+    run_training(*o);
     if (o->metrics.empty() || dist::rank() != 0) return;  // under mpirun rank 0 writes the metrics
     // The run's plots beside its metrics, and its expert balance (src/report/run_metrics.h).
     std::fputs(balance_table(read_run_metrics(o->metrics)).c_str(), stdout);

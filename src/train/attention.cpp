@@ -11,7 +11,7 @@
 #include "train/train_ops.h"
 #include "util/parallel.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 AttentionSetup AttentionSetup::make(const ModelConfig& c, int64_t seq_len) {
   // The same rope and softmax scale as inference; the table holds what Rope::apply computes per call.
@@ -200,4 +200,4 @@ void attention_backward(float* dx, AttentionScratch& s, const float* dout, const
                   /*add_dx=*/true);
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

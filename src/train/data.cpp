@@ -12,7 +12,7 @@
 #include "util/error.h"
 #include "util/progress.h"
 
-namespace megamoe {
+namespace megamoe::train {
 namespace fs = std::filesystem;
 
 std::vector<fs::path> list_data_files(const fs::path& data) {
@@ -126,4 +126,4 @@ void WindowReader::read(int32_t* rows, int64_t first, int64_t count) const {
   }
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

@@ -13,8 +13,10 @@
 #include "util/text_file.h"
 
 namespace megamoe {
-
 class SafetensorsFile;
+}  // namespace megamoe
+
+namespace megamoe::train {
 
 // The files of --data: the file itself, or every regular file under the directory (recursively,
 // hidden ones skipped) in name order. Error naming the path when it is missing or holds no files.
@@ -69,4 +71,4 @@ class WindowReader {
   int64_t seq_len_, windows_;
 };
 
-}  // namespace megamoe
+}  // namespace megamoe::train

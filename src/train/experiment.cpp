@@ -16,7 +16,7 @@
 #include "util/json_file.h"
 #include "util/progress.h"
 
-namespace megamoe {
+namespace megamoe::train {
 namespace fs = std::filesystem;
 using nlohmann::json;
 namespace {
@@ -245,7 +245,7 @@ void run_experiment(const ExperimentOptions& o) {
         // The trainer keeps its tokenizer and token file in <checkpoint>.data: one shared directory.
         const fs::path link = run_dir / "checkpoint.data";
         if (!fs::is_symlink(link)) fs::create_directory_symlink(fs::path("..") / ".." / "data", link);
-        megamoe::train(train);
+        run_training(train);
       }
       plot_training_metrics(metrics, run_dir);
       result.runs.push_back(read_run_metrics(metrics));
@@ -273,4 +273,4 @@ void run_experiment(const ExperimentOptions& o) {
   std::printf("%s\nreport: %s\n", table.c_str(), (o.output / "report.md").string().c_str());
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

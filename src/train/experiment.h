@@ -16,7 +16,7 @@
 
 #include "train/trainer.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 struct ExperimentVariant {
   std::string name;                    // e.g. "bias", "pool-4"
@@ -47,4 +47,4 @@ std::vector<ExperimentVariant> balance_variants(const std::filesystem::path& mod
 std::vector<ExperimentVariant> pool_variants(const std::filesystem::path& model_config,
                                              const std::vector<int64_t>& group_sizes, BalanceStrategy balance);
 
-}  // namespace megamoe
+}  // namespace megamoe::train

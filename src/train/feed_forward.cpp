@@ -8,7 +8,7 @@
 #include "train/train_ops.h"
 #include "util/parallel.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 void MlpActivations::place(FloatArena& arena, int64_t rows, int64_t width) {
   gate_up = arena.take(rows * 2 * width);
@@ -232,4 +232,4 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
   linear_backward(dx, params.grad(p.gate), s.dscores, x, params.value(p.gate), N, E, D, /*add_dx=*/true);
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

@@ -15,7 +15,7 @@
 #include "ops/rope.h"
 #include "train/parameters.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 // Carves many float arrays out of one allocation: a first pass over the same code counts, then
 // allocate() makes the block and the second pass hands out the pointers (llm.c's one block per
@@ -197,4 +197,4 @@ void moe_backward(float* dx, MoeScratch& s, const float* dout, const MoeActivati
                   const MoeParams& p, const ParamBlocks& params, const ModelConfig& c, const RouterSpec& router,
                   const BatchShape& shape, const BalanceLoss& balance = {});
 
-}  // namespace megamoe
+}  // namespace megamoe::train

@@ -6,7 +6,7 @@
 #include "train/train_ops.h"
 #include "util/parallel.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 double LearningRateSchedule::at(int64_t step) const {
   if (step < warmup) return peak * double(step + 1) / double(warmup);
@@ -64,4 +64,4 @@ double clip_gradient_norm(std::span<float> grads, double max_norm) {
   return norm;
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

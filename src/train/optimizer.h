@@ -7,7 +7,7 @@
 
 #include "train/parameters.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 struct AdamWSettings {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
@@ -56,4 +56,4 @@ class AdamW {
 // Returns the norm before clipping.
 double clip_gradient_norm(std::span<float> grads, double max_norm);
 
-}  // namespace megamoe
+}  // namespace megamoe::train

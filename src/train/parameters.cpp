@@ -10,7 +10,7 @@
 #include "util/error.h"
 #include "util/random.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 ParameterLayout ParameterLayout::make(const ModelConfig& c) {
   if (c.family == ModelFamily::DeepseekV4)
@@ -145,4 +145,4 @@ void read_parameter_tensors(float* values, const ParameterLayout& layout, const 
   }
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

@@ -13,7 +13,7 @@
 #include "model/config.h"
 #include "model/tensor_spec.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 // One tensor in the block: its offset and shape ([rows, cols]; vectors have cols == 1).
 struct ParamTensor {
@@ -88,4 +88,4 @@ std::vector<TensorToWrite> parameter_tensors(const float* values, const Paramete
 void read_parameter_tensors(float* values, const ParameterLayout& layout, const SafetensorsFile& file,
                             const std::string& name_suffix = "");
 
-}  // namespace megamoe
+}  // namespace megamoe::train

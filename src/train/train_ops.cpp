@@ -9,7 +9,7 @@
 #include "ops/gemm.h"
 #include "util/parallel.h"
 
-namespace megamoe {
+namespace megamoe::train {
 namespace {
 
 // Splits [0, n) into one contiguous block per OpenMP thread and calls body(first, count) for each
@@ -121,4 +121,4 @@ double cross_entropy(float* dlogits, const float* logits, const int32_t* targets
   return total;
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

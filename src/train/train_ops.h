@@ -11,7 +11,7 @@
 
 #include "ops/elementwise.h"  // kParallelGrain
 
-namespace megamoe {
+namespace megamoe::train {
 
 // y [N, out] = x [N, in] @ w^T, w [out, in] (a linear layer without bias).
 void linear_forward(float* y, const float* x, const float* w, int64_t N, int64_t out, int64_t in);
@@ -39,4 +39,4 @@ void softmax_backward(float* dy, const float* y, int64_t n);
 double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
                      float scale);
 
-}  // namespace megamoe
+}  // namespace megamoe::train

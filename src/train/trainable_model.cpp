@@ -9,7 +9,7 @@
 #include "train/train_ops.h"
 #include "util/error.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 TrainableModel::TrainableModel(const ModelConfig& config, int64_t max_sequences, int64_t seq_len)
     : config_(config), layout_(ParameterLayout::make(config)), attention_(AttentionSetup::make(config, seq_len)),
@@ -168,4 +168,4 @@ void TrainableModel::update_router_biases(double rate, const std::vector<std::ve
   }
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

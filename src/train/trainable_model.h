@@ -11,7 +11,7 @@
 #include "train/layers.h"
 #include "train/parameters.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 class TrainableModel {
  public:
@@ -96,4 +96,4 @@ class TrainableModel {
   MoeScratch moe_scratch_;
 };
 
-}  // namespace megamoe
+}  // namespace megamoe::train

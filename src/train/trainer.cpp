@@ -28,7 +28,7 @@
 #include "util/progress.h"
 #include "util/random.h"
 
-namespace megamoe {
+namespace megamoe::train {
 namespace fs = std::filesystem;
 using nlohmann::json;
 namespace {
@@ -509,7 +509,7 @@ void train_steps(const Run& run, RunState& state, const WindowReader& train_wind
 
 }  // namespace
 
-void train(const TrainOptions& o) {
+void run_training(const TrainOptions& o) {
   if (o.steps < 0) fail("--steps must not be negative");
   if (o.eval_every < 0 || o.save_every < 0 || o.sample_lines < 0 || o.sample_tokens < 0)
     fail("--eval-every, --save-every, --sample-lines and --sample-tokens must not be negative");
@@ -645,4 +645,4 @@ void write_gradients(const fs::path& model_dir, std::span<const int32_t> tokens,
                     {{"loss", fmt::format("{:.17g}", loss)}, {"aux_loss", fmt::format("{:.17g}", model.aux_loss())}});
 }
 
-}  // namespace megamoe
+}  // namespace megamoe::train

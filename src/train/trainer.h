@@ -16,7 +16,7 @@
 #include "train/layers.h"
 #include "train/parameters.h"
 
-namespace megamoe {
+namespace megamoe::train {
 
 struct TrainOptions {
   std::filesystem::path model_config;  // config.json of the model to train
@@ -44,7 +44,7 @@ struct TrainOptions {
   bool resume = false;
 };
 
-void train(const TrainOptions& options);
+void run_training(const TrainOptions& options);
 
 // "none", "aux-loss", "seq-aux-loss", "bias" (the --balance values), and back; Error naming
 // `what` for another name.
@@ -59,4 +59,4 @@ BalanceStrategy parse_balance_strategy(std::string_view name, const std::string&
 void write_gradients(const std::filesystem::path& model_dir, std::span<const int32_t> tokens, int64_t sequences,
                      const std::filesystem::path& output, const BalanceLoss& balance = {});
 
-}  // namespace megamoe
+}  // namespace megamoe::train

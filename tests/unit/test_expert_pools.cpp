@@ -14,6 +14,8 @@
 namespace megamoe {
 namespace {
 
+using namespace train;
+
 // 7 layers: 0 dense (first_k_dense_replace), then MoE layers 1..6 unless `moe_layer_freq` skips some.
 nlohmann::json pooled_json(int64_t group_size, bool share_shared, int64_t moe_layer_freq = 1) {
   return {{"architectures", {"DeepseekV3ForCausalLM"}},

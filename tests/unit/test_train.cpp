@@ -20,6 +20,8 @@
 namespace megamoe {
 namespace {
 
+using namespace train;
+
 std::vector<float> random_normal(size_t n, uint32_t seed, float scale = 1.f) {
   std::mt19937 gen(seed);
   std::normal_distribution<float> dist(0.f, scale);
