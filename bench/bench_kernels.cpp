@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <memory>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -118,8 +118,7 @@ int run(int argc, char** argv) {
       return 2;
     }
   }
-  constexpr int64_t kCols = 4096, kMatvecBytes = 256 << 20, kPrefillRows = 2048, kExpertRows = 1024,
-                    kExpertCols = 2048;
+  constexpr int64_t kCols = 4096, kMatvecBytes = 256 << 20, kPrefillRows = 2048, kExpertRows = 1024, kExpertCols = 2048;
   fmt::print("SIMD target {}, {} runs per median, matrix-vector on ~{} MB, matrix-matrix T={} x [{}, {}]\n",
              matmul_targets().front(), runs, kMatvecBytes >> 20, prefill_tokens, kPrefillRows, kCols);
 
@@ -162,8 +161,7 @@ int run(int argc, char** argv) {
       omp_set_num_threads(thread_counts[i]);
       const Rate gbs =
           measure(runs, double(big.view().bytes()) / 1e9, [&] { matmul(y_matvec.data(), x.data(), 1, big.view()); });
-      const Rate expert_gbs =
-          measure(runs, double(stacked.view().bytes()) / 1e9, [&] { matmul_tasks(tasks); });
+      const Rate expert_gbs = measure(runs, double(stacked.view().bytes()) / 1e9, [&] { matmul_tasks(tasks); });
       const Rate gflops = measure(runs, 2e-9 * double(prefill_tokens * kPrefillRows * kCols),
                                   [&] { matmul(y.data(), x.data(), prefill_tokens, prefill.view()); });
       fmt::print(

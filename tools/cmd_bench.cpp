@@ -10,8 +10,8 @@
 #include "commands.h"
 #include "distributed_options.h"
 #include "memory_options.h"
-#include "numerics_option.h"
 #include "model/model.h"
+#include "numerics_option.h"
 #include "ops/roofline.h"
 #include "util/error.h"
 #include "util/huge_pages.h"
@@ -43,10 +43,15 @@ void register_bench(CLI::App& app) {
     MemoryOptions memory;
   };
   auto o = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed against this machine's memory bandwidth");
+  CLI::App* cmd =
+      app.add_subcommand("bench", "Measure prefill and decode speed against this machine's memory bandwidth");
   cmd->add_option("--model", o->model, "Model directory")->required();
-  cmd->add_option("--prompt-tokens", o->prompt_tokens, "Prompt length for prefill")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--gen-tokens", o->gen_tokens, "Tokens decoded one at a time")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--prompt-tokens", o->prompt_tokens, "Prompt length for prefill")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--gen-tokens", o->gen_tokens, "Tokens decoded one at a time")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Threads (default: all cores)")->check(CLI::PositiveNumber);
   cmd->add_option("--runs", o->runs, "Runs; the median is reported")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object");
@@ -64,7 +69,8 @@ void register_bench(CLI::App& app) {
     const int64_t P = o->prompt_tokens, G = o->gen_tokens, V = model->vocab_size();
     if (P + G > model->max_context())
       fail("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", P + G, model->max_context());
-    const StreamingExpertStore* streaming = apply_memory_options(model.get(), o->memory, o->model, model->cache_bytes(P + G));
+    const StreamingExpertStore* streaming =
+        apply_memory_options(model.get(), o->memory, o->model, model->cache_bytes(P + G));
     ExpertCacheStats decode_stats;  // summed over the runs' decode phases
     std::mt19937 rng(1);
     std::vector<int32_t> prompt(P);
@@ -143,20 +149,19 @@ void register_bench(CLI::App& app) {
                 decode, 100 * decode / roofline_tokens_per_s, bandwidth,
                 double(info.active_weight_bytes_per_token) / 1e6);
     std::printf("memory   peak RSS %.1f MB = %.2fx weights (%.1f MB) + KV cache (%.1f MB)\n", peak_rss / 1e6,
-                double(peak_rss) / double(info.weight_bytes + cache_bytes), info.weight_bytes / 1e6,
-                cache_bytes / 1e6);
+                double(peak_rss) / double(info.weight_bytes + cache_bytes), info.weight_bytes / 1e6, cache_bytes / 1e6);
     if (residency == Residency::HugePages)
       std::printf("weights  read into memory in %.2f s, %.1f MB of the process in huge pages\n", load_seconds,
                   huge_pages / 1e6);
-    else
-      std::printf("weights  mapped from the files in %.2f s\n", load_seconds);
+    else std::printf("weights  mapped from the files in %.2f s\n", load_seconds);
     if (streaming)
-      std::printf("experts  %d cache slots of %.2f MB: decode hit rate %.1f%% (%.1f%% prefetched), %.2f MB read "
-                  "from disk per token in %.1f reads%s\n",
-                  int(streaming->slots()), streaming->slot_bytes() / 1e6, 100 * decode_stats.hit_rate(),
-                  decode_stats.lookups ? 100.0 * double(decode_stats.prefetch_hits) / double(decode_stats.lookups) : 0.0,
-                  double(decode_stats.bytes_read) / decoded / 1e6, double(decode_stats.reads) / decoded,
-                  streaming->prefetching() ? "" : " (no prefetch)");
+      std::printf(
+          "experts  %d cache slots of %.2f MB: decode hit rate %.1f%% (%.1f%% prefetched), %.2f MB read "
+          "from disk per token in %.1f reads%s\n",
+          int(streaming->slots()), streaming->slot_bytes() / 1e6, 100 * decode_stats.hit_rate(),
+          decode_stats.lookups ? 100.0 * double(decode_stats.prefetch_hits) / double(decode_stats.lookups) : 0.0,
+          double(decode_stats.bytes_read) / decoded / 1e6, double(decode_stats.reads) / decoded,
+          streaming->prefetching() ? "" : " (no prefetch)");
   });
 }
 

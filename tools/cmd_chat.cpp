@@ -1,6 +1,6 @@
+#include <unistd.h>
 #include <cstdio>
 #include <iostream>
-#include <unistd.h>
 
 #include "commands.h"
 #include "generation_options.h"
@@ -26,7 +26,8 @@ void register_chat(CLI::App& app) {
     bool thinking = false;
   };
   auto options = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("chat", "Chat with a model in the terminal (Ctrl-D or /exit to leave, /reset to start over)");
+  CLI::App* cmd =
+      app.add_subcommand("chat", "Chat with a model in the terminal (Ctrl-D or /exit to leave, /reset to start over)");
   add_generation_options(cmd, options.get(), 512);
   cmd->add_option("--system", options->system, "System prompt");
   cmd->add_flag("--thinking", options->thinking, "DeepSeek-V4: thinking mode (the model reasons before it answers)");

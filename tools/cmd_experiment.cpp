@@ -83,8 +83,9 @@ void register_experiment(CLI::App& app) {
       cmd, "pools",
       "Cross-layer expert pools against per-layer experts at equal total parameters (configs derived from one)",
       o.get());
-  pools->add_option("--group-sizes", o->group_sizes,
-                    "Comma-separated expert_sharing_group_size values; n_routed_experts scales with each")
+  pools
+      ->add_option("--group-sizes", o->group_sizes,
+                   "Comma-separated expert_sharing_group_size values; n_routed_experts scales with each")
       ->capture_default_str();
   pools->add_option("--balance", o->balance, "Balancing strategy of every run")->capture_default_str();
   pools->callback([o] {

@@ -24,13 +24,15 @@ void register_generate(CLI::App& app) {
   auto* prompt_ids = cmd->add_option("--prompt-ids", options->prompt_ids, "Prompt as token ids, e.g. 1,2,3");
   prompt->excludes(prompt_ids);
   cmd->add_flag("--print-ids", options->print_ids, "Print the generated token ids instead of text");
-  cmd->add_option("--expert-stats", options->expert_stats,
-                  "Write the routed experts' loads and balance statistics (MaxVio, ...) per MoE layer to this JSON file");
+  cmd->add_option(
+      "--expert-stats", options->expert_stats,
+      "Write the routed experts' loads and balance statistics (MaxVio, ...) per MoE layer to this JSON file");
   cmd->callback([options] {
     if (options->prompt.empty() && options->prompt_ids.empty()) fail("give --prompt TEXT or --prompt-ids IDS");
     const bool text_prompt = options->prompt_ids.empty();
     const std::filesystem::path& stats_path = options->expert_stats;
-    if (!stats_path.empty() && !stats_path.parent_path().empty() && !std::filesystem::is_directory(stats_path.parent_path()))
+    if (!stats_path.empty() && !stats_path.parent_path().empty() &&
+        !std::filesystem::is_directory(stats_path.parent_path()))
       fail("--expert-stats {}: no such directory", stats_path.string());
     GenerationSetup setup = load_for_generation(*options, text_prompt || !options->print_ids);
     std::optional<ModelConfig> config;  // with --expert-stats: which layers are MoE layers, and their pools

@@ -2,12 +2,11 @@
 #include "distributed_options.h"
 #include "io/npy.h"
 #include "memory_options.h"
-#include "numerics_option.h"
 #include "model/model.h"
+#include "numerics_option.h"
 #include "util/token_list.h"
 
 namespace megamoe::cli {
-
 
 void register_logits(CLI::App& app) {
   struct Options {
@@ -29,7 +28,8 @@ void register_logits(CLI::App& app) {
   add_numerics_option(cmd);
   cmd->callback([options] {
     const std::vector<int32_t> tokens = parse_token_list(options->tokens, "--tokens");
-    const auto model = dist::load_model_on_ranks(options->model, options->distributed, weight_residency(options->memory, options->model));
+    const auto model = dist::load_model_on_ranks(options->model, options->distributed,
+                                                 weight_residency(options->memory, options->model));
     const int64_t T = int64_t(tokens.size()), V = model->vocab_size();
     apply_memory_options(model.get(), options->memory, options->model, model->cache_bytes(T));
     std::vector<float> logits(T * V);  // [T, V]

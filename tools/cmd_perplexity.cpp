@@ -79,7 +79,8 @@ void register_perplexity(CLI::App& app) {
     const std::vector<int32_t> tokens = setup.tokenizer->encode(text);
     const int64_t window_tokens = context - (bos ? 1 : 0);
     const int64_t stride = o->stride > 0 ? o->stride : std::max<int64_t>(1, window_tokens / 2);
-    const std::vector<PerplexityWindow> windows = perplexity_windows(int64_t(tokens.size()), context, stride, bool(bos));
+    const std::vector<PerplexityWindow> windows =
+        perplexity_windows(int64_t(tokens.size()), context, stride, bool(bos));
     const int64_t V = model.vocab_size();
 
     LogProbHeader header{.vocab_size = V,

@@ -21,7 +21,8 @@ void register_placement(CLI::App& app) {
   cmd->add_option("--expert-stats", o->expert_stats, "Measured loads: the JSON of generate --expert-stats")->required();
   cmd->add_option("--ranks", o->ranks, "Number of MPI ranks")->required()->check(CLI::PositiveNumber);
   cmd->add_option("--redundant-experts", o->redundant, "Extra replicas of hot experts per layer")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--output", o->output, "Placement JSON to write")->required();
   cmd->callback([o] {
     const std::filesystem::path config_path = std::filesystem::path(o->model) / "config.json";
@@ -50,11 +51,12 @@ void register_placement(CLI::App& app) {
     const nlohmann::json report_before = dist::imbalance_report(before, loads);
     const nlohmann::json report_after = dist::imbalance_report(after, loads);
     write_json_file(o->output, dist::placement_json(after));
-    std::printf("predicted imbalance (max/mean rank load, mean over MoE layers): contiguous %.3f -> placed %.3f "
-                "(worst layer %.3f -> %.3f) with %lld ranks and %lld redundant experts per layer\n",
-                report_before["mean_imbalance"].get<double>(), report_after["mean_imbalance"].get<double>(),
-                report_before["max_imbalance"].get<double>(), report_after["max_imbalance"].get<double>(),
-                (long long)o->ranks, (long long)o->redundant);
+    std::printf(
+        "predicted imbalance (max/mean rank load, mean over MoE layers): contiguous %.3f -> placed %.3f "
+        "(worst layer %.3f -> %.3f) with %lld ranks and %lld redundant experts per layer\n",
+        report_before["mean_imbalance"].get<double>(), report_after["mean_imbalance"].get<double>(),
+        report_before["max_imbalance"].get<double>(), report_after["max_imbalance"].get<double>(), (long long)o->ranks,
+        (long long)o->redundant);
   });
 }
 

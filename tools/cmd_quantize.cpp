@@ -31,22 +31,25 @@ void register_quantize(CLI::App& app) {
   cmd->callback([options] {
     if (options->dtype != "q8_0" && options->dtype != "q4_0" && options->dtype != "fp8")
       fail("--dtype: '{}' is not a weight format quantize writes (q8_0, q4_0 or fp8)", options->dtype);
-    const DType format = options->dtype == "q8_0" ? DType::Q8_0 : options->dtype == "q4_0" ? DType::Q4_0 : DType::F8_E4M3;
+    const DType format = options->dtype == "q8_0"   ? DType::Q8_0
+                         : options->dtype == "q4_0" ? DType::Q4_0
+                                                    : DType::F8_E4M3;
     const QuantizeOptions quantize{format, options->shard_size};
     const QuantizeSummary s = quantize_checkpoint(options->model, options->output, quantize);
     const double mib = 1 << 20;
-    std::fprintf(stderr, "%s: %lld tensors in %s, %lld kept as they were, %lld not used by megamoe copied; "
+    std::fprintf(stderr,
+                 "%s: %lld tensors in %s, %lld kept as they were, %lld not used by megamoe copied; "
                  "%.1f MiB -> %.1f MiB (%.2fx) in %d file%s\n",
                  options->output.c_str(), (long long)s.blocked_tensors, options->dtype.c_str(),
                  (long long)s.kept_tensors, (long long)s.unused_tensors, s.bytes_before / mib, s.bytes_after / mib,
                  double(s.bytes_before) / double(s.bytes_after), s.shards, s.shards == 1 ? "" : "s");
     if (!s.bf16_fallbacks.empty())
-      std::fprintf(stderr, "%zu matrices stored in BF16 instead (columns not a multiple of 32): %s%s\n",
-                   s.bf16_fallbacks.size(),
-                   fmt::format("{}", fmt::join(s.bf16_fallbacks.begin(),
-                                               s.bf16_fallbacks.begin() + std::min<size_t>(5, s.bf16_fallbacks.size()),
-                                               ", ")).c_str(),
-                   s.bf16_fallbacks.size() > 5 ? ", ..." : "");
+      std::fprintf(
+          stderr, "%zu matrices stored in BF16 instead (columns not a multiple of 32): %s%s\n", s.bf16_fallbacks.size(),
+          fmt::format("{}", fmt::join(s.bf16_fallbacks.begin(),
+                                      s.bf16_fallbacks.begin() + std::min<size_t>(5, s.bf16_fallbacks.size()), ", "))
+              .c_str(),
+          s.bf16_fallbacks.size() > 5 ? ", ..." : "");
   });
 }
 

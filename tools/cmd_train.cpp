@@ -41,8 +41,9 @@ void register_train(CLI::App& app) {
                   "(default none)");
   cmd->add_option("--balance-alpha", o->balance_alpha,
                   "Weight of the auxiliary loss (default 1e-2 for aux-loss, 1e-4 for seq-aux-loss)");
-  cmd->add_option("--bias-update-rate", o->bias_update_rate, "u of --balance bias: b_i += u * sign(mean - load_i) "
-                                                              "after each step (default 1e-3)");
+  cmd->add_option("--bias-update-rate", o->bias_update_rate,
+                  "u of --balance bias: b_i += u * sign(mean - load_i) "
+                  "after each step (default 1e-3)");
   cmd->add_option("--eval-every", o->eval_every, "Validate every so many steps, 0 = at the end only")
       ->capture_default_str();
   cmd->add_option("--eval-batches", o->eval_batches, "Most batches of validation windows per validation")

@@ -30,8 +30,10 @@ void add_generation_options(CLI::App* cmd, GenerationOptions* o, int64_t default
   cmd->add_option("--temperature", s.temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-k", s.top_k, "Sample from the k most likely tokens (0 = all)")->capture_default_str();
   cmd->add_option("--top-p", s.top_p, "Nucleus sampling threshold")->capture_default_str();
-  cmd->add_option("--min-p", s.min_p, "Drop tokens below min-p times the best one's probability")->capture_default_str();
-  cmd->add_option("--repetition-penalty", s.repetition_penalty, "> 1 discourages repeating tokens")->capture_default_str();
+  cmd->add_option("--min-p", s.min_p, "Drop tokens below min-p times the best one's probability")
+      ->capture_default_str();
+  cmd->add_option("--repetition-penalty", s.repetition_penalty, "> 1 discourages repeating tokens")
+      ->capture_default_str();
   cmd->add_option("--seed", s.seed, "Random seed (same seed, same output)")->capture_default_str();
   cmd->add_option("--stop", o->params.stop, "Stop when this text appears (repeatable)");
   cmd->add_flag("--ignore-eos", o->params.ignore_eos, "Keep going past the end-of-sequence token");
@@ -46,7 +48,8 @@ GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_r
   validate(o.params.sampling);
   setup.model = dist::load_model_on_ranks(o.model, o.distributed, weight_residency(o.memory, o.model));
   const ModelInfo& info = setup.model->info();
-  setup.max_context = o.max_context > 0 ? std::min(o.max_context, setup.model->max_context()) : setup.model->max_context();
+  setup.max_context =
+      o.max_context > 0 ? std::min(o.max_context, setup.model->max_context()) : setup.model->max_context();
   apply_memory_options(setup.model.get(), o.memory, o.model, o.sequences * setup.model->cache_bytes(setup.max_context));
   const std::filesystem::path tokenizer_path = std::filesystem::path(o.tokenizer.empty() ? o.model : o.tokenizer);
   const bool has_tokenizer = !o.tokenizer.empty() || std::filesystem::exists(tokenizer_path / "tokenizer.json");

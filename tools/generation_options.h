@@ -16,8 +16,8 @@ namespace megamoe::cli {
 
 struct GenerationOptions {
   std::string model;
-  std::string tokenizer;      // empty: the model directory's tokenizer.json, if any
-  int64_t max_context = 0;    // 0: the model's max_position_embeddings
+  std::string tokenizer;    // empty: the model directory's tokenizer.json, if any
+  int64_t max_context = 0;  // 0: the model's max_position_embeddings
   GenerationParams params;
   dist::DistributedOptions distributed;  // mpirun runs
   MemoryOptions memory;

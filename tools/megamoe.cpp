@@ -55,9 +55,9 @@ int main(int argc, char** argv) {
     return status;
   } catch (const std::exception& e) {
     if (megamoe::dist::distributed())
-      std::fprintf(stderr, "megamoe: error (rank %d of %d): %s\n", megamoe::dist::rank(), megamoe::dist::size(), e.what());
-    else
-      std::fprintf(stderr, "megamoe: error: %s\n", e.what());
+      std::fprintf(stderr, "megamoe: error (rank %d of %d): %s\n", megamoe::dist::rank(), megamoe::dist::size(),
+                   e.what());
+    else std::fprintf(stderr, "megamoe: error: %s\n", e.what());
     std::fflush(stderr);
     megamoe::dist::abort_all(1);  // the other ranks may be waiting for this one
     return 1;

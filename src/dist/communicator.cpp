@@ -86,15 +86,14 @@ void all_to_all_bytes(void* recv, std::span<const int64_t> recv_bytes, const voi
   std::vector<int> send_counts, send_offsets, recv_counts, recv_offsets;
   counts_and_offsets(send_bytes, &send_counts, &send_offsets);
   counts_and_offsets(recv_bytes, &recv_counts, &recv_offsets);
-  MPI_Alltoallv(send, send_counts.data(), send_offsets.data(), MPI_BYTE, recv, recv_counts.data(),
-                recv_offsets.data(), MPI_BYTE, MPI_COMM_WORLD);
+  MPI_Alltoallv(send, send_counts.data(), send_offsets.data(), MPI_BYTE, recv, recv_counts.data(), recv_offsets.data(),
+                MPI_BYTE, MPI_COMM_WORLD);
 }
 
 void all_gather_bytes(void* buffer, std::span<const int64_t> bytes_per_rank) {
   std::vector<int> counts, offsets;
   counts_and_offsets(bytes_per_rank, &counts, &offsets);
-  MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer, counts.data(), offsets.data(), MPI_BYTE,
-                 MPI_COMM_WORLD);
+  MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer, counts.data(), offsets.data(), MPI_BYTE, MPI_COMM_WORLD);
 }
 
 void all_reduce_sum(std::span<float> values) {

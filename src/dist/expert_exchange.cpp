@@ -68,7 +68,8 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
     const std::vector<int32_t>& h = placement_.hosts[layer][e];
     const int64_t n = int64_t(h.size()), count = groups.count(e);
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t first = ExpertPlacement::share_start(count, i, n), end = ExpertPlacement::share_start(count, i + 1, n);
+      const int64_t first = ExpertPlacement::share_start(count, i, n),
+                    end = ExpertPlacement::share_start(count, i + 1, n);
       stats_.rank_rows[layer][h[i]] += end - first;
       if (h[i] == me && end > first) {
         mine.push_back({e, groups.start[e] + first, end - first});
@@ -141,8 +142,10 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
     int64_t slot;
     std::memcpy(&slot, p, sizeof slot);
     if (slot < t0 * k || slot >= t1 * k || result[slot - t0 * k])
-      diverged("expert exchange, layer {}: rank {} received a result for slot {} it does not own (ranks disagree on routing)",
-           layer, me, slot);
+      diverged(
+          "expert exchange, layer {}: rank {} received a result for slot {} it does not own (ranks disagree on "
+          "routing)",
+          layer, me, slot);
     result[slot - t0 * k] = reinterpret_cast<const float*>(p + sizeof slot);
   }
   for (int64_t slot = t0 * k; slot < t1 * k; ++slot)
@@ -155,7 +158,8 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
 
   exchange_start = Clock::now();
   std::vector<int64_t> row_bytes(N);
-  for (int64_t r = 0; r < N; ++r) row_bytes[r] = (first_token(T, r + 1, N) - first_token(T, r, N)) * D * int64_t(sizeof(float));
+  for (int64_t r = 0; r < N; ++r)
+    row_bytes[r] = (first_token(T, r + 1, N) - first_token(T, r, N)) * D * int64_t(sizeof(float));
   all_gather_bytes(out, row_bytes);
   timing.bytes_sent += row_bytes[me] * (N - 1);
   timing.exchange_seconds += seconds_since(exchange_start);

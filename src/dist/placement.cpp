@@ -52,7 +52,8 @@ ExpertPlacement balanced_placement(const std::vector<std::vector<int64_t>>& load
       auto pick = [&](bool need_room) {
         int64_t best = -1;
         for (int64_t r = 0; r < ranks; ++r) {
-          if (std::find(h.begin(), h.end(), int32_t(r)) != h.end() || (need_room && rank_experts[r] >= capacity)) continue;
+          if (std::find(h.begin(), h.end(), int32_t(r)) != h.end() || (need_room && rank_experts[r] >= capacity))
+            continue;
           if (best < 0 || rank_load[r] < rank_load[best]) best = r;
         }
         return best;
@@ -73,7 +74,8 @@ std::vector<double> rank_loads(const ExpertPlacement& placement, int64_t layer, 
     const std::vector<int32_t>& h = placement.hosts[layer][e];
     const int64_t n = int64_t(h.size());
     for (int64_t i = 0; i < n; ++i)
-      out[h[i]] += double(ExpertPlacement::share_start(loads[e], i + 1, n) - ExpertPlacement::share_start(loads[e], i, n));
+      out[h[i]] +=
+          double(ExpertPlacement::share_start(loads[e], i + 1, n) - ExpertPlacement::share_start(loads[e], i, n));
   }
   return out;
 }
@@ -99,7 +101,8 @@ nlohmann::json imbalance_report(const ExpertPlacement& placement, const std::vec
     worst = std::max(worst, value);
     ++counted;
   }
-  return {{"mean_imbalance", counted ? sum / double(counted) : 1.0}, {"max_imbalance", worst}, {"per_layer", per_layer}};
+  return {
+      {"mean_imbalance", counted ? sum / double(counted) : 1.0}, {"max_imbalance", worst}, {"per_layer", per_layer}};
 }
 
 nlohmann::json placement_json(const ExpertPlacement& placement) {
@@ -125,7 +128,8 @@ ExpertPlacement read_placement(const std::filesystem::path& path, int64_t layers
       std::vector<int32_t>& h = p.hosts[L][e];
       std::sort(h.begin(), h.end());
       if (h.empty()) fail("{}: layer {} expert {} is on no rank", where, L, e);
-      if (h.front() < 0 || h.back() >= ranks) fail("{}: layer {} expert {} names a rank outside [0, {})", where, L, e, ranks);
+      if (h.front() < 0 || h.back() >= ranks)
+        fail("{}: layer {} expert {} names a rank outside [0, {})", where, L, e, ranks);
       if (std::adjacent_find(h.begin(), h.end()) != h.end())
         fail("{}: layer {} expert {} names one rank twice", where, L, e);
     }

@@ -33,8 +33,7 @@ std::string join_dtype_names(std::span<const DType> dtypes) {
 std::map<std::string, std::vector<std::string>> read_weight_map(const fs::path& index_path) {
   const json index = read_json(index_path);
   const auto weight_map = index.is_object() ? index.find("weight_map") : index.end();
-  if (weight_map == index.end() || !weight_map->is_object())
-    fail("{}: no \"weight_map\" object", index_path.string());
+  if (weight_map == index.end() || !weight_map->is_object()) fail("{}: no \"weight_map\" object", index_path.string());
   std::map<std::string, std::vector<std::string>> tensors_by_file;
   for (const auto& [tensor, file] : weight_map->items()) {
     // Plain names only: the index may not send us outside the checkpoint directory.
@@ -66,8 +65,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir, Residency resi
       files.push_back(SafetensorsFile::open(path, residency));
       for (const std::string& tensor : expected_tensors)
         if (!files.back()->find(tensor))
-          fail("{}: tensor \"{}\" is missing, though {} places it there", path.string(), tensor,
-               index_path.string());
+          fail("{}: tensor \"{}\" is missing, though {} places it there", path.string(), tensor, index_path.string());
     }
   } else {
     std::vector<fs::path> paths;
@@ -82,8 +80,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir, Residency resi
     for (const TensorInfo& tensor : file->tensors()) {
       const auto [it, inserted] = checkpoint->by_name_.emplace(tensor.name, &tensor);
       if (!inserted)
-        fail("checkpoint {}: tensor \"{}\" is in both {} and {}", dir.string(), tensor.name,
-             it->second->file->string(), tensor.file->string());
+        fail("checkpoint {}: tensor \"{}\" is in both {} and {}", dir.string(), tensor.name, it->second->file->string(),
+             tensor.file->string());
     }
   return checkpoint;
 }
@@ -130,24 +128,28 @@ WeightView Checkpoint::weight(const std::string& name, int64_t rows, int64_t col
     if (cols % kQuantBlock != 0 || found->shape != shape)
       fail("{}: tensor {} has shape {}, expected [{}, {}, {}] ({} blocks of a [{}, {}] weight)", found->file->string(),
            name, found->shape_string(), rows, cols / kQuantBlock, block_bytes, dtype_name(*block_format), rows, cols);
-    return WeightView{.dtype = *block_format, .rows = rows, .cols = cols,
-                      .data = aligned_data(*found, alignof(BlockQ8_0))};
+    return WeightView{
+        .dtype = *block_format, .rows = rows, .cols = cols, .data = aligned_data(*found, alignof(BlockQ8_0))};
   }
   if (dot_scale && found && found->dtype == DType::I8) {
     // FP4 e2m1: two codes per byte, one ue8m0 exponent per row and 32 inputs.
     static constexpr DType kPacked[] = {DType::I8}, kScales[] = {DType::F8_E8M0};
-    if (cols % kQuantBlock) fail("{}: FP4 tensor {} needs a multiple of {} inputs, got {}", found->file->string(), name,
-                                 kQuantBlock, cols);
+    if (cols % kQuantBlock)
+      fail("{}: FP4 tensor {} needs a multiple of {} inputs, got {}", found->file->string(), name, kQuantBlock, cols);
     const int64_t packed_shape[] = {rows, cols / 2}, scale_shape[] = {rows, cols / kQuantBlock};
     const TensorInfo& packed = require(name, kPacked, packed_shape);
     const TensorInfo& scale = require(scale_tensor, kScales, scale_shape);
-    return WeightView{.dtype = DType::F4_E2M1, .rows = rows, .cols = cols, .data = packed.data,
+    return WeightView{.dtype = DType::F4_E2M1,
+                      .rows = rows,
+                      .cols = cols,
+                      .data = packed.data,
                       .scale_e8m0 = reinterpret_cast<const uint8_t*>(scale.data)};
   }
   static constexpr DType kWeightDTypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3};
   const int64_t shape[] = {rows, cols};
   const TensorInfo& tensor = require(name, kWeightDTypes, shape);
-  WeightView view{.dtype = tensor.dtype, .rows = rows, .cols = cols, .data = aligned_data(tensor), .scale_inv = nullptr};
+  WeightView view{
+      .dtype = tensor.dtype, .rows = rows, .cols = cols, .data = aligned_data(tensor), .scale_inv = nullptr};
   if (tensor.dtype == DType::F8_E4M3) {
     static constexpr DType kScaleInv[] = {DType::F32}, kE8M0[] = {DType::F8_E8M0};
     const int64_t scale_shape[] = {(rows + kFp8BlockSize - 1) / kFp8BlockSize, view.scale_cols()};

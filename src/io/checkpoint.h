@@ -39,8 +39,7 @@ class Checkpoint {
   // A linear weight [rows, cols] in F32/F16/BF16, or quantized with its scales laid out as `scales` says:
   // F8_E4M3 in 128x128 blocks, or (ScaleLayout::DotScaleE8M0) FP4 e2m1 packed in I8 [rows, cols/2].
   // With `block_format` (Q8_0 / Q4_0) also megamoe's U8 tensor of blocks [rows, cols/32, 34 | 18].
-  WeightView weight(const std::string& name, int64_t rows, int64_t cols,
-                    ScaleLayout scales = ScaleLayout::ScaleInvF32,
+  WeightView weight(const std::string& name, int64_t rows, int64_t cols, ScaleLayout scales = ScaleLayout::ScaleInvF32,
                     std::optional<DType> block_format = std::nullopt) const;
   // A vector [n] (norm weights, biases) converted to fp32.
   std::vector<float> vector_f32(const std::string& name, int64_t n) const;
@@ -59,7 +58,7 @@ class Checkpoint {
   nlohmann::json config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorInfo*> by_name_;
-  mutable std::vector<std::unique_ptr<std::byte[]>> realigned_;  // copies of misaligned tensors
+  mutable std::vector<std::unique_ptr<std::byte[]>> realigned_;   // copies of misaligned tensors
   mutable std::vector<std::unique_ptr<float[]>> decoded_scales_;  // ue8m0 FP8 block scales as fp32
 
   // The tensor's bytes aligned to `alignment` (default: its element size), copied when the file has

@@ -17,9 +17,9 @@ namespace {
 constexpr char kMagic[8] = {'M', 'M', 'L', 'O', 'G', 'P', '0', '1'};
 
 nlohmann::json to_json(const LogProbHeader& h) {
-  return {{"vocab_size", h.vocab_size},   {"positions", h.positions}, {"text_tokens", h.text_tokens},
+  return {{"vocab_size", h.vocab_size},       {"positions", h.positions}, {"text_tokens", h.text_tokens},
           {"tokens_digest", h.tokens_digest}, {"context", h.context},     {"stride", h.stride},
-          {"architecture", h.architecture}, {"model", h.model},       {"numerics", h.numerics}};
+          {"architecture", h.architecture},   {"model", h.model},         {"numerics", h.numerics}};
 }
 
 LogProbHeader from_json(const nlohmann::json& j, const fs::path& path) {
@@ -101,7 +101,8 @@ LogProbReader::LogProbReader(const fs::path& path) : path_(path) {
     fail("{}: cannot read its targets", path.string());
   for (size_t i = 0; i < targets_.size(); ++i)
     if (targets_[i] < 0 || targets_[i] >= header_.vocab_size)
-      fail("{}: target {} of row {} is outside the vocabulary of {}", path.string(), targets_[i], i, header_.vocab_size);
+      fail("{}: target {} of row {} is outside the vocabulary of {}", path.string(), targets_[i], i,
+           header_.vocab_size);
 }
 
 LogProbReader::~LogProbReader() {

@@ -18,8 +18,8 @@ namespace megamoe {
 
 struct LogProbHeader {
   int64_t vocab_size = 0;
-  int64_t positions = 0;    // scored positions: rows of the file
-  int64_t text_tokens = 0;  // tokens of the text the run scored
+  int64_t positions = 0;      // scored positions: rows of the file
+  int64_t text_tokens = 0;    // tokens of the text the run scored
   std::string tokens_digest;  // token_digest of those tokens
   int64_t context = 0, stride = 0;
   std::string architecture, model, numerics;  // what made it (information; not compared)

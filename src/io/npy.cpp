@@ -97,7 +97,8 @@ NpyArray read_npy(const fs::path& path) {
   std::smatch match;
   if (!std::regex_search(header, match, std::regex(R"('descr'\s*:\s*'([^']*)')")))
     fail("{}: npy header has no 'descr'", path.string());
-  if (match[1] != "<f4") fail("{}: element type '{}', only float32 ('<f4') is supported", path.string(), match[1].str());
+  if (match[1] != "<f4")
+    fail("{}: element type '{}', only float32 ('<f4') is supported", path.string(), match[1].str());
   if (!std::regex_search(header, match, std::regex(R"('fortran_order'\s*:\s*(True|False))")))
     fail("{}: npy header has no 'fortran_order'", path.string());
   if (match[1] == "True") fail("{}: Fortran-ordered arrays are not supported", path.string());

@@ -7,8 +7,7 @@
 
 namespace megamoe {
 
-void write_npy(const std::filesystem::path& path, std::span<const float> data,
-               std::span<const int64_t> shape);
+void write_npy(const std::filesystem::path& path, std::span<const float> data, std::span<const int64_t> shape);
 
 struct NpyArray {
   std::vector<int64_t> shape;

@@ -133,8 +133,8 @@ std::map<std::string, std::string> parse_metadata(const json& entry, const fs::p
 }
 
 // One header entry; data offsets are checked against `data_bytes`, relative to `data`.
-TensorInfo parse_tensor(const std::string& name, const json& entry, const std::byte* data,
-                        uint64_t data_bytes, const fs::path& path) {
+TensorInfo parse_tensor(const std::string& name, const json& entry, const std::byte* data, uint64_t data_bytes,
+                        const fs::path& path) {
   const auto bad = [&](std::string_view what) {
     return Error(fmt::format("{}: tensor \"{}\": {}", path.string(), name, what));
   };
@@ -166,7 +166,7 @@ TensorInfo parse_tensor(const std::string& name, const json& entry, const std::b
   const auto expected = byte_count(info.shape, info.dtype);
   if (!expected || *expected != last - first)
     throw bad(fmt::format("holds {} bytes but its dtype and shape need {}", last - first,
-                    expected ? fmt::format("{}", *expected) : std::string("more than 2^64")));
+                          expected ? fmt::format("{}", *expected) : std::string("more than 2^64")));
   info.data = data + first;
   info.nbytes = size_t(last - first);
   return info;
@@ -197,8 +197,8 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path, Res
   uint64_t header_bytes = 0;
   for (int i = 0; i < 8; ++i) header_bytes |= uint64_t(bytes[i]) << (8 * i);  // little-endian
   if (header_bytes > size - 8 || header_bytes > kMaxHeaderBytes)
-    fail("{}: header length {} does not fit in the file of {} bytes (truncated or not safetensors?)",
-         path.string(), header_bytes, size);
+    fail("{}: header length {} does not fit in the file of {} bytes (truncated or not safetensors?)", path.string(),
+         header_bytes, size);
 
   const auto* header_text = reinterpret_cast<const char*>(bytes + 8);
   json header;
@@ -212,10 +212,8 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path, Res
   const std::byte* data = bytes + 8 + header_bytes;
   const uint64_t data_bytes = size - 8 - header_bytes;
   for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__")
-      file->metadata_ = parse_metadata(entry, file->path_);
-    else
-      file->tensors_.push_back(parse_tensor(name, entry, data, data_bytes, file->path_));
+    if (name == "__metadata__") file->metadata_ = parse_metadata(entry, file->path_);
+    else file->tensors_.push_back(parse_tensor(name, entry, data, data_bytes, file->path_));
   }
 
   // Kept in file order, which also makes overlaps show between neighbours.
@@ -249,9 +247,8 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
     const auto bytes = byte_count(tensor.shape, tensor.dtype);
     if (!bytes) fail("{}: tensor \"{}\" has a negative or huge shape", path.string(), tensor.name);
     if (!tensor.fill && *bytes > 0) fail("{}: tensor \"{}\" has nothing to fill it", path.string(), tensor.name);
-    const nlohmann::ordered_json entry = {{"dtype", dtype_name(tensor.dtype)},
-                                          {"shape", tensor.shape},
-                                          {"data_offsets", {offset, offset + *bytes}}};
+    const nlohmann::ordered_json entry = {
+        {"dtype", dtype_name(tensor.dtype)}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + *bytes}}};
     header_text += json(tensor.name).dump() + ":" + entry.dump() + ",";
     offset += *bytes;
   }

@@ -73,8 +73,10 @@ ModelFamily parse_architecture(const json& j, const std::string& source, std::st
   if (*name == "DeepseekV3ForCausalLM") return ModelFamily::DeepseekV3;
   if (*name == "DeepseekV2ForCausalLM") return ModelFamily::DeepseekV2;
   if (*name == "DeepseekV4ForCausalLM") return ModelFamily::DeepseekV4;
-  fail("{}: unknown architecture '{}' (megamoe runs DeepseekV2ForCausalLM, DeepseekV3ForCausalLM and "
-       "DeepseekV4ForCausalLM)", source, *name);
+  fail(
+      "{}: unknown architecture '{}' (megamoe runs DeepseekV2ForCausalLM, DeepseekV3ForCausalLM and "
+      "DeepseekV4ForCausalLM)",
+      source, *name);
 }
 
 std::optional<YarnConfig> parse_rope_scaling(const json& j, const std::string& source) {
@@ -85,7 +87,8 @@ std::optional<YarnConfig> parse_rope_scaling(const json& j, const std::string& s
   if (type != "yarn") fail("{}: unsupported type '{}' (megamoe supports \"yarn\")", where, type);
   YarnConfig y;
   y.factor = r.number("factor", y.factor);
-  y.original_max_position_embeddings = r.integer("original_max_position_embeddings", y.original_max_position_embeddings);
+  y.original_max_position_embeddings =
+      r.integer("original_max_position_embeddings", y.original_max_position_embeddings);
   y.beta_fast = r.number("beta_fast", y.beta_fast);
   y.beta_slow = r.number("beta_slow", y.beta_slow);
   y.mscale = r.number("mscale", y.mscale);
@@ -169,14 +172,15 @@ void parse_v4(const ConfigReader& r, ModelConfig& c) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, hd = v.head_dim, dr = c.qk_rope_head_dim;
   if (hd <= dr || (hd - dr) % 64)
     r.invalid("head_dim", fmt::format("{} must exceed qk_rope_head_dim ({}) by a multiple of 64 (the FP8 round trip "
-                                      "works in blocks of 64)", hd, dr));
+                                      "works in blocks of 64)",
+                                      hd, dr));
   if (H % v.o_groups) r.invalid("o_groups", fmt::format("{} does not divide num_attention_heads ({})", v.o_groups, H));
   if (v.hc_sinkhorn_iters < 1) r.invalid("hc_sinkhorn_iters", "must be at least 1");
   if (v.hc_eps < 0) r.invalid("hc_eps", "must not be negative");
   if (v.swiglu_limit < 0) r.invalid("swiglu_limit", "must not be negative (0: no clamp)");
   if (v.num_hash_layers < 0 || v.num_hash_layers > c.num_hidden_layers)
-    r.invalid("num_hash_layers", fmt::format("{} is outside [0, num_hidden_layers = {}]", v.num_hash_layers,
-                                             c.num_hidden_layers));
+    r.invalid("num_hash_layers",
+              fmt::format("{} is outside [0, num_hidden_layers = {}]", v.num_hash_layers, c.num_hidden_layers));
   if (v.num_nextn_predict_layers < 0) r.invalid("num_nextn_predict_layers", "must not be negative");
   const int64_t blocks = c.num_hidden_layers + v.num_nextn_predict_layers;
   if (int64_t(v.compress_ratios.size()) < blocks)
@@ -200,7 +204,8 @@ void parse_v4(const ConfigReader& r, ModelConfig& c) {
     const int64_t dI = v.index_head_dim;
     if ((dI & (dI - 1)) || dI % 32 || dI < dr)
       r.invalid("index_head_dim", fmt::format("{} must be a power of 2 (Hadamard rotation), a multiple of 32 (FP4 "
-                                              "blocks) and at least qk_rope_head_dim ({})", dI, dr));
+                                              "blocks) and at least qk_rope_head_dim ({})",
+                                              dI, dr));
   }
 
   c.n_routed_experts = r.positive("n_routed_experts");
@@ -225,7 +230,8 @@ void parse_v4(const ConfigReader& r, ModelConfig& c) {
   v.fp4_experts = expert_dtype == "fp4";
   if (v.fp4_experts && (D % 32 || c.moe_intermediate_size % 32))
     r.invalid("expert_dtype", fmt::format("FP4 experts need hidden_size ({}) and moe_intermediate_size ({}) to be "
-                                          "multiples of 32", D, c.moe_intermediate_size));
+                                          "multiples of 32",
+                                          D, c.moe_intermediate_size));
 }
 
 // Cross-layer expert pools (docs/models.md#expert-pools), megamoe's extension of the V2/V3 family.
@@ -293,17 +299,23 @@ ModelConfig load_model_config(const std::string& path) { return parse_model_conf
 
 std::string_view to_string(ScoringFunc f) {
   switch (f) {
-    case ScoringFunc::Softmax: return "softmax";
-    case ScoringFunc::Sigmoid: return "sigmoid";
-    case ScoringFunc::SqrtSoftplus: return "sqrtsoftplus";
+    case ScoringFunc::Softmax:
+      return "softmax";
+    case ScoringFunc::Sigmoid:
+      return "sigmoid";
+    case ScoringFunc::SqrtSoftplus:
+      return "sqrtsoftplus";
   }
   return "?";
 }
 std::string_view to_string(TopkMethod m) {
   switch (m) {
-    case TopkMethod::Greedy: return "greedy";
-    case TopkMethod::GroupLimitedGreedy: return "group_limited_greedy";
-    case TopkMethod::NoauxTc: return "noaux_tc";
+    case TopkMethod::Greedy:
+      return "greedy";
+    case TopkMethod::GroupLimitedGreedy:
+      return "group_limited_greedy";
+    case TopkMethod::NoauxTc:
+      return "noaux_tc";
   }
   return "?";
 }

@@ -27,22 +27,22 @@ struct YarnConfig {
 // What DeepSeek-V4 adds (docs/models.md#3-deepseek-v4); the keys it shares with V2/V3 (hidden_size,
 // num_attention_heads, q_lora_rank, qk_rope_head_dim, the MoE keys, rope) stay in ModelConfig.
 struct V4Config {
-  int64_t head_dim = 0;                   // hd: the one shared key/value head
-  int64_t o_groups = 1;                   // G: output projection groups
-  int64_t o_lora_rank = 0;                // R: low rank of each group
-  int64_t sliding_window = 0;             // W: raw keys a query sees
-  std::vector<int64_t> compress_ratios;   // per layer, then per MTP module: 0 window only, 4 CSA, other HCA
-  double compress_rope_theta = 0;         // rope base of compressed layers (with YaRN)
-  int64_t index_n_heads = 0;              // lightning indexer (CSA layers)
+  int64_t head_dim = 0;                  // hd: the one shared key/value head
+  int64_t o_groups = 1;                  // G: output projection groups
+  int64_t o_lora_rank = 0;               // R: low rank of each group
+  int64_t sliding_window = 0;            // W: raw keys a query sees
+  std::vector<int64_t> compress_ratios;  // per layer, then per MTP module: 0 window only, 4 CSA, other HCA
+  double compress_rope_theta = 0;        // rope base of compressed layers (with YaRN)
+  int64_t index_n_heads = 0;             // lightning indexer (CSA layers)
   int64_t index_head_dim = 0;
   int64_t index_topk = 0;
-  int64_t hc_mult = 1;                    // M residual streams
+  int64_t hc_mult = 1;  // M residual streams
   int64_t hc_sinkhorn_iters = 1;
   double hc_eps = 1e-6;
-  int64_t num_hash_layers = 0;            // layers [0, n) route by the tid2eid table
-  double swiglu_limit = 0;                // 0: no clamp
-  int64_t num_nextn_predict_layers = 0;   // MTP modules
-  bool fp4_experts = false;               // expert_dtype "fp4" (sizes a checkpoint-less inspect)
+  int64_t num_hash_layers = 0;           // layers [0, n) route by the tid2eid table
+  double swiglu_limit = 0;               // 0: no clamp
+  int64_t num_nextn_predict_layers = 0;  // MTP modules
+  bool fp4_experts = false;              // expert_dtype "fp4" (sizes a checkpoint-less inspect)
 
   int64_t compress_ratio(int64_t layer) const { return compress_ratios[layer]; }
 };
@@ -52,21 +52,21 @@ struct ModelConfig {
   std::string architecture;  // "DeepseekV3ForCausalLM"
   ModelFamily family = ModelFamily::DeepseekV3;
   int64_t vocab_size = 0;
-  int64_t hidden_size = 0;                // D
+  int64_t hidden_size = 0;  // D
   int64_t num_hidden_layers = 0;
-  int64_t first_k_dense_replace = 0;      // layers [0, k) use a dense MLP
+  int64_t first_k_dense_replace = 0;  // layers [0, k) use a dense MLP
   int64_t moe_layer_freq = 1;
-  int64_t intermediate_size = 0;          // dense MLP width
-  int64_t moe_intermediate_size = 0;      // routed expert width
-  int64_t num_attention_heads = 0;        // H
-  std::optional<int64_t> q_lora_rank;     // absent: q_proj instead of q_a/q_b
-  int64_t kv_lora_rank = 0;               // C
-  int64_t qk_nope_head_dim = 0;           // dn
-  int64_t qk_rope_head_dim = 0;           // dr
-  int64_t v_head_dim = 0;                 // dv
-  int64_t n_routed_experts = 0;           // E
+  int64_t intermediate_size = 0;       // dense MLP width
+  int64_t moe_intermediate_size = 0;   // routed expert width
+  int64_t num_attention_heads = 0;     // H
+  std::optional<int64_t> q_lora_rank;  // absent: q_proj instead of q_a/q_b
+  int64_t kv_lora_rank = 0;            // C
+  int64_t qk_nope_head_dim = 0;        // dn
+  int64_t qk_rope_head_dim = 0;        // dr
+  int64_t v_head_dim = 0;              // dv
+  int64_t n_routed_experts = 0;        // E
   int64_t n_shared_experts = 0;
-  int64_t num_experts_per_tok = 0;        // k
+  int64_t num_experts_per_tok = 0;  // k
   int64_t n_group = 1;
   int64_t topk_group = 1;
   TopkMethod topk_method = TopkMethod::Greedy;
@@ -90,7 +90,7 @@ struct ModelConfig {
   // of n_routed_experts experts, stored under the group's first layer. Gates and biases stay per layer.
   int64_t expert_sharing_group_size = 1;
   bool share_shared_experts = false;  // the group's layers also use the first layer's shared experts
-  V4Config v4;  // family DeepseekV4 only
+  V4Config v4;                        // family DeepseekV4 only
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const {

@@ -1,9 +1,9 @@
 #include "model/deepseek_v3.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cmath>
 #include <utility>
-#include <fmt/format.h>
 
 #include "model/expert_cache.h"
 #include "model/router.h"
@@ -20,8 +20,8 @@ void for_each_tensor(const ModelConfig& c, V3Weights* w,
                      const std::function<void(const TensorSpec&, TensorSlot)>& visit) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t dr = c.qk_rope_head_dim, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
-  auto matrix = [&](std::string name, int64_t rows, int64_t cols, TensorRole role, WeightView* slot,
-                    int64_t layer = -1, int64_t expert = -1, int64_t uses = 1) {
+  auto matrix = [&](std::string name, int64_t rows, int64_t cols, TensorRole role, WeightView* slot, int64_t layer = -1,
+                    int64_t expert = -1, int64_t uses = 1) {
     visit({std::move(name), {rows, cols}, role, layer, expert, false, uses}, {slot, nullptr});
   };
   auto vector = [&](std::string name, int64_t n, TensorRole role, std::vector<float>* slot, int64_t layer) {
@@ -119,7 +119,8 @@ std::pair<StreamingExpertStore*, int64_t> DeepseekV3Model::stream_experts() {
 }
 
 std::unique_ptr<SequenceCache> DeepseekV3Model::new_cache(int64_t capacity) const {
-  return std::make_unique<MlaCache>(config_.num_hidden_layers, capacity, config_.kv_lora_rank + config_.qk_rope_head_dim);
+  return std::make_unique<MlaCache>(config_.num_hidden_layers, capacity,
+                                    config_.kv_lora_rank + config_.qk_rope_head_dim);
 }
 
 int64_t DeepseekV3Model::cache_bytes_per_token() const {
@@ -191,7 +192,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
   // softmax and weighted sum run over its own keys alone: prefill and decode give the same bits.
   constexpr int64_t kQueryBlock = 64;
   std::vector<std::pair<int64_t, int64_t>> runs;  // [first token, end)
-  int64_t B = 0;                                   // the longest run
+  int64_t B = 0;                                  // the longest run
   for (int64_t n = 0; n < N; ++n) {
     const bool extends = n > 0 && slots[n].cache == slots[n - 1].cache &&
                          slots[n].position == slots[n - 1].position + 1 && n - runs.back().first < kQueryBlock;
@@ -199,15 +200,15 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
     else runs.push_back({n, n + 1});
     B = std::max(B, runs.back().second - runs.back().first);
   }
-  float* heads = heads_buffer.get(size_t(N * H * dv));  // [N, H, dv]
+  float* heads = heads_buffer.get(size_t(N * H * dv));                           // [N, H, dv]
   const int64_t work_floats = dn * C + dv * C + B * (entry + longest + C + dv);  // per head, carved below
   parallel_for<Schedule::Dynamic>(H, true, [&](int64_t h) {
     thread_local Scratch<float> head_work;  // each thread's own, kept between calls
     float* next = head_work.get(size_t(work_floats));
     const auto take = [&](int64_t n) { return std::exchange(next, next + n); };
-    float* w_uk = take(dn * C);       // [dn, C]: this head's rows of kv_b for W_UK
-    float* w_uv = take(dv * C);       // [dv, C]
-    float* q_full = take(B * entry);  // [B, C + dr]: absorbed query | rope query
+    float* w_uk = take(dn * C);         // [dn, C]: this head's rows of kv_b for W_UK
+    float* w_uv = take(dv * C);         // [dv, C]
+    float* q_full = take(B * entry);    // [B, C + dr]: absorbed query | rope query
     float* scores = take(B * longest);  // [B, keys seen]
     float* o_latent = take(B * C);      // [B, C]
     float* o_head = take(B * dv);       // [B, dv]
@@ -225,7 +226,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
       const float* cache = slots[first].cache->layer(layer);  // [length, C + dr]
       const int64_t keys_seen = slots[end - 1].position + 1;
       const WeightView keys{.dtype = DType::F32, .rows = keys_seen, .cols = entry, .data = cache};  // latent | rope key
-      matmul(scores, q_full, R, keys);  // [R, keys_seen]
+      matmul(scores, q_full, R, keys);                                                              // [R, keys_seen]
       for (int64_t r = 0; r < R; ++r) {
         float* p = scores + r * keys_seen;
         const int64_t seen = slots[first + r].position + 1;
@@ -242,8 +243,7 @@ void mla_forward(float* out, const float* x, std::span<const TokenSlot> slots, i
 
 // out [N, D] = routed experts + shared experts of x [N, D].
 void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, const V3MoeWeights& w,
-                 const ExpertStore& experts, int64_t layer, ExpertLoad* load,
-                 const ExpertParallel* parallel) {
+                 const ExpertStore& experts, int64_t layer, ExpertLoad* load, const ExpertParallel* parallel) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts;
   std::vector<float> router_logits(N * E);  // [N, E]
   matmul(router_logits.data(), x, N, w.gate);

@@ -18,33 +18,33 @@
 namespace megamoe {
 
 struct V3AttentionWeights {
-  WeightView q_proj;              // [H*(dn+dr), D]  without q LoRA
-  WeightView q_a_proj;            // [q_lora_rank, D] with q LoRA
-  std::vector<float> q_a_norm;    // [q_lora_rank]
-  WeightView q_b_proj;            // [H*(dn+dr), q_lora_rank]
-  WeightView kv_a_proj;           // [C+dr, D]
-  std::vector<float> kv_a_norm;   // [C]
-  WeightView kv_b_proj;           // [H*(dn+dv), C]
-  WeightView o_proj;              // [D, H*dv]
+  WeightView q_proj;             // [H*(dn+dr), D]  without q LoRA
+  WeightView q_a_proj;           // [q_lora_rank, D] with q LoRA
+  std::vector<float> q_a_norm;   // [q_lora_rank]
+  WeightView q_b_proj;           // [H*(dn+dr), q_lora_rank]
+  WeightView kv_a_proj;          // [C+dr, D]
+  std::vector<float> kv_a_norm;  // [C]
+  WeightView kv_b_proj;          // [H*(dn+dv), C]
+  WeightView o_proj;             // [D, H*dv]
 };
 
 struct V3MoeWeights {
-  WeightView gate;                // [E, D] router
-  std::vector<float> bias;        // [E] e_score_correction_bias (empty: none)
-  MlpWeights shared;              // [n_shared*I_moe, D] ... (gate.data == nullptr: none)
+  WeightView gate;                  // [E, D] router
+  std::vector<float> bias;          // [E] e_score_correction_bias (empty: none)
+  MlpWeights shared;                // [n_shared*I_moe, D] ... (gate.data == nullptr: none)
   std::vector<MlpWeights> experts;  // [E] routed; empty in an expert pool's later layers (they use the first's)
 };
 
 struct V3LayerWeights {
-  std::vector<float> attn_norm;   // [D] input_layernorm
-  std::vector<float> ffn_norm;    // [D] post_attention_layernorm
+  std::vector<float> attn_norm;  // [D] input_layernorm
+  std::vector<float> ffn_norm;   // [D] post_attention_layernorm
   V3AttentionWeights attn;
-  MlpWeights dense;               // dense layers only
-  V3MoeWeights moe;                 // MoE layers only
+  MlpWeights dense;  // dense layers only
+  V3MoeWeights moe;  // MoE layers only
 };
 
 struct V3Weights {
-  WeightView embed;               // [V, D]
+  WeightView embed;  // [V, D]
   std::vector<V3LayerWeights> layers;
   std::vector<float> final_norm;  // [D]
   WeightView lm_head;             // [V, D]
@@ -66,8 +66,8 @@ MlaRope mla_rope(const ModelConfig& c);
 // (kv_lora_rank values) and the roped key (qk_rope_head_dim values).
 class MlaCache final : public SequenceCache {
  public:
-  MlaCache(int64_t layers, int64_t capacity, int64_t entry) : SequenceCache(capacity), entry_(entry),
-      values_(size_t(layers * capacity * entry)) {}
+  MlaCache(int64_t layers, int64_t capacity, int64_t entry)
+      : SequenceCache(capacity), entry_(entry), values_(size_t(layers * capacity * entry)) {}
   int64_t bytes() const override { return int64_t(values_.size() * sizeof(float)); }
   // [capacity, C + dr] of one layer: latent | rope key per token.
   float* layer(int64_t L) { return values_.data() + L * capacity() * entry_; }
@@ -80,7 +80,8 @@ class MlaCache final : public SequenceCache {
 class DeepseekV3Model final : public Model {
  public:
   // Opens the checkpoint, parses config.json, checks and maps every tensor (nothing copied but norms).
-  static std::unique_ptr<DeepseekV3Model> load(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
+  static std::unique_ptr<DeepseekV3Model> load(const std::filesystem::path& dir,
+                                               Residency residency = Residency::Mapped);
 
   const ModelInfo& info() const override { return info_; }
   const ModelConfig& config() const { return config_; }

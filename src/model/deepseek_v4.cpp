@@ -1,8 +1,8 @@
 #include "model/deepseek_v4.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
 
 #include "model/expert_cache.h"
 #include "model/router.h"
@@ -108,8 +108,8 @@ void for_each_tensor(const ModelConfig& c, V4Weights* w,
   top.matrix("embed.weight", c.vocab_size, D, TensorRole::Embedding, &w->embed);
   w->layers.resize(L);
   for (int64_t layer = 0; layer < L; ++layer)
-    list_block({visit, fmt::format("layers.{}.", layer), layer}, c, v.compress_ratio(layer),
-               layer < v.num_hash_layers, &w->layers[layer]);
+    list_block({visit, fmt::format("layers.{}.", layer), layer}, c, v.compress_ratio(layer), layer < v.num_hash_layers,
+               &w->layers[layer]);
   w->mtp.resize(v.num_nextn_predict_layers);
   for (int64_t i = 0; i < v.num_nextn_predict_layers; ++i) {
     const TensorLister t{visit, fmt::format("mtp.{}.", i), L + i, true};
@@ -320,8 +320,8 @@ void hc_pre(float* h, float* post, float* comb, const float* X, int64_t N, const
   const int64_t M = c.v4.hc_mult, D = c.hidden_size, rows = (2 + M) * M;
   const double eps = c.v4.hc_eps;
   thread_local Scratch<float> mix_buffer, pre_buffer;  // kept between calls, as in forward
-  float* mix = mix_buffer.get(size_t(N * rows));  // [N, (2+M)*M]
-  float* pre = pre_buffer.get(size_t(N * M));     // [N, M]
+  float* mix = mix_buffer.get(size_t(N * rows));       // [N, (2+M)*M]
+  float* pre = pre_buffer.get(size_t(N * M));          // [N, M]
   hc_mix(mix, X, N, w.fn, c.rms_norm_eps);
   std::vector<double> a(M * M);  // one token's comb
   for (int64_t n = 0; n < N; ++n) {
@@ -401,7 +401,7 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
   const CompressorCache& shape = state_of(batch.sequences[0]);
   const int64_t r = shape.ratio, d = shape.width, overlap = shape.overlap;
   thread_local Scratch<float> kv_buffer, gate_buffer;  // kept between calls, as in forward
-  float* kv = kv_buffer.get(size_t(N * cd));  // [N, c*d] each
+  float* kv = kv_buffer.get(size_t(N * cd));           // [N, c*d] each
   float* gate = gate_buffer.get(size_t(N * cd));
   matmul(kv, x, N, w.wkv);
   matmul(gate, x, N, w.wgate);
@@ -605,9 +605,8 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
 
 // out [N, D] = routed experts (sqrt-softplus scores; a hash table or biased top-k picks them)
 // + shared experts of x [N, D], with V4's clamped SwiGLU.
-void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const ModelConfig& c,
-                 const V4MoeWeights& w, const ExpertStore& experts, int64_t layer, ExpertLoad* load,
-                 const ExpertParallel* parallel) {
+void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const ModelConfig& c, const V4MoeWeights& w,
+                 const ExpertStore& experts, int64_t layer, ExpertLoad* load, const ExpertParallel* parallel) {
   const int64_t N = int64_t(ids.size()), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
   const float limit = float(c.v4.swiglu_limit);
   std::vector<float> router_logits(N * E);  // [N, E]
@@ -685,8 +684,7 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
   // Head: the streams mixed by hc_head, normalized, projected.
   const int64_t R = int64_t(logit_rows.size());
   std::vector<float> final_streams(R * M * D), mix(R * M), pre(R * M), final_rows(R * D);
-  for (int64_t r = 0; r < R; ++r)
-    std::copy_n(streams + logit_rows[r] * M * D, M * D, final_streams.data() + r * M * D);
+  for (int64_t r = 0; r < R; ++r) std::copy_n(streams + logit_rows[r] * M * D, M * D, final_streams.data() + r * M * D);
   hc_mix(mix.data(), final_streams.data(), R, weights_.hc_head.fn, c.rms_norm_eps);
   for (int64_t i = 0; i < R * M; ++i)
     pre[i] = float(sigmoid_d(double(mix[i]) * weights_.hc_head.scale[0] + weights_.hc_head.base[i % M]) + c.v4.hc_eps);

@@ -22,28 +22,28 @@ namespace megamoe {
 
 // Mixing of the M residual streams around one sublayer (or before the head).
 struct HyperConnection {
-  WeightView fn;              // [(2+M)*M, M*D] F32 (head: [M, M*D])
-  std::vector<float> base;    // [(2+M)*M] (head: [M])
-  std::vector<float> scale;   // [3]: pre, post, comb (head: [1])
+  WeightView fn;             // [(2+M)*M, M*D] F32 (head: [M, M*D])
+  std::vector<float> base;   // [(2+M)*M] (head: [M])
+  std::vector<float> scale;  // [3]: pre, post, comb (head: [1])
 };
 
 // Pools each window of `ratio` tokens into one entry of `width` values.
 struct CompressorWeights {
-  WeightView wkv;             // [c*width, D], c = 2 for overlapping windows (ratio 4), else 1
-  WeightView wgate;           // [c*width, D]
-  std::vector<float> ape;     // [ratio, c*width] gate bias by position in the window
-  std::vector<float> norm;    // [width]
+  WeightView wkv;           // [c*width, D], c = 2 for overlapping windows (ratio 4), else 1
+  WeightView wgate;         // [c*width, D]
+  std::vector<float> ape;   // [ratio, c*width] gate bias by position in the window
+  std::vector<float> norm;  // [width]
 };
 
 struct V4AttentionWeights {
-  std::vector<float> sink;    // [H] attention sink logits
-  WeightView wq_a;            // [q_lora_rank, D]
-  std::vector<float> q_norm;  // [q_lora_rank]
-  WeightView wq_b;            // [H*hd, q_lora_rank]
-  WeightView wkv;             // [hd, D]
-  std::vector<float> kv_norm; // [hd]
-  WeightView wo_a;            // [G*R, H*hd/G]: group g maps its heads to R values
-  WeightView wo_b;            // [D, G*R]
+  std::vector<float> sink;             // [H] attention sink logits
+  WeightView wq_a;                     // [q_lora_rank, D]
+  std::vector<float> q_norm;           // [q_lora_rank]
+  WeightView wq_b;                     // [H*hd, q_lora_rank]
+  WeightView wkv;                      // [hd, D]
+  std::vector<float> kv_norm;          // [hd]
+  WeightView wo_a;                     // [G*R, H*hd/G]: group g maps its heads to R values
+  WeightView wo_b;                     // [D, G*R]
   CompressorWeights compressor;        // compressed layers (width hd)
   WeightView index_wq_b;               // [index_n_heads * dI, q_lora_rank]  CSA layers
   WeightView index_weights_proj;       // [index_n_heads, D]
@@ -60,8 +60,8 @@ struct V4MoeWeights {
 
 // A layer, or the block of an MTP module.
 struct V4BlockWeights {
-  std::vector<float> attn_norm;     // [D]
-  std::vector<float> ffn_norm;      // [D]
+  std::vector<float> attn_norm;  // [D]
+  std::vector<float> ffn_norm;   // [D]
   HyperConnection hc_attn, hc_ffn;
   V4AttentionWeights attn;
   V4MoeWeights ffn;
@@ -70,18 +70,18 @@ struct V4BlockWeights {
 // A multi-token-prediction module: loaded and checked, not used by the forward pass yet.
 struct V4MtpWeights {
   V4BlockWeights block;
-  WeightView e_proj, h_proj;        // [D, D]
+  WeightView e_proj, h_proj;              // [D, D]
   std::vector<float> enorm, hnorm, norm;  // [D]
   HyperConnection hc_head;
 };
 
 struct V4Weights {
-  WeightView embed;                 // [V, D]
+  WeightView embed;  // [V, D]
   std::vector<V4BlockWeights> layers;
   std::vector<V4MtpWeights> mtp;
-  std::vector<float> norm;          // [D]
+  std::vector<float> norm;  // [D]
   HyperConnection hc_head;
-  WeightView head;                  // [V, D]
+  WeightView head;  // [V, D]
 };
 
 // Every tensor of a V4 checkpoint, MTP modules included, in checkpoint order (sizes `weights` first).
@@ -92,9 +92,9 @@ void for_each_tensor(const ModelConfig& c, V4Weights* weights,
 // complete (for ratio 4 also the previous window's), and every compressed entry so far.
 struct CompressorCache {
   int64_t ratio = 0, width = 0, overlap = 1;  // r, d, c
-  int64_t ring = 0;           // rows kept: c*r + kRewindSlack, slot = position % ring
-  std::vector<float> rows;    // [ring, 2 * c*d]: kv | gate scores
-  std::vector<float> entries; // [capacity / r, d]
+  int64_t ring = 0;                           // rows kept: c*r + kRewindSlack, slot = position % ring
+  std::vector<float> rows;                    // [ring, 2 * c*d]: kv | gate scores
+  std::vector<float> entries;                 // [capacity / r, d]
 };
 
 // One layer's attention state.
@@ -127,7 +127,8 @@ class V4Cache final : public SequenceCache {
 class DeepseekV4Model final : public Model {
  public:
   // Opens the checkpoint, parses config.json, checks and maps every tensor (MTP modules included).
-  static std::unique_ptr<DeepseekV4Model> load(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
+  static std::unique_ptr<DeepseekV4Model> load(const std::filesystem::path& dir,
+                                               Residency residency = Residency::Mapped);
 
   const ModelInfo& info() const override { return info_; }
   const ModelConfig& config() const { return config_; }
@@ -145,8 +146,8 @@ class DeepseekV4Model final : public Model {
   V4Weights weights_;
   std::unique_ptr<ExpertStore> experts_;
   std::vector<std::span<const MlpWeights>> expert_spans_;  // [layers] what experts_ serves
-  Rope window_rope_;      // window-only layers: rope_theta, no YaRN
-  Rope compressed_rope_;  // compressed layers: compress_rope_theta with YaRN
+  Rope window_rope_;                                       // window-only layers: rope_theta, no YaRN
+  Rope compressed_rope_;                                   // compressed layers: compress_rope_theta with YaRN
 };
 
 }  // namespace megamoe

@@ -24,7 +24,8 @@ std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) 
 
 }  // namespace
 
-StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint, std::vector<std::span<const MlpWeights>> experts) {
+StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint,
+                                           std::vector<std::span<const MlpWeights>> experts) {
   for (const auto& file : checkpoint.files()) {
     const int fd = ::open(file->path().c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) fail("{}: cannot open: {}", file->path().string(), std::strerror(errno));
@@ -48,7 +49,8 @@ StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint, std::ve
     for (const MlpWeights& mlp : layer) {
       Entry entry{mlp, {}};
       for (const WeightView* w : {&mlp.gate, &mlp.up, &mlp.down})
-        for (const void* p : {w->data, static_cast<const void*>(w->scale_inv), static_cast<const void*>(w->scale_e8m0)}) {
+        for (const void* p :
+             {w->data, static_cast<const void*>(w->scale_inv), static_cast<const void*>(w->scale_e8m0)}) {
           const auto* bytes = static_cast<const std::byte*>(p);
           if (!bytes) continue;
           for (size_t f = 0; f < file_bytes_.size(); ++f) {
@@ -63,7 +65,8 @@ StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint, std::ve
                 [](const Run& a, const Run& b) { return std::tie(a.file, a.offset) < std::tie(b.file, b.offset); });
       std::vector<Run> merged;
       for (const Run& run : entry.runs) {
-        if (!merged.empty() && merged.back().file == run.file && run.offset - (merged.back().offset + merged.back().bytes) <= kMergeGap)
+        if (!merged.empty() && merged.back().file == run.file &&
+            run.offset - (merged.back().offset + merged.back().bytes) <= kMergeGap)
           merged.back().bytes = std::max(merged.back().bytes, run.offset + run.bytes - merged.back().offset);
         else merged.push_back(run);
       }
@@ -133,10 +136,12 @@ void StreamingExpertStore::load(int64_t slot, int64_t entry) const {
   int64_t reads = 0, bytes = 0;
   for (const Run& run : entries_[entry].runs) {
     for (int64_t done = 0; done < run.bytes;) {
-      const ssize_t n = ::pread(fds_[run.file], base + run.slot_offset + done, size_t(run.bytes - done), off_t(run.offset + done));
+      const ssize_t n =
+          ::pread(fds_[run.file], base + run.slot_offset + done, size_t(run.bytes - done), off_t(run.offset + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("cannot read an expert at byte {} of checkpoint file {}: {}", run.offset + done, run.file,
-                       n < 0 ? std::strerror(errno) : "unexpected end of file");
+      if (n <= 0)
+        fail("cannot read an expert at byte {} of checkpoint file {}: {}", run.offset + done, run.file,
+             n < 0 ? std::strerror(errno) : "unexpected end of file");
       done += n;
       ++reads;
     }
@@ -298,10 +303,11 @@ StreamingExpertStore* stream_experts_within(Model* model, int64_t budget, int64_
   const int64_t fixed = dense + kv_bytes + kStreamingOverheadBytes;
   const int64_t minimum = fixed + experts_per_token * store->slot_bytes();
   if (budget < minimum)
-    fail("a memory budget of {} is too small for this model: the dense weights ({}), KV cache ({}), overhead ({}) "
-         "and one token's {} experts ({}) need at least --memory-budget {}MiB",
-         mib(budget), mib(dense), mib(kv_bytes), mib(kStreamingOverheadBytes), experts_per_token,
-         mib(experts_per_token * store->slot_bytes()), (minimum + (1 << 20) - 1) >> 20);
+    fail(
+        "a memory budget of {} is too small for this model: the dense weights ({}), KV cache ({}), overhead ({}) "
+        "and one token's {} experts ({}) need at least --memory-budget {}MiB",
+        mib(budget), mib(dense), mib(kv_bytes), mib(kStreamingOverheadBytes), experts_per_token,
+        mib(experts_per_token * store->slot_bytes()), (minimum + (1 << 20) - 1) >> 20);
   store->allocate((budget - fixed) / store->slot_bytes(), prefetch, frequency);
   return store;
 }

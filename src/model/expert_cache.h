@@ -24,12 +24,12 @@ class Model;
 
 // What the cache has done since it was made (or since reset_stats()).
 struct ExpertCacheStats {
-  int64_t lookups = 0;         // experts the MoE layers asked for
-  int64_t hits = 0;            // already resident (prefetched ones included)
-  int64_t prefetch_hits = 0;   // of the hits, the ones a prefetch brought in
-  int64_t prefetched = 0;      // experts the prefetch thread read
-  int64_t bytes_read = 0;      // from the checkpoint files, demand and prefetch
-  int64_t reads = 0;           // pread calls
+  int64_t lookups = 0;        // experts the MoE layers asked for
+  int64_t hits = 0;           // already resident (prefetched ones included)
+  int64_t prefetch_hits = 0;  // of the hits, the ones a prefetch brought in
+  int64_t prefetched = 0;     // experts the prefetch thread read
+  int64_t bytes_read = 0;     // from the checkpoint files, demand and prefetch
+  int64_t reads = 0;          // pread calls
   double hit_rate() const { return lookups ? double(hits) / double(lookups) : 0; }
 };
 
@@ -78,29 +78,29 @@ class StreamingExpertStore final : public ExpertStore {
   MlpWeights rebased(int64_t entry, std::byte* slot) const;
   void prefetch_loop() const;
 
-  std::vector<int> fds_;                        // one per checkpoint file
+  std::vector<int> fds_;                                // one per checkpoint file
   std::vector<std::span<const std::byte>> file_bytes_;  // each file's bytes, to locate views
-  std::vector<int64_t> layer_base_;             // first entry of each layer (-1: dense)
+  std::vector<int64_t> layer_base_;                     // first entry of each layer (-1: dense)
   std::vector<Entry> entries_;
   int64_t slot_bytes_ = 0, streamed_bytes_ = 0;
 
-  std::unique_ptr<std::byte[]> storage_;        // [slots, slot_bytes]
-  std::byte* slot_data_ = nullptr;              // 64-byte aligned start of storage_
+  std::unique_ptr<std::byte[]> storage_;  // [slots, slot_bytes]
+  std::byte* slot_data_ = nullptr;        // 64-byte aligned start of storage_
   mutable std::mutex mutex_;
-  mutable std::condition_variable loaded_;      // a slot became Ready (or Empty after a failed read)
-  mutable std::condition_variable wanted_;      // a prefetch request arrived, or stop
-  mutable std::vector<int64_t> slot_entry_;     // [slots] -1: empty
+  mutable std::condition_variable loaded_;   // a slot became Ready (or Empty after a failed read)
+  mutable std::condition_variable wanted_;   // a prefetch request arrived, or stop
+  mutable std::vector<int64_t> slot_entry_;  // [slots] -1: empty
   mutable std::vector<SlotState> slot_state_;
   mutable std::vector<int32_t> slot_pins_;
-  mutable std::vector<int64_t> slot_used_;      // last use (a tick), for LRU
-  mutable std::vector<bool> slot_prefetched_;   // loaded by prefetch and not used yet
+  mutable std::vector<int64_t> slot_used_;     // last use (a tick), for LRU
+  mutable std::vector<bool> slot_prefetched_;  // loaded by prefetch and not used yet
   mutable std::vector<MlpWeights> slot_weights_;
-  mutable std::vector<int64_t> entry_slot_;     // [entries] -1: not cached
-  mutable std::vector<int64_t> entry_uses_;     // [entries] acquires so far, cached or not
+  mutable std::vector<int64_t> entry_slot_;  // [entries] -1: not cached
+  mutable std::vector<int64_t> entry_uses_;  // [entries] acquires so far, cached or not
   bool frequency_ = false;
   mutable int64_t tick_ = 0;
   mutable std::vector<int64_t> pending_prefetch_;  // entries hinted, not yet started
-  mutable std::deque<int64_t> prefetch_queue_;  // entries the prefetch thread reads in order
+  mutable std::deque<int64_t> prefetch_queue_;     // entries the prefetch thread reads in order
   mutable ExpertCacheStats stats_;
   bool stop_ = false;
   std::thread prefetch_thread_;

@@ -20,8 +20,8 @@ class ExpertParallel {
 
 // dispatch_experts in this process, or through `parallel` when it is set.
 inline void dispatch_routed_experts(const ExpertParallel* parallel, float* out, const float* x, int64_t D,
-                                    const Routing& routing, int64_t n_experts, const ExpertStore& store,
-                                    int64_t layer, ExpertLoad* load, float swiglu_limit = 0) {
+                                    const Routing& routing, int64_t n_experts, const ExpertStore& store, int64_t layer,
+                                    ExpertLoad* load, float swiglu_limit = 0) {
   if (parallel) parallel->dispatch(out, x, D, routing, n_experts, store, layer, load, swiglu_limit);
   else dispatch_experts(out, x, D, routing, n_experts, store, layer, load, swiglu_limit);
 }

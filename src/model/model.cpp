@@ -20,8 +20,8 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency re
   // with the directory (the V2/V3 one also names unknown architectures).
   std::ifstream in(dir / "config.json");
   const nlohmann::json config = nlohmann::json::parse(in, nullptr, false);
-  if (config.is_object() && config.value("architectures", nlohmann::json::array()) ==
-                                nlohmann::json::array({"DeepseekV4ForCausalLM"}))
+  if (config.is_object() &&
+      config.value("architectures", nlohmann::json::array()) == nlohmann::json::array({"DeepseekV4ForCausalLM"}))
     return DeepseekV4Model::load(dir, residency);
   return DeepseekV3Model::load(dir, residency);
 }

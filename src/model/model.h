@@ -27,7 +27,7 @@ class SequenceCache {
   }
   // Called as the cache goes away (the leader of an expert-parallel run tells the other ranks).
   std::function<void()> on_destroy;
-  int64_t length() const { return length_; }      // tokens already processed
+  int64_t length() const { return length_; }  // tokens already processed
   int64_t capacity() const { return capacity_; }
   virtual int64_t bytes() const = 0;
   // Whether truncate(length) is possible: any length up to length() unless the family keeps only
@@ -57,7 +57,7 @@ struct SequenceStep {
 struct ModelInfo {
   std::string architecture;  // "DeepseekV3ForCausalLM", ...
   int64_t vocab_size = 0;
-  int64_t max_context = 0;   // max_position_embeddings
+  int64_t max_context = 0;  // max_position_embeddings
   int64_t layers = 0;
   int64_t routed_experts = 0;
   std::optional<int32_t> bos_token_id, eos_token_id;

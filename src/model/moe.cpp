@@ -91,7 +91,8 @@ void dispatch_token_range(float* out, const float* x, int64_t D, const Routing& 
   // are computed alone, so the result does not depend on the chunking.
   const std::span<const int32_t> active(groups.active);
   for (size_t done = 0; done < active.size();) {
-    const std::span<const int32_t> chunk = active.subspan(done, std::min<size_t>(active.size() - done, store.max_pinned()));
+    const std::span<const int32_t> chunk =
+        active.subspan(done, std::min<size_t>(active.size() - done, store.max_pinned()));
     store.acquire(layer, chunk);
     std::vector<MlpJob> jobs;
     for (int32_t e : chunk) {

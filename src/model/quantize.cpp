@@ -35,8 +35,7 @@ void release_pages(const TensorInfo* tensor) {
 // out = w [rows, cols] in `format`: Q8_0 / Q4_0 blocks [rows, cols/32, 34 | 18] or BF16 [rows, cols],
 // a row at a time (a whole embedding in fp32 would be gigabytes).
 void convert_rows(std::byte* out, const WeightView& w, DType format) {
-  const int64_t out_row_bytes =
-      format == DType::BF16 ? 2 * w.cols : w.cols / kQuantBlock * int64_t(dtype_size(format));
+  const int64_t out_row_bytes = format == DType::BF16 ? 2 * w.cols : w.cols / kQuantBlock * int64_t(dtype_size(format));
 #pragma omp parallel
   {
     std::vector<float> row(size_t(w.cols));
@@ -69,8 +68,10 @@ bool is_matrix_role(TensorRole role) {
     case TensorRole::Norm:
     case TensorRole::RouterBias:
     case TensorRole::Parameter:
-    case TensorRole::HashTable: return false;
-    default: return true;
+    case TensorRole::HashTable:
+      return false;
+    default:
+      return true;
   }
 }
 
@@ -97,7 +98,8 @@ nlohmann::json megamoe_quantization_config(DType weight_format) {
 
 QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& output, const QuantizeOptions& options) {
   const bool official_fp8 = options.weight_format == DType::F8_E4M3;
-  const nlohmann::json quantization = official_fp8 ? nlohmann::json() : megamoe_quantization_config(options.weight_format);
+  const nlohmann::json quantization =
+      official_fp8 ? nlohmann::json() : megamoe_quantization_config(options.weight_format);
   if (fs::exists(output)) fail("{}: already exists (quantize writes a new directory)", output.string());
   const std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(input);
   const Checkpoint& ckpt = *checkpoint;

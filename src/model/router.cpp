@@ -11,7 +11,7 @@
 namespace megamoe {
 
 RouterSpec router_spec(const ModelConfig& c) {
-  return {c.n_routed_experts, c.num_experts_per_tok, c.scoring_func, c.topk_method,
+  return {c.n_routed_experts, c.num_experts_per_tok, c.scoring_func,   c.topk_method,
           c.n_group,          c.topk_group,          c.norm_topk_prob, c.routed_scaling_factor};
 }
 
@@ -51,9 +51,15 @@ void mask_groups(float* selection, const float* scores, const RouterSpec& spec) 
 void score(float* scores, const float* logits, int64_t E, ScoringFunc scoring) {
   std::copy_n(logits, E, scores);
   switch (scoring) {
-    case ScoringFunc::Softmax: softmax(scores, E); break;
-    case ScoringFunc::Sigmoid: for (int64_t e = 0; e < E; ++e) scores[e] = sigmoid(scores[e]); break;
-    case ScoringFunc::SqrtSoftplus: for (int64_t e = 0; e < E; ++e) scores[e] = std::sqrt(softplus(scores[e])); break;
+    case ScoringFunc::Softmax:
+      softmax(scores, E);
+      break;
+    case ScoringFunc::Sigmoid:
+      for (int64_t e = 0; e < E; ++e) scores[e] = sigmoid(scores[e]);
+      break;
+    case ScoringFunc::SqrtSoftplus:
+      for (int64_t e = 0; e < E; ++e) scores[e] = std::sqrt(softplus(scores[e]));
+      break;
   }
 }
 

@@ -14,8 +14,8 @@ struct RouterSpec {
   ScoringFunc scoring = ScoringFunc::Softmax;
   TopkMethod method = TopkMethod::Greedy;
   int64_t n_group = 1, topk_group = 1;
-  bool normalize = false;       // norm_topk_prob
-  double scaling = 1;           // routed_scaling_factor
+  bool normalize = false;  // norm_topk_prob
+  double scaling = 1;      // routed_scaling_factor
 };
 
 RouterSpec router_spec(const ModelConfig& c);

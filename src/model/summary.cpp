@@ -31,7 +31,8 @@ int64_t stored_bytes(const TensorSpec& spec, const ModelConfig& c, const Checkpo
     case TensorRole::RouterBias:
     case TensorRole::HyperMix:
     case TensorRole::Parameter:
-    case TensorRole::HashTable: return 4 * n;
+    case TensorRole::HashTable:
+      return 4 * n;
     case TensorRole::Linear: {
       if (!c.fp8_weights) break;
       const bool v4 = c.family == ModelFamily::DeepseekV4;
@@ -39,7 +40,8 @@ int64_t stored_bytes(const TensorSpec& spec, const ModelConfig& c, const Checkpo
       const int64_t blocks = ((spec.shape[0] + 127) / 128) * ((spec.shape[1] + 127) / 128);
       return n + (v4 ? 1 : 4) * blocks;  // ue8m0 or F32 block scales
     }
-    default: break;
+    default:
+      break;
   }
   return 2 * n;
 }
@@ -56,7 +58,7 @@ std::vector<std::vector<int64_t>> expert_pools(const ModelConfig& c) {
 ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64_t context) {
   ModelSummary s;
   std::set<std::string> used;
-  int64_t active_unrouted = 0;  // every tensor but the routed experts, once per layer that uses it
+  int64_t active_unrouted = 0;          // every tensor but the routed experts, once per layer that uses it
   std::map<std::string, DType> blocks;  // megamoe's U8 block tensors: counted as Q8_0 / Q4_0
   for_each_tensor(c, [&](const TensorSpec& spec) {
     int64_t n = 1;
@@ -74,7 +76,7 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
     if (spec.role == TensorRole::Embedding) s.embedding_parameters += n;
     int64_t bytes = stored_bytes(spec, c, checkpoint) * spec.uses;
     if (spec.role == TensorRole::Embedding || spec.role == TensorRole::HashTable)
-      bytes = bytes / spec.shape[0];  // one row per token
+      bytes = bytes / spec.shape[0];                                                   // one row per token
     if (spec.expert >= 0) bytes = bytes * c.num_experts_per_tok / c.n_routed_experts;  // expected share
     s.active_weight_bytes += bytes;
   });
@@ -93,10 +95,9 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
     s.kv_cache_bytes = V4Cache::values(c, s.kv_cache_context) * int64_t(sizeof(float));
     s.deepseek_v3_kv_cache_bytes_per_token = double(kDeepseekV3CacheValuesPerToken * sizeof(float));
   } else {
-    s.kv_cache_bytes = s.kv_cache_context * c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) *
-                       int64_t(sizeof(float));
-    s.naive_kv_cache_values_per_token =
-        c.num_hidden_layers * c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim);
+    s.kv_cache_bytes =
+        s.kv_cache_context * c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * int64_t(sizeof(float));
+    s.naive_kv_cache_values_per_token = c.num_hidden_layers * c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim);
   }
   s.kv_cache_bytes_per_token = double(s.kv_cache_bytes) / double(s.kv_cache_context);
   s.kv_cache_values_per_token = s.kv_cache_bytes_per_token / sizeof(float);
@@ -105,7 +106,7 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
 
 ModelInfo model_info(const ModelConfig& c, const Checkpoint& checkpoint) {
   auto id = [](const std::optional<int64_t>& v) { return v ? std::optional<int32_t>(int32_t(*v)) : std::nullopt; };
-  ModelInfo info{c.architecture, c.vocab_size, c.max_position_embeddings, c.num_hidden_layers,
+  ModelInfo info{c.architecture,     c.vocab_size,       c.max_position_embeddings, c.num_hidden_layers,
                  c.n_routed_experts, id(c.bos_token_id), id(c.eos_token_id)};
   const ModelSummary summary = summarize(c, &checkpoint);
   info.active_weight_bytes_per_token = summary.active_weight_bytes;
@@ -115,22 +116,22 @@ ModelInfo model_info(const ModelConfig& c, const Checkpoint& checkpoint) {
 
 nlohmann::json to_json(const ModelSummary& s, const ModelConfig& c) {
   nlohmann::json j = {{"architecture", c.architecture},
-          {"layers", c.num_hidden_layers},
-          {"hidden_size", c.hidden_size},
-          {"vocab_size", c.vocab_size},
-          {"routed_experts", c.n_routed_experts},
-          {"experts_per_token", c.num_experts_per_tok},
-          {"routed_expert_parameters", s.routed_expert_parameters},
-          {"total_parameters", s.total_parameters},
-          {"active_parameters", s.active_parameters},
-          {"embedding_parameters", s.embedding_parameters},
-          {"active_weight_bytes_per_token", s.active_weight_bytes},
-          {"bytes_by_dtype", s.bytes_by_dtype},
-          {"unused_tensors", s.unused_tensors},
-          {"kv_cache_context", s.kv_cache_context},
-          {"kv_cache_bytes", s.kv_cache_bytes},
-          {"kv_cache_bytes_per_token", s.kv_cache_bytes_per_token},
-          {"kv_cache_values_per_token", s.kv_cache_values_per_token}};
+                      {"layers", c.num_hidden_layers},
+                      {"hidden_size", c.hidden_size},
+                      {"vocab_size", c.vocab_size},
+                      {"routed_experts", c.n_routed_experts},
+                      {"experts_per_token", c.num_experts_per_tok},
+                      {"routed_expert_parameters", s.routed_expert_parameters},
+                      {"total_parameters", s.total_parameters},
+                      {"active_parameters", s.active_parameters},
+                      {"embedding_parameters", s.embedding_parameters},
+                      {"active_weight_bytes_per_token", s.active_weight_bytes},
+                      {"bytes_by_dtype", s.bytes_by_dtype},
+                      {"unused_tensors", s.unused_tensors},
+                      {"kv_cache_context", s.kv_cache_context},
+                      {"kv_cache_bytes", s.kv_cache_bytes},
+                      {"kv_cache_bytes_per_token", s.kv_cache_bytes_per_token},
+                      {"kv_cache_values_per_token", s.kv_cache_values_per_token}};
   if (c.family == ModelFamily::DeepseekV4) {
     j["mtp_parameters"] = s.mtp_parameters;
     j["deepseek_v3_kv_cache_bytes_per_token"] = s.deepseek_v3_kv_cache_bytes_per_token;
@@ -148,7 +149,8 @@ std::string human(double v, const char* unit, double base) {
   const char* prefixes[] = {"", "K", "M", "G", "T", "P"};
   int i = 0;
   while (std::abs(v) >= base && i < 5) v /= base, ++i;
-  return i == 0 ? fmt::format("{:.0f} {}", v, unit) : fmt::format("{:.2f} {}{}{}", v, prefixes[i], base == 1024 ? "i" : "", unit);
+  return i == 0 ? fmt::format("{:.0f} {}", v, unit)
+                : fmt::format("{:.2f} {}{}{}", v, prefixes[i], base == 1024 ? "i" : "", unit);
 }
 std::string count(int64_t n) { return fmt::format("{} ({})", n, human(double(n), "", 1000)); }
 std::string bytes(int64_t n) { return human(double(n), "B", 1024); }
@@ -191,23 +193,25 @@ std::string describe(const ModelSummary& s, const ModelConfig& c) {
                                   c.yarn ? fmt::format(", YaRN x{} on compressed layers", c.yarn->factor) : ""));
     line("hyper-connections", fmt::format("{} streams, {} Sinkhorn iterations", v.hc_mult, v.hc_sinkhorn_iters));
   } else {
-    line("attention", fmt::format("MLA, {} heads, kv_lora_rank {}, q_lora_rank {}, rope dim {}{}", c.num_attention_heads,
-                                  c.kv_lora_rank, c.q_lora_rank ? std::to_string(*c.q_lora_rank) : "none",
-                                  c.qk_rope_head_dim, c.yarn ? fmt::format(", YaRN x{}", c.yarn->factor) : ""));
+    line("attention",
+         fmt::format("MLA, {} heads, kv_lora_rank {}, q_lora_rank {}, rope dim {}{}", c.num_attention_heads,
+                     c.kv_lora_rank, c.q_lora_rank ? std::to_string(*c.q_lora_rank) : "none", c.qk_rope_head_dim,
+                     c.yarn ? fmt::format(", YaRN x{}", c.yarn->factor) : ""));
   }
   if (c.n_routed_experts > 0)
-    line("experts", fmt::format("{} routed (top {}), {} shared, width {}; {} {}", c.n_routed_experts,
-                                c.num_experts_per_tok, c.n_shared_experts, c.moe_intermediate_size,
-                                to_string(c.scoring_func),
-                                v4 ? fmt::format("gate with bias, SwiGLU limit {}", c.v4.swiglu_limit)
-                                   : fmt::format("{} gate", to_string(c.topk_method))));
+    line("experts",
+         fmt::format("{} routed (top {}), {} shared, width {}; {} {}", c.n_routed_experts, c.num_experts_per_tok,
+                     c.n_shared_experts, c.moe_intermediate_size, to_string(c.scoring_func),
+                     v4 ? fmt::format("gate with bias, SwiGLU limit {}", c.v4.swiglu_limit)
+                        : fmt::format("{} gate", to_string(c.topk_method))));
   if (c.expert_sharing_group_size > 1) {
     std::vector<std::string> groups;
-    for (const std::vector<int64_t>& layers : expert_pools(c)) groups.push_back(fmt::format("{}", fmt::join(layers, ",")));
-    line("expert pools", fmt::format("{} pools of {} routed experts{} for MoE layers {}; {} routed parameters",
-                                     c.expert_pool_count(), c.n_routed_experts,
-                                     c.share_shared_experts ? " and the shared experts" : "", fmt::join(groups, " | "),
-                                     count(s.routed_expert_parameters)));
+    for (const std::vector<int64_t>& layers : expert_pools(c))
+      groups.push_back(fmt::format("{}", fmt::join(layers, ",")));
+    line("expert pools",
+         fmt::format("{} pools of {} routed experts{} for MoE layers {}; {} routed parameters", c.expert_pool_count(),
+                     c.n_routed_experts, c.share_shared_experts ? " and the shared experts" : "",
+                     fmt::join(groups, " | "), count(s.routed_expert_parameters)));
   }
   line("total parameters", count(s.total_parameters));
   line("active parameters per token", fmt::format("{}, {:.1f}% of total", count(s.active_parameters),
@@ -222,9 +226,9 @@ std::string describe(const ModelSummary& s, const ModelConfig& c) {
   if (v4) {
     line("  per token", fmt::format("{:.1f} B ({:.2f} values): window ring, compressed entries, indexer keys",
                                     s.kv_cache_bytes_per_token, s.kv_cache_values_per_token));
-    line("  DeepSeek-V3 per token", fmt::format("{:.0f} B (61 layers x 576 values), {:.1f}x more",
-                                                s.deepseek_v3_kv_cache_bytes_per_token,
-                                                s.deepseek_v3_kv_cache_bytes_per_token / s.kv_cache_bytes_per_token));
+    line("  DeepSeek-V3 per token",
+         fmt::format("{:.0f} B (61 layers x 576 values), {:.1f}x more", s.deepseek_v3_kv_cache_bytes_per_token,
+                     s.deepseek_v3_kv_cache_bytes_per_token / s.kv_cache_bytes_per_token));
   } else {
     line("  per token", fmt::format("{:.0f} B ({:.0f} values: latent + rope key, {} layers)",
                                     s.kv_cache_bytes_per_token, s.kv_cache_values_per_token, c.num_hidden_layers));

@@ -13,21 +13,21 @@
 namespace megamoe {
 
 struct ModelSummary {
-  int64_t total_parameters = 0;             // every tensor the forward pass uses
-  int64_t routed_expert_parameters = 0;     // all routed experts of all layers (an expert pool once)
+  int64_t total_parameters = 0;          // every tensor the forward pass uses
+  int64_t routed_expert_parameters = 0;  // all routed experts of all layers (an expert pool once)
   // Per token: what its forward pass multiplies with, once per layer that uses it: every tensor
   // but the routed experts, plus each MoE layer's top-k (from its pool when pooled).
   int64_t active_parameters = 0;
-  int64_t embedding_parameters = 0;         // included in both counts above
-  int64_t mtp_parameters = 0;               // V4 MTP modules: loaded and checked, in none of the counts above
-  int64_t active_weight_bytes = 0;          // bytes read per decoded token (one embedding row)
-  std::map<std::string, int64_t> bytes_by_dtype;  // stored bytes, scales included
-  int64_t unused_tensors = 0;               // in the files but not used (e.g. V3's MTP layer)
-  int64_t kv_cache_context = 0;             // the context the cache figures are for
-  int64_t kv_cache_bytes = 0;               // one sequence's cache at that context, as megamoe stores it (fp32)
-  double kv_cache_bytes_per_token = 0;      // kv_cache_bytes / kv_cache_context
-  double kv_cache_values_per_token = 0;     // the same in fp32 values
-  int64_t naive_kv_cache_values_per_token = 0;     // V2/V3: per-head keys and values, for comparison
+  int64_t embedding_parameters = 0;                 // included in both counts above
+  int64_t mtp_parameters = 0;                       // V4 MTP modules: loaded and checked, in none of the counts above
+  int64_t active_weight_bytes = 0;                  // bytes read per decoded token (one embedding row)
+  std::map<std::string, int64_t> bytes_by_dtype;    // stored bytes, scales included
+  int64_t unused_tensors = 0;                       // in the files but not used (e.g. V3's MTP layer)
+  int64_t kv_cache_context = 0;                     // the context the cache figures are for
+  int64_t kv_cache_bytes = 0;                       // one sequence's cache at that context, as megamoe stores it (fp32)
+  double kv_cache_bytes_per_token = 0;              // kv_cache_bytes / kv_cache_context
+  double kv_cache_values_per_token = 0;             // the same in fp32 values
+  int64_t naive_kv_cache_values_per_token = 0;      // V2/V3: per-head keys and values, for comparison
   double deepseek_v3_kv_cache_bytes_per_token = 0;  // V4: DeepSeek-V3's cache at the same context, for comparison
 };
 

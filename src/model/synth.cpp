@@ -90,12 +90,15 @@ std::optional<StoredFormat> stored_format(const TensorSpec& spec, const ModelCon
   switch (spec.role) {
     case TensorRole::RouterBias:
     case TensorRole::HyperMix:
-    case TensorRole::Parameter: return StoredFormat::F32;
-    case TensorRole::HashTable: return std::nullopt;
+    case TensorRole::Parameter:
+      return StoredFormat::F32;
+    case TensorRole::HashTable:
+      return std::nullopt;
     case TensorRole::Linear:
       if (dtype == SynthDType::FP8) return official_fp8_format(spec, c);
       return StoredFormat::BF16;
-    default: return StoredFormat::BF16;
+    default:
+      return StoredFormat::BF16;
   }
 }
 
@@ -131,12 +134,13 @@ void synth_checkpoint(const std::filesystem::path& output, const nlohmann::json&
   if (options.dtype == SynthDType::FP8)
     set_official_fp8_config(&config, parse_model_config(config, "model config").family);
   if (options.dtype == SynthDType::Q8_0 || options.dtype == SynthDType::Q4_0)
-    config["quantization_config"] = megamoe_quantization_config(options.dtype == SynthDType::Q8_0 ? DType::Q8_0
-                                                                                                   : DType::Q4_0);
+    config["quantization_config"] =
+        megamoe_quantization_config(options.dtype == SynthDType::Q8_0 ? DType::Q8_0 : DType::Q4_0);
   const ModelConfig model_config = parse_model_config(config, "model config");
   std::vector<TensorToWrite> tensors;
-  for_each_tensor(model_config,
-                  [&](const TensorSpec& spec) { add_tensor(&tensors, spec, model_config, options.dtype, options.seed); });
+  for_each_tensor(model_config, [&](const TensorSpec& spec) {
+    add_tensor(&tensors, spec, model_config, options.dtype, options.seed);
+  });
   write_checkpoint(output, config, tensors, options.shards);
 }
 

@@ -17,15 +17,15 @@ namespace megamoe {
 // What a tensor is, which decides its stored dtype and initial scale.
 enum class TensorRole {
   Embedding,
-  Linear,           // quantized in FP8 checkpoints (V4 routed experts: FP4)
+  Linear,  // quantized in FP8 checkpoints (V4 routed experts: FP4)
   Norm,
   RouterGate,
-  RouterBias,       // F32
+  RouterBias,  // F32
   Head,
   UnquantizedLinear,  // V4 linear layers the official checkpoints keep in BF16 (compressors, weights_proj)
-  HyperMix,         // V4 hyper-connection mixing matrices, F32
-  Parameter,        // V4 F32 vectors and tables: hyper-connection bases and scales, ape, attention sinks
-  HashTable,        // V4 tid2eid: integer expert ids per token
+  HyperMix,           // V4 hyper-connection mixing matrices, F32
+  Parameter,          // V4 F32 vectors and tables: hyper-connection bases and scales, ape, attention sinks
+  HashTable,          // V4 tid2eid: integer expert ids per token
 };
 
 struct TensorSpec {

@@ -27,10 +27,8 @@ std::optional<StoredFormat> official_fp8_format(const TensorSpec& spec, const Mo
 }
 
 void set_official_fp8_config(nlohmann::json* config, ModelFamily family) {
-  (*config)["quantization_config"] = {{"quant_method", "fp8"},
-                                      {"fmt", "e4m3"},
-                                      {"activation_scheme", "dynamic"},
-                                      {"weight_block_size", {128, 128}}};
+  (*config)["quantization_config"] = {
+      {"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}, {"weight_block_size", {128, 128}}};
   if (family == ModelFamily::DeepseekV4) {  // ue8m0 scales, FP4 experts
     (*config)["quantization_config"]["scale_fmt"] = "ue8m0";
     (*config)["expert_dtype"] = "fp4";
@@ -63,8 +61,8 @@ void add_encoded_tensor(std::vector<TensorToWrite>* out, const TensorSpec& spec,
       // Both tensors come from the same matrix, quantized once for each.
       out->push_back({spec.name, DType::F8_E4M3, shape, [=](std::byte* dst) {
                         std::vector<float> scales(size_t(element_count(scale_shape)));
-                        quantize_fp8_blocks(reinterpret_cast<uint8_t*>(dst), scales.data(), values().data(), rows,
-                                            cols, e8m0);
+                        quantize_fp8_blocks(reinterpret_cast<uint8_t*>(dst), scales.data(), values().data(), rows, cols,
+                                            e8m0);
                       }});
       out->push_back({scale_name, e8m0 ? DType::F8_E8M0 : DType::F32, scale_shape, [=](std::byte* dst) {
                         std::vector<uint8_t> q(size_t(rows * cols));

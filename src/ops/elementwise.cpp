@@ -7,8 +7,7 @@
 
 namespace megamoe {
 
-void rms_norm(float* out, const float* x, const float* weight, int64_t T, int64_t D, float eps,
-              int64_t x_stride) {
+void rms_norm(float* out, const float* x, const float* weight, int64_t T, int64_t D, float eps, int64_t x_stride) {
   if (x_stride < 0) x_stride = D;
   parallel_for(T, T * D >= kParallelGrain, [&](int64_t t) {
     const float* xt = x + t * x_stride;

@@ -24,6 +24,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/matmul_kernels.cpp"
 #include <hwy/foreach_target.h>  // re-includes this file once per target
+
 #include <fmt/ranges.h>
 #include <hwy/aligned_allocator.h>
 #include <hwy/highway.h>
@@ -56,8 +57,8 @@ constexpr int64_t kTokenBlockBytes = 256 << 10;
 
 // Activations rounded to q8_0 blocks (quantize_row_q8_0), split for the int8 kernels.
 struct QuantizedActivations {
-  std::vector<int8_t> q;  // [T, K]; for F4_E2M1 each block holds its even elements, then its odd ones
-  std::vector<float> d;   // [T, K/32]
+  std::vector<int8_t> q;      // [T, K]; for F4_E2M1 each block holds its even elements, then its odd ones
+  std::vector<float> d;       // [T, K/32]
   std::vector<int32_t> sums;  // [T, K/32]: each block's sum of codes (row-lane tiles' offset correction)
 };
 
@@ -280,7 +281,7 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
 template <class Derived>
 struct Int8Rows {
   static constexpr bool kInt8 = true;
-  static constexpr bool kPairs = false;  // whether it reads two blocks per vector (Int8PairTile)
+  static constexpr bool kPairs = false;       // whether it reads two blocks per vector (Int8PairTile)
   static constexpr bool kHalfScales = false;  // whether ScaleBits gives each block's fp16 scale
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     const auto& self = static_cast<const Derived&>(*this);
@@ -358,10 +359,9 @@ struct NibbleRows : Int8Rows<Derived> {
   // format's NibblesTwice: each block's 16 bytes twice, [n, n, n', n'].
   PairVec PairCodes(int64_t row, int64_t j, bool half) const {
     const auto& self = static_cast<const Derived&>(*this);
-    const __m512i twice = half ? _mm512_maskz_broadcast_i32x4(0x00ff, Load128(self.Nibbles(row, 2 * j)))
-                               : self.NibblesTwice(row, j);
-    const __m512i codes =
-        _mm512_and_si512(_mm512_mask_srli_epi16(twice, 0xff00ff00, twice, 4), _mm512_set1_epi8(0x0f));
+    const __m512i twice =
+        half ? _mm512_maskz_broadcast_i32x4(0x00ff, Load128(self.Nibbles(row, 2 * j))) : self.NibblesTwice(row, j);
+    const __m512i codes = _mm512_and_si512(_mm512_mask_srli_epi16(twice, 0xff00ff00, twice, 4), _mm512_set1_epi8(0x0f));
     if constexpr (kLookup) return PairVec{_mm512_shuffle_epi8(_mm512_broadcast_i32x4(Load128(kFp4Unsigned)), codes)};
     return PairVec{codes};
   }
@@ -483,8 +483,7 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
       for (size_t r = 0; r < R; ++r) wv[r] = w.Part(rows[r], b, part);
       for (size_t c = 0; c < C; ++c) {
         const auto xv = hn::LoadU(d8, xq[c] + b * kQuantBlock + part);
-        for (size_t r = 0; r < R; ++r)
-          dot[r][c] = DotCodes<Rows>(dot[r][c], wv[r], xv);
+        for (size_t r = 0; r < R; ++r) dot[r][c] = DotCodes<Rows>(dot[r][c], wv[r], xv);
       }
     }
     for (size_t r = 0; r < R; ++r) {
@@ -523,9 +522,9 @@ HWY_INLINE void Int8PairTile(float* sums, const Rows& w, const int64_t* rows, co
       const __m512i xv = half ? _mm512_zextsi256_si512(Load256(q)) : _mm512_loadu_si512(q);
       const V<DF> dx = half ? LowHalf(hn::Set(df, d[0])) : Join(d[0], d[1]);
       // As in Int8Tile: each lane starts from -offset * (its 4 activations' sum).
-      const __m512i start = _mm512_sub_epi32(
-          _mm512_setzero_si512(),
-          _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(int8_t(Rows::kOffset)), xv));
+      const __m512i start =
+          _mm512_sub_epi32(_mm512_setzero_si512(),
+                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(int8_t(Rows::kOffset)), xv));
       for (size_t r = 0; r < R; ++r) {
         const V<DF> dot{_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wv[r].raw, xv))};
         acc[r][c] = hn::MulAdd(dot, hn::Mul(ws[r], dx), acc[r][c]);
@@ -580,9 +579,12 @@ template <class Rows>
 HWY_INLINE V<DF8> LaneScales(const Rows& w, const int64_t* rows, int64_t b) {
   if constexpr (Rows::kHalfScales) {
     __m128i bits = _mm_cvtsi32_si128(w.ScaleBits(rows[0], b));
+    // clang-format 14 would break the call of this templated lambda away from its body.
+    // clang-format off
     [&]<size_t... r>(std::index_sequence<r...>) {
       ((bits = _mm_insert_epi16(bits, w.ScaleBits(rows[r + 1], b), r + 1)), ...);
     }(std::make_index_sequence<kLaneRows - 1>());
+    // clang-format on
     return V<DF8>{_mm256_cvtph_ps(bits)};
   } else {
     alignas(32) float scales[kLaneRows];
@@ -745,7 +747,7 @@ template <class Rows>
 struct DecodedRows {
   static constexpr bool kInt8 = false;
   static constexpr int64_t kScaleCols = Rows::kScaleCols;
-  const float* data;    // [R, cols]
+  const float* data;  // [R, cols]
   int64_t cols;
   const Rows& w;
   const int64_t* rows;  // the buffer's rows in w
@@ -884,8 +886,7 @@ void TileRange(const MatmulTask& task, const QuantizedActivations& xq, const Row
   const int64_t tiles = (n_rows + int64_t(R) - 1) / int64_t(R);
   const int64_t token_bytes = Rows::kInt8 ? K + K / kQuantBlock * 4 : K * 4;
   const int64_t block = std::max<int64_t>(C, kTokenBlockBytes / token_bytes / C * C);
-  const bool decode =
-      kExactRows<Rows> || (!Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens);
+  const bool decode = kExactRows<Rows> || (!Rows::kInt8 && !std::is_same_v<Rows, F32Rows> && T >= kDecodeMinTokens);
   if (decode) buffers.decoded.resize(std::max(buffers.decoded.size(), size_t(R * K)));
   int64_t lanes[R];  // the up projection's sums go to lane r of a buffer
   for (size_t r = 0; r < R; ++r) lanes[r] = int64_t(r);
@@ -1030,8 +1031,7 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
 // Every task's row tiles in one parallel pass: the tiles are cut into ranges that threads take as they
 // finish, so a few small experts keep every core busy without starting a team of threads per matrix.
 // xq [n]: each task's activations rounded to q8_0 where its format multiplies in int8 (not `exact`).
-void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* xq, float swiglu_limit,
-                 bool exact) {
+void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* xq, float swiglu_limit, bool exact) {
   struct Range {
     size_t task;
     int64_t tile_begin, tile_end;
@@ -1039,9 +1039,8 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
   // A task's tile count depends on its format and T (TileRows).
   auto tile_count = [&](const MatmulTask& task) {
     int64_t R = 0;
-    WithRows(*task.weight, exact, [&](const auto& w) {
-      R = int64_t(TileRows<std::decay_t<decltype(w)>>(task.T == 1));
-    });
+    WithRows(*task.weight, exact,
+             [&](const auto& w) { R = int64_t(TileRows<std::decay_t<decltype(w)>>(task.T == 1)); });
     return (task.weight->rows + R - 1) / R;
   };
   int64_t total_tiles = 0;
@@ -1051,7 +1050,8 @@ void MatmulTasks(const MatmulTask* tasks, size_t n, const QuantizedActivations* 
   std::vector<Range> ranges;
   for (size_t i = 0; i < n; ++i) {
     const int64_t tiles = tile_count(tasks[i]);
-    for (int64_t begin = 0; begin < tiles; begin += per_range) ranges.push_back({i, begin, std::min(tiles, begin + per_range)});
+    for (int64_t begin = 0; begin < tiles; begin += per_range)
+      ranges.push_back({i, begin, std::min(tiles, begin + per_range)});
   }
   parallel_for<Schedule::Dynamic>(int64_t(ranges.size()), ranges.size() > 1, [&](int64_t r) HWY_ATTR {
     thread_local TileBuffers buffers;
@@ -1090,7 +1090,8 @@ void WeightedRowSum(float* out, const float* weights, const float* rows, int64_t
   const hn::CappedTag<float, 1> d1;  // the rest one output at a time, with the same MulAdd
   for (int64_t j = j0; j < width; ++j) {
     auto sum = hn::Zero(d1);
-    for (int64_t s = 0; s < n; ++s) sum = hn::MulAdd(hn::Set(d1, weights[s]), hn::LoadU(d1, rows + s * stride + j), sum);
+    for (int64_t s = 0; s < n; ++s)
+      sum = hn::MulAdd(hn::Set(d1, weights[s]), hn::LoadU(d1, rows + s * stride + j), sum);
     hn::StoreU(sum, d1, out + j);
   }
 }
@@ -1163,12 +1164,12 @@ void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
   parallel_for<Schedule::Dynamic>(n_tasks, n_tasks > 1 && rounded >= kParallelGrain, [&](int64_t i) {
     const MatmulTask& task = tasks_to_round[i];
     if (matmul_quantizes_activations(task.weight->dtype))
-      HWY_DYNAMIC_DISPATCH(QuantizeActivations)(&rounded_xq[i], task.x, task.T, task.weight->cols,
-                                                task.weight->dtype == DType::F4_E2M1);
+      HWY_DYNAMIC_DISPATCH(QuantizeActivations)
+      (&rounded_xq[i], task.x, task.T, task.weight->cols, task.weight->dtype == DType::F4_E2M1);
   });
   if (!runnable.empty())
-    HWY_DYNAMIC_DISPATCH(MatmulTasks)(runnable.data(), runnable.size(), xq.data(), swiglu_limit,
-                                      numerics() == Numerics::Exact);
+    HWY_DYNAMIC_DISPATCH(MatmulTasks)
+    (runnable.data(), runnable.size(), xq.data(), swiglu_limit, numerics() == Numerics::Exact);
 }
 
 void matmul(float* y, const float* x, int64_t T, const WeightView& W) {

@@ -141,7 +141,8 @@ OwnedWeight quantize_weight(DType format, const float* w, int64_t rows, int64_t 
       break;
     case DType::Q8_0:
     case DType::Q4_0:
-      for (int64_t r = 0; r < rows; ++r) quantize_row_blocks(data + r * out.view.row_bytes(), format, w + r * cols, cols);
+      for (int64_t r = 0; r < rows; ++r)
+        quantize_row_blocks(data + r * out.view.row_bytes(), format, w + r * cols, cols);
       break;
     case DType::F4_E2M1:
       out.scale_e8m0.resize(size_t(rows * (cols / kQuantBlock)));

@@ -1,6 +1,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/roofline.cpp"
 #include <hwy/foreach_target.h>  // re-includes this file once per SIMD target
+
 #include <hwy/highway.h>
 #include <omp.h>
 
@@ -41,7 +42,7 @@ uint64_t ReadAll(const uint8_t* data, int64_t bytes) {
   {
     const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
     const int64_t part = bytes / threads / (kStreams * step) * (kStreams * step);
-    const int64_t stream_bytes = part / kStreams - 2 * kSkew;  // kSkew apart, within the part
+    const int64_t stream_bytes = part / kStreams - 2 * kSkew;          // kSkew apart, within the part
     const uint8_t* begin = data + thread * part + thread % 8 * kSkew;  // threads' streams apart too
     auto acc = hn::Zero(d);
     for (int64_t offset = 0; offset < stream_bytes; offset += step)
@@ -105,10 +106,12 @@ double measure_read_bandwidth_gb_s(int64_t bytes, int runs) {
 #pragma omp parallel for schedule(static)  // first touch by the threads that will read it
   for (int64_t i = 0; i < bytes; i += 4096) std::memset(data + i, int(i >> 12), 4096);
   volatile uint64_t sink = 0;
-  return median_rate(runs, [&] {
-           sink = sink + HWY_DYNAMIC_DISPATCH(ReadAll)(data, bytes);
-           return double(bytes);
-         }) / 1e9;
+  return median_rate(runs,
+                     [&] {
+                       sink = sink + HWY_DYNAMIC_DISPATCH(ReadAll)(data, bytes);
+                       return double(bytes);
+                     }) /
+         1e9;
 }
 
 double measure_fma_peak_gflop_s(int runs) {

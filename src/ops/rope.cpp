@@ -6,9 +6,7 @@
 
 namespace megamoe {
 
-double yarn_mscale(double factor, double mscale) {
-  return factor <= 1 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
-}
+double yarn_mscale(double factor, double mscale) { return factor <= 1 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0; }
 
 Rope Rope::make(int64_t dim, double theta, const std::optional<YarnScaling>& yarn, double magnitude) {
   Rope rope;

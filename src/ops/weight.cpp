@@ -9,8 +9,7 @@ int64_t WeightView::bytes() const {
   int64_t scale_bytes = 0;
   if (dtype == DType::F8_E4M3)
     scale_bytes = (rows + scale_row_offset + kFp8BlockSize - 1) / kFp8BlockSize * scale_cols() * int64_t(sizeof(float));
-  else if (dtype == DType::F4_E2M1)
-    scale_bytes = rows * (cols / kQuantBlock);
+  else if (dtype == DType::F4_E2M1) scale_bytes = rows * (cols / kQuantBlock);
   return rows * row_bytes() + scale_bytes;
 }
 

@@ -106,10 +106,8 @@ void plot_lines(const fs::path& png, const LinePlot& plot) {
     pls.width(2);
     for (size_t i = 0; i < drawn.size(); ++i) {
       pls.col0(2 + int(i) % kSeriesColours);
-      if (drawn[i].x.size() == 1)
-        pls.poin(1, drawn[i].x.data(), drawn[i].y.data(), 17);
-      else
-        pls.line(int(drawn[i].x.size()), drawn[i].x.data(), drawn[i].y.data());
+      if (drawn[i].x.size() == 1) pls.poin(1, drawn[i].x.data(), drawn[i].y.data(), 17);
+      else pls.line(int(drawn[i].x.size()), drawn[i].x.data(), drawn[i].y.data());
     }
     const int n = int(drawn.size());
     std::vector<int> options(n, PL_LEGEND_LINE), text_colours(n, 1), colours(n), styles(n, 1);
@@ -167,8 +165,8 @@ void plot_heatmap(const fs::path& png, const Heatmap& heatmap) {
     double ticks[] = {0}, range[] = {z_lo, z_hi}, colorbar_width, colorbar_height;
     const double* values[] = {range};
     pls.colorbar(&colorbar_width, &colorbar_height, PL_COLORBAR_IMAGE,
-                 PL_POSITION_RIGHT | PL_POSITION_OUTSIDE | PL_POSITION_VIEWPORT, 0.02, 0, 0.03, 1.0, 0, 1, 1, 0, 0,
-                 0, 0, 1, label_options, labels, 1, axis_options, ticks, sub_ticks, value_counts, values);
+                 PL_POSITION_RIGHT | PL_POSITION_OUTSIDE | PL_POSITION_VIEWPORT, 0.02, 0, 0.03, 1.0, 0, 1, 1, 0, 0, 0,
+                 0, 1, label_options, labels, 1, axis_options, ticks, sub_ticks, value_counts, values);
   });
 }
 

@@ -21,10 +21,8 @@ RunMetrics read_run_metrics(const fs::path& jsonl) {
     if (line.empty()) continue;
     json j = json::parse(line, nullptr, false);
     if (!j.is_object()) fail("{}: line {} is not a JSON object", jsonl.string(), number);
-    if (j.contains("val_loss"))
-      metrics.validations.push_back(std::move(j));
-    else if (j.contains("loss"))
-      metrics.steps.push_back(std::move(j));
+    if (j.contains("val_loss")) metrics.validations.push_back(std::move(j));
+    else if (j.contains("loss")) metrics.steps.push_back(std::move(j));
   }
   return metrics;
 }

@@ -12,11 +12,16 @@ namespace megamoe {
 
 std::string_view to_string(FinishReason reason) {
   switch (reason) {
-    case FinishReason::Running: return "running";
-    case FinishReason::Length: return "length";
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Eos: return "stop";  // OpenAI reports an end-of-sequence token as "stop"
-    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Running:
+      return "running";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Eos:
+      return "stop";  // OpenAI reports an end-of-sequence token as "stop"
+    case FinishReason::Cancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -51,8 +56,7 @@ int64_t plan_generation(const Model& model, std::span<const int32_t> prompt, con
     if (prompt[i] < 0 || prompt[i] >= V)
       fail("prompt token {} (id {}) is outside the vocabulary [0, {})", i, prompt[i], V);
   const int64_t P = int64_t(prompt.size());
-  if (P >= max_context)
-    fail("the prompt has {} tokens, more than the context of {} leaves room for", P, max_context);
+  if (P >= max_context) fail("the prompt has {} tokens, more than the context of {} leaves room for", P, max_context);
   const int64_t capacity = std::min(max_context, P + params.max_tokens);
   const int64_t bytes = model.cache_bytes(capacity);
   if (const auto available = available_memory(); available && bytes > *available)
@@ -64,7 +68,10 @@ int64_t plan_generation(const Model& model, std::span<const int32_t> prompt, con
 Sequence::Sequence(const Model& model, std::vector<int32_t> prompt, GenerationParams params, const Tokenizer* tokenizer,
                    std::optional<int32_t> eos_id, int64_t max_context, std::unique_ptr<SequenceCache> reuse,
                    int64_t reuse_tokens)
-    : prompt_(std::move(prompt)), params_(std::move(params)), tokenizer_(tokenizer), eos_id_(eos_id),
+    : prompt_(std::move(prompt)),
+      params_(std::move(params)),
+      tokenizer_(tokenizer),
+      eos_id_(eos_id),
       sampler_(params_.sampling) {
   const int64_t capacity = plan_generation(model, prompt_, params_, max_context);
   if (!params_.stop.empty() && !tokenizer_) fail("stop strings need a tokenizer");

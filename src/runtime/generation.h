@@ -18,8 +18,8 @@ namespace megamoe {
 
 struct GenerationParams {
   SamplingParams sampling;
-  int64_t max_tokens = 256;        // generated tokens at most
-  std::vector<std::string> stop;   // stop strings (need a tokenizer); not part of the output
+  int64_t max_tokens = 256;       // generated tokens at most
+  std::vector<std::string> stop;  // stop strings (need a tokenizer); not part of the output
   bool ignore_eos = false;
 };
 

@@ -56,7 +56,7 @@ class KldStats {
   void add(std::span<const float> base_logprobs, std::span<const float> logprobs);
   int64_t count() const { return int64_t(values_.size()); }
   double mean() const;
-  double mean_error() const;  // standard error of the mean
+  double mean_error() const;        // standard error of the mean
   double quantile(double q) const;  // 0.5: median, 0.99, 1: max
   double top1_agreement() const { return count() ? double(top1_same_) / double(count()) : 0; }
 

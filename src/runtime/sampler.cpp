@@ -10,7 +10,8 @@
 namespace megamoe {
 
 void validate(const SamplingParams& p) {
-  if (!(p.temperature >= 0) || !std::isfinite(p.temperature)) fail("temperature must be 0 or more, got {}", p.temperature);
+  if (!(p.temperature >= 0) || !std::isfinite(p.temperature))
+    fail("temperature must be 0 or more, got {}", p.temperature);
   if (p.top_k < 0) fail("top_k must be 0 (off) or more, got {}", p.top_k);
   if (!(p.top_p > 0 && p.top_p <= 1)) fail("top_p must be in (0, 1], got {}", p.top_p);
   if (!(p.min_p >= 0 && p.min_p <= 1)) fail("min_p must be in [0, 1], got {}", p.min_p);
@@ -27,7 +28,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> contex
     for (int32_t t : context)
       if (t < V) seen[t] = true;  // ids past the candidates (a vocabulary cut to the tokenizer's) have no logit
     for (int64_t i = 0; i < V; ++i)
-      if (seen[i]) logits[i] = logits[i] > 0 ? logits[i] / params_.repetition_penalty : logits[i] * params_.repetition_penalty;
+      if (seen[i])
+        logits[i] = logits[i] > 0 ? logits[i] / params_.repetition_penalty : logits[i] * params_.repetition_penalty;
   }
   // Greedy: the first of the largest logits.
   if (params_.temperature == 0) return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());

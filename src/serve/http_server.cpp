@@ -218,10 +218,9 @@ void HttpServer::stream(std::shared_ptr<Job> job, const ApiRequest& request, int
     std::vector<StreamedAnswer> answers;  // per choice: what a V4 chat answer has sent
   };
   const size_t n = size_t(request.generation.n);
-  auto state = std::make_shared<Stream>(Stream{new_response_head(request, options_.model_name),
-                                               int64_t(request.generation.prompt.size()), request.include_usage,
-                                               std::vector<ChoiceDelta>(n), std::vector<bool>(n),
-                                               std::vector<StreamedAnswer>(n)});
+  auto state = std::make_shared<Stream>(
+      Stream{new_response_head(request, options_.model_name), int64_t(request.generation.prompt.size()),
+             request.include_usage, std::vector<ChoiceDelta>(n), std::vector<bool>(n), std::vector<StreamedAnswer>(n)});
   ++open_responses_;
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(

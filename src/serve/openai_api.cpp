@@ -144,8 +144,9 @@ V4PromptOptions v4_prompt_options(const Body& body, const ApiContext& context) {
         continue;
       }
       if (key != "thinking" && key != "enable_thinking" && key != "drop_thinking")
-        bad_field(name, "is not a setting of the DeepSeek-V4 prompt format (thinking, enable_thinking, "
-                        "reasoning_effort, drop_thinking)");
+        bad_field(name,
+                  "is not a setting of the DeepSeek-V4 prompt format (thinking, enable_thinking, "
+                  "reasoning_effort, drop_thinking)");
       if (!value.is_boolean()) bad_field(name, "must be true or false");
       if (key == "drop_thinking") options.drop_thinking = value.get<bool>();
       else choose(value.get<bool>(), name);
@@ -272,8 +273,8 @@ json v4_delta(StreamedAnswer& streamed, const ChoiceDelta& delta, AnswerFormat f
   add("reasoning_content", answer.reasoning_content, streamed.reasoning_sent);
   add("content", answer.content, streamed.content_sent);
   if (answer.tool_calls.size() > streamed.tool_calls_sent) {
-    message["tool_calls"] = tool_calls_json(std::span(answer.tool_calls).subspan(streamed.tool_calls_sent),
-                                            streamed.tool_calls_sent);
+    message["tool_calls"] =
+        tool_calls_json(std::span(answer.tool_calls).subspan(streamed.tool_calls_sent), streamed.tool_calls_sent);
     streamed.tool_calls_sent = answer.tool_calls.size();
   }
   return message;
@@ -355,8 +356,11 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view text, const ApiCont
 ResponseHead new_response_head(const ApiRequest& request, const std::string& model_name) {
   const bool chat = request.endpoint == Endpoint::ChatCompletions;
   const auto now = std::chrono::system_clock::now().time_since_epoch();
-  return {request.endpoint, (chat ? "chatcmpl-" : "cmpl-") + random_hex(24),
-          std::chrono::duration_cast<std::chrono::seconds>(now).count(), model_name, request.return_token_ids,
+  return {request.endpoint,
+          (chat ? "chatcmpl-" : "cmpl-") + random_hex(24),
+          std::chrono::duration_cast<std::chrono::seconds>(now).count(),
+          model_name,
+          request.return_token_ids,
           request.answer};
 }
 

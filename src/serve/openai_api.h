@@ -40,9 +40,9 @@ nlohmann::json error_json(const ApiError& error);
 // What reading a request needs to know of the server.
 struct ApiContext {
   const GenerationSetup& setup;
-  std::string model_name;     // the one model served
-  GenerationParams defaults;  // for the fields a request leaves out
-  int64_t max_choices = 1;    // n at most: the batch size, else a request could never run
+  std::string model_name;         // the one model served
+  GenerationParams defaults;      // for the fields a request leaves out
+  int64_t max_choices = 1;        // n at most: the batch size, else a request could never run
   bool deepseek_v4 = false;       // chat renders with render_deepseek_v4_prompt
   bool default_thinking = false;  // V4 chat: thinking mode for the requests that do not choose
 };

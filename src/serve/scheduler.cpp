@@ -96,10 +96,8 @@ std::shared_ptr<Job> Scheduler::submit(GenerationRequest request) {
     int64_t room = limits_.max_batch - running_sequences_, must_wait = 0;
     for (const auto& queued : waiting_) {
       if (queued->cancelled()) continue;
-      if (must_wait == 0 && queued->request().n <= room)
-        room -= queued->request().n;
-      else
-        ++must_wait;
+      if (must_wait == 0 && queued->request().n <= room) room -= queued->request().n;
+      else ++must_wait;
     }
     if ((must_wait > 0 || n > room) && must_wait >= limits_.max_queue)
       throw QueueFull(

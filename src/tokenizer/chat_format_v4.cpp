@@ -18,8 +18,8 @@ constexpr std::string_view kDsml = "｜DSML｜";
 constexpr std::string_view kToolCallsStart = "\n\n<｜DSML｜tool_calls>";
 
 const std::map<std::string, std::string, std::less<>> kTaskTokens = {
-    {"action", "<｜action｜>"}, {"query", "<｜query｜>"},   {"authority", "<｜authority｜>"},
-    {"domain", "<｜domain｜>"}, {"title", "<｜title｜>"},   {"read_url", "<｜read_url｜>"}};
+    {"action", "<｜action｜>"}, {"query", "<｜query｜>"}, {"authority", "<｜authority｜>"},
+    {"domain", "<｜domain｜>"}, {"title", "<｜title｜>"}, {"read_url", "<｜read_url｜>"}};
 
 constexpr std::string_view kReasoningEffortMax =
     "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
@@ -116,7 +116,8 @@ Json merge_tool_messages(const Json& messages) {
       return !merged.empty() && merged.back().value("role", "") == "user" && merged.back().contains("content_blocks");
     };
     if (role == "tool") {
-      Json block = {{"type", "tool_result"}, {"tool_use_id", m.value("tool_call_id", "")},
+      Json block = {{"type", "tool_result"},
+                    {"tool_use_id", m.value("tool_call_id", "")},
                     {"content", m.contains("content") ? m["content"] : Json("")}};
       if (last_user_with_blocks()) merged.back()["content_blocks"].push_back(std::move(block));
       else merged.push_back({{"role", "user"}, {"content_blocks", Json::array({std::move(block)})}});
@@ -125,7 +126,8 @@ Json merge_tool_messages(const Json& messages) {
       if (last_user_with_blocks() && !has_task(merged.back())) {
         merged.back()["content_blocks"].push_back(std::move(block));
       } else {
-        Json user = {{"role", "user"}, {"content", text_of(m, "content", where)},
+        Json user = {{"role", "user"},
+                     {"content", text_of(m, "content", where)},
                      {"content_blocks", Json::array({std::move(block)})}};
         for (const char* key : {"task", "wo_eos"})
           if (m.contains(key)) user[key] = m[key];
@@ -267,13 +269,27 @@ void dump_string(std::string& out, const std::string& s) {
   for (const char ch : s) {
     const unsigned char c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20) out += fmt::format("\\u{:04x}", c);
         else out += ch;

@@ -14,12 +14,12 @@
 namespace megamoe {
 
 struct V4PromptOptions {
-  bool thinking = false;          // thinking mode: the model answers after "<think>...</think>"
-  bool drop_thinking = true;      // drop the reasoning of assistant turns before the last user turn
-                                  // (kept anyway when any message lists tools)
-  bool add_bos = true;            // begin with "<｜begin▁of▁sentence｜>"
-  std::string reasoning_effort;   // "", "high" or "max" (thinking mode: "max" adds an instruction)
-  nlohmann::ordered_json tools;   // an API's top-level tool list (null: none), see render_deepseek_v4_prompt
+  bool thinking = false;         // thinking mode: the model answers after "<think>...</think>"
+  bool drop_thinking = true;     // drop the reasoning of assistant turns before the last user turn
+                                 // (kept anyway when any message lists tools)
+  bool add_bos = true;           // begin with "<｜begin▁of▁sentence｜>"
+  std::string reasoning_effort;  // "", "high" or "max" (thinking mode: "max" adds an instruction)
+  nlohmann::ordered_json tools;  // an API's top-level tool list (null: none), see render_deepseek_v4_prompt
 };
 
 // The prompt for OpenAI-style `messages` exactly as DeepSeek's V4 encoder renders it. Roles:

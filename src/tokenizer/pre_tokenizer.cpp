@@ -42,10 +42,8 @@ std::string translate_pattern(std::string_view pattern) {
       }
       continue;
     }
-    if (c == '[' && !in_class)
-      in_class = true;
-    else if (c == ']' && in_class)
-      in_class = false;
+    if (c == '[' && !in_class) in_class = true;
+    else if (c == ']' && in_class) in_class = false;
     out += c;
   }
   return out;
@@ -122,10 +120,8 @@ void split_piece(std::string_view text, const TokenizerRegex& regex, SplitBehavi
     case SplitBehavior::kMergedWithPrevious: {
       bool previous_match = false;
       for (const Segment& s : segments) {
-        if (s.is_match && !previous_match && out.size() > first_out)
-          extend_last(s.end);
-        else
-          out.push_back(piece(s));
+        if (s.is_match && !previous_match && out.size() > first_out) extend_last(s.end);
+        else out.push_back(piece(s));
         previous_match = s.is_match;
       }
       break;
@@ -133,20 +129,16 @@ void split_piece(std::string_view text, const TokenizerRegex& regex, SplitBehavi
     case SplitBehavior::kMergedWithNext: {
       bool pending_match = false;  // the last piece is a match waiting for what follows it
       for (const Segment& s : segments) {
-        if (pending_match && !s.is_match)
-          extend_last(s.end);
-        else
-          out.push_back(piece(s));
+        if (pending_match && !s.is_match) extend_last(s.end);
+        else out.push_back(piece(s));
         pending_match = s.is_match;
       }
       break;
     }
     case SplitBehavior::kContiguous: {
       for (size_t i = 0; i < segments.size(); ++i) {
-        if (i > 0 && segments[i].is_match == segments[i - 1].is_match)
-          extend_last(segments[i].end);
-        else
-          out.push_back(piece(segments[i]));
+        if (i > 0 && segments[i].is_match == segments[i - 1].is_match) extend_last(segments[i].end);
+        else out.push_back(piece(segments[i]));
       }
       break;
     }
@@ -218,12 +210,9 @@ PreTokenizer PreTokenizer::from_json(const nlohmann::json& config, const std::st
       } else if (type == "Split") {
         const nlohmann::json& pattern = step.at("pattern");
         std::string regex;
-        if (pattern.contains("Regex"))
-          regex = pattern["Regex"].get<std::string>();
-        else if (pattern.contains("String"))
-          regex = escape_literal(pattern["String"].get<std::string>());
-        else
-          fail("{}.pattern: expected \"Regex\" or \"String\"", at);
+        if (pattern.contains("Regex")) regex = pattern["Regex"].get<std::string>();
+        else if (pattern.contains("String")) regex = escape_literal(pattern["String"].get<std::string>());
+        else fail("{}.pattern: expected \"Regex\" or \"String\"", at);
         result.steps_.push_back({TokenizerRegex(regex), parse_behavior(step.at("behavior").get<std::string>(), at),
                                  step.value("invert", false)});
       } else if (type == "ByteLevel") {

@@ -185,10 +185,8 @@ void Tokenizer::encode(std::string_view text, std::vector<int32_t>& ids) const {
       sections[i + 1].text = trim_start(sections[i + 1].text);
   }
   for (const Section& section : sections) {
-    if (section.token)
-      ids.push_back(section.token->id);
-    else
-      encode_ordinary(section.text, ids);
+    if (section.token) ids.push_back(section.token->id);
+    else encode_ordinary(section.text, ids);
   }
 }
 

@@ -68,10 +68,8 @@ size_t append_replacing_invalid_utf8(std::string& out, std::string_view bytes, b
   while (pos < bytes.size()) {
     const CharScan scan = scan_char(bytes, pos);
     if (scan.status == CharStatus::kTruncated && !final) break;
-    if (scan.status == CharStatus::kValid)
-      out.append(bytes.substr(pos, scan.length));
-    else
-      out.append(kReplacement);
+    if (scan.status == CharStatus::kValid) out.append(bytes.substr(pos, scan.length));
+    else out.append(kReplacement);
     pos += scan.length;
   }
   return pos;

@@ -112,7 +112,7 @@ void attention_forward(float* out, AttentionActivations& a, const float* x, cons
   parallel_for(B * H, B * H * T * T * (dq + dv) >= kParallelGrain, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H, first = b * T;
     float* probs = a.probs + bh * T * T;  // [T, T]
-    const int64_t head = first * H + h;    // row `first`, head h of [N, H, ...] arrays
+    const int64_t head = first * H + h;   // row `first`, head h of [N, H, ...] arrays
     const float* q = a.q + head * dq;
     const float* v = a.kv + head * kv_width + dn;
     for (int64_t r0 = 0; r0 < T; r0 += block) {
@@ -156,15 +156,15 @@ void attention_backward(float* dx, AttentionScratch& s, const float* dout, const
       const int64_t r1 = std::min(T, r0 + block), rows = r1 - r0;  // rows [r0, r1) saw keys [0, r1)
       const float beta = r1 == T ? 0.f : 1.f;
       const float* do_rows = dheads + r0 * H * dv;
-      float* ds = dprobs + r0 * T;  // [rows, T]
+      float* ds = dprobs + r0 * T;                                                                       // [rows, T]
       gemm(ds, T, {do_rows, H * dv}, {v, H * kv_width, true}, rows, r1, dv);                             // dP = dO V^T
       gemm(dv_head, H * kv_width, {probs + r0 * T, T, true}, {do_rows, H * dv}, r1, dv, rows, 1, beta);  // dV += P^T dO
       for (int64_t t = r0; t < r1; ++t) {  // dS: softmax backward, zero above the diagonal
         softmax_backward(dprobs + t * T, probs + t * T, t + 1);
         std::fill(dprobs + t * T + t + 1, dprobs + t * T + r1, 0.f);
       }
-      gemm(s.dq + (head + r0 * H) * dq, H * dq, {ds, T}, {k, H * dq}, rows, dq, r1, scale);              // dQ = s dS K
-      gemm(dk_head, H * dq, {ds, T, true}, {q + r0 * H * dq, H * dq}, r1, dq, rows, scale, beta);        // dK += s dS^T Q
+      gemm(s.dq + (head + r0 * H) * dq, H * dq, {ds, T}, {k, H * dq}, rows, dq, r1, scale);        // dQ = s dS K
+      gemm(dk_head, H * dq, {ds, T, true}, {q + r0 * H * dq, H * dq}, r1, dq, rows, scale, beta);  // dK += s dS^T Q
     }
   });
 
@@ -184,10 +184,9 @@ void attention_backward(float* dx, AttentionScratch& s, const float* dout, const
     for (int64_t h = 0; h < H; ++h) setup.rotate(s.dq + (n * H + h) * dq + dn, pos, true);
   });
 
-  linear_backward(s.dlatent, params.grad(p.kv_b_proj), s.dkv, a.latent, params.value(p.kv_b_proj), N, H * kv_width,
-                  C);
-  rms_norm_backward(s.dkv_a, params.grad(p.kv_a_norm), s.dlatent, a.kv_a, params.value(p.kv_a_norm), N, C, eps,
-                    C + dr, C + dr);
+  linear_backward(s.dlatent, params.grad(p.kv_b_proj), s.dkv, a.latent, params.value(p.kv_b_proj), N, H * kv_width, C);
+  rms_norm_backward(s.dkv_a, params.grad(p.kv_a_norm), s.dlatent, a.kv_a, params.value(p.kv_a_norm), N, C, eps, C + dr,
+                    C + dr);
   if (c.q_lora_rank) {
     const int64_t R = *c.q_lora_rank;
     linear_backward(s.dq_latent, params.grad(p.q_b_proj), s.dq, a.q_latent, params.value(p.q_b_proj), N, H * dq, R);

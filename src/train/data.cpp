@@ -94,9 +94,11 @@ TokenFile TokenFile::prepare(const fs::path& path, std::span<const fs::path> fil
   }
   if (ids.empty()) fail("--data: no text to train on (every file is empty)");
   fs::create_directories(path.parent_path(), ec);
-  write_safetensors(path, {{"tokens", DType::I32, {int64_t(ids.size())}, [&](std::byte* dst) {
-                             std::memcpy(dst, ids.data(), ids.size() * sizeof(int32_t));
-                           }}},
+  write_safetensors(path,
+                    {{"tokens",
+                      DType::I32,
+                      {int64_t(ids.size())},
+                      [&](std::byte* dst) { std::memcpy(dst, ids.data(), ids.size() * sizeof(int32_t)); }}},
                     metadata);
   out.file_ = SafetensorsFile::open(path);
   const TensorInfo* tokens = out.file_->find("tokens");
@@ -108,8 +110,7 @@ DataSplit split_tokens(std::span<const int32_t> tokens, double validation_fracti
                        const std::string& source) {
   const int64_t n = int64_t(tokens.size()), window = seq_len + 1;
   int64_t validation = 0;
-  if (validation_fraction > 0)
-    validation = std::max(window, int64_t(std::ceil(validation_fraction * double(n))));
+  if (validation_fraction > 0) validation = std::max(window, int64_t(std::ceil(validation_fraction * double(n))));
   if (n - validation < window)
     fail("{}: {} tokens are too few for --seq-len {}: training needs at least {} tokens{}", source, n, seq_len, window,
          validation ? fmt::format(" after {} for validation (--val-fraction)", validation) : "");

@@ -93,7 +93,8 @@ Series mean_curve(const VariantResult& result, const std::string& key, bool vali
 // The report's plots, written into `output`; returns Markdown image links.
 std::string write_plots(const std::vector<VariantResult>& results, int64_t steps, const fs::path& output) {
   const size_t window = std::max<int64_t>(1, steps / 50);
-  const std::string smoothed = window > 1 ? fmt::format(" (mean of seeds and of {} steps)", window) : " (mean of seeds)";
+  const std::string smoothed =
+      window > 1 ? fmt::format(" (mean of seeds and of {} steps)", window) : " (mean of seeds)";
   std::string links;
   auto line_plot = [&](const std::string& file, const std::string& key, bool validation, LinePlot plot) {
     for (const VariantResult& result : results) {
@@ -178,8 +179,8 @@ std::vector<ExperimentVariant> pool_variants(const fs::path& model_config, const
   for (int64_t g : group_sizes) {
     if (g < 1) fail("--group-sizes: {} is not a group size (at least 1)", g);
     if (base_experts * g % base_group != 0)
-      fail("--group-sizes: {} routed experts x {} / {} (the config's group size) is not a whole number",
-           base_experts, g, base_group);
+      fail("--group-sizes: {} routed experts x {} / {} (the config's group size) is not a whole number", base_experts,
+           g, base_group);
     json derived = base;
     derived["expert_sharing_group_size"] = g;
     derived["n_routed_experts"] = base_experts * g / base_group;
@@ -220,7 +221,8 @@ void run_experiment(const ExperimentOptions& o) {
     VariantResult result{&variant, summarize(parse_model_config(config, variant.model_config.string()), nullptr), {}};
     for (int64_t seed = first_seed; seed < first_seed + o.seeds; ++seed) {
       const std::string name = fmt::format("{}-s{}", variant.name, seed);
-      const fs::path run_dir = runs_dir / name, checkpoint = run_dir / "checkpoint", metrics = run_dir / "metrics.jsonl";
+      const fs::path run_dir = runs_dir / name, checkpoint = run_dir / "checkpoint",
+                     metrics = run_dir / "metrics.jsonl";
       ++number;
       fs::create_directories(run_dir);
       TrainOptions train = o.train;

@@ -50,7 +50,8 @@ namespace {
 void score(float* scores, const float* logits, int64_t E, ScoringFunc scoring) {
   std::copy_n(logits, E, scores);
   if (scoring == ScoringFunc::Softmax) softmax(scores, E);
-  else for (int64_t e = 0; e < E; ++e) scores[e] = sigmoid(scores[e]);
+  else
+    for (int64_t e = 0; e < E; ++e) scores[e] = sigmoid(scores[e]);
 }
 
 // a.aux_loss = the layer's auxiliary balancing loss (BalanceLoss), and a.aux_grad its gradient

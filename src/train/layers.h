@@ -162,24 +162,24 @@ struct BalanceLoss {
 };
 
 struct MoeActivations {
-  float* scores;         // [N, E] softmax or sigmoid of the router logits
-  Routing routing;       // experts and weights [N, k], chosen as inference chooses (model/router.h)
+  float* scores;    // [N, E] softmax or sigmoid of the router logits
+  Routing routing;  // experts and weights [N, k], chosen as inference chooses (model/router.h)
   ExpertGroups groups;
-  float* grouped_x;      // [N*k, D] each slot's token, in expert order
+  float* grouped_x;        // [N*k, D] each slot's token, in expert order
   MlpActivations experts;  // [N*k, I_moe]
-  float* grouped_y;      // [N*k, D] each slot's expert output, before weighting
+  float* grouped_y;        // [N*k, D] each slot's expert output, before weighting
   MlpActivations shared;   // [N, n_shared*I_moe]
-  float* aux_grad;       // [B, E] d(auxiliary loss)/d(normalized score) of each sequence's tokens
-  double aux_loss = 0;   // the layer's auxiliary balancing loss (0 without one)
+  float* aux_grad;         // [B, E] d(auxiliary loss)/d(normalized score) of each sequence's tokens
+  double aux_loss = 0;     // the layer's auxiliary balancing loss (0 without one)
 
   void place(FloatArena& arena, const ModelConfig& c, const BatchShape& shape);
 };
 
 struct MoeScratch {
-  float* dweights;    // [N, k] gradient of the combine weights
-  float* dscores;     // [N, E] gradient of the scores (the combine weights' and the auxiliary loss's)
-  float* dgrouped_y;  // [N*k, D]
-  float* dgrouped_x;  // [N*k, D]
+  float* dweights;     // [N, k] gradient of the combine weights
+  float* dscores;      // [N, E] gradient of the scores (the combine weights' and the auxiliary loss's)
+  float* dgrouped_y;   // [N*k, D]
+  float* dgrouped_x;   // [N*k, D]
   MlpScratch experts;  // [N*k, I_moe]
   MlpScratch shared;   // [N, n_shared*I_moe]
 

@@ -1,7 +1,7 @@
 #include "train/parameters.h"
 
-#include <cstring>
 #include <fmt/ranges.h>
+#include <cstring>
 #include <unordered_map>
 
 #include "io/checkpoint.h"
@@ -17,8 +17,9 @@ ParameterLayout ParameterLayout::make(const ModelConfig& c) {
     fail("'architectures': {} cannot be trained (megamoe trains DeepseekV2ForCausalLM and DeepseekV3ForCausalLM)",
          c.architecture);
   if (c.fp8_weights)
-    fail("'quantization_config': training keeps fp32 weights and saves F32 or BF16; remove the FP8 "
-         "quantization_config from the model config");
+    fail(
+        "'quantization_config': training keeps fp32 weights and saves F32 or BF16; remove the FP8 "
+        "quantization_config from the model config");
 
   // Lay the tensors out in list order, remembering which slot of a scratch V3Weights each one
   // fills: the slot's address then tells the layout fields below where their tensor went.
@@ -51,7 +52,7 @@ ParameterLayout ParameterLayout::make(const ModelConfig& c) {
     LayerParams& p = layout.layers.emplace_back();
     p.attn_norm = at(&w.attn_norm);
     p.ffn_norm = at(&w.ffn_norm);
-    p.attn = {at(&w.attn.q_proj),    at(&w.attn.q_a_proj),  at(&w.attn.q_a_norm), at(&w.attn.q_b_proj),
+    p.attn = {at(&w.attn.q_proj),    at(&w.attn.q_a_proj),  at(&w.attn.q_a_norm),  at(&w.attn.q_b_proj),
               at(&w.attn.kv_a_proj), at(&w.attn.kv_a_norm), at(&w.attn.kv_b_proj), at(&w.attn.o_proj)};
     p.moe = c.is_moe_layer(L);
     if (!p.moe) {

@@ -61,8 +61,8 @@ struct ParameterLayout {
   int64_t size = 0;                 // floats in the block
   ParamTensor embed;                // [V, D]
   std::vector<LayerParams> layers;
-  ParamTensor final_norm;           // [D]
-  ParamTensor lm_head;              // [V, D]; the embedding when tie_word_embeddings
+  ParamTensor final_norm;  // [D]
+  ParamTensor lm_head;     // [V, D]; the embedding when tie_word_embeddings
 
   // Throws Error naming the config key when the trainer cannot train `c` (V4, FP8, MTP modules).
   static ParameterLayout make(const ModelConfig& c);

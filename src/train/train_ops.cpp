@@ -97,8 +97,7 @@ void softmax_backward(float* dy, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dy[i] = y[i] * (dy[i] - d);
 }
 
-double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
-                     float scale) {
+double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V, float scale) {
   std::vector<double> row_loss(N);  // [N]: summed in order below, so the total is deterministic
   parallel_for(N, N * V >= kParallelGrain, [&](int64_t n) {
     const float* row = logits + n * V;

@@ -36,7 +36,6 @@ void softmax_backward(float* dy, const float* y, int64_t n);
 
 // Sum over N rows of -log softmax(logits)[target]. With `dlogits` (may alias logits) also writes
 // d(scale * sum)/dlogits = scale * (softmax(logits) - onehot(target)).
-double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
-                     float scale);
+double cross_entropy(float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V, float scale);
 
 }  // namespace megamoe::train

@@ -12,9 +12,14 @@
 namespace megamoe::train {
 
 TrainableModel::TrainableModel(const ModelConfig& config, int64_t max_sequences, int64_t seq_len)
-    : config_(config), layout_(ParameterLayout::make(config)), attention_(AttentionSetup::make(config, seq_len)),
-      router_(router_spec(config)), max_sequences_(max_sequences), seq_len_(seq_len),
-      params_(size_t(layout_.size)), grads_(size_t(layout_.size)) {
+    : config_(config),
+      layout_(ParameterLayout::make(config)),
+      attention_(AttentionSetup::make(config, seq_len)),
+      router_(router_spec(config)),
+      max_sequences_(max_sequences),
+      seq_len_(seq_len),
+      params_(size_t(layout_.size)),
+      grads_(size_t(layout_.size)) {
   if (max_sequences < 1 || seq_len < 1) fail("a training batch needs at least one sequence of one token");
   layers_.resize(config.num_hidden_layers);
   place_activations(activation_block_);  // counting pass
@@ -113,17 +118,15 @@ void TrainableModel::backward() {
 
   // logits_ holds dloss/dlogits (forward with for_backward).
   linear_backward(d_branch_, params.grad(layout_.lm_head), logits_, final_in_, params.value(layout_.lm_head), N, V, D);
-  rms_norm_backward(d_residual_, params.grad(layout_.final_norm), d_branch_, output_,
-                    params.value(layout_.final_norm), N, D, eps);
+  rms_norm_backward(d_residual_, params.grad(layout_.final_norm), d_branch_, output_, params.value(layout_.final_norm),
+                    N, D, eps);
   for (int64_t L = c.num_hidden_layers - 1; L >= 0; --L) {
     const LayerActivations& a = layers_[L];
     const LayerParams& p = layout_.layers[L];
     // h_out = middle + ffn(rms(middle)): the residual's gradient flows on and into the branch.
     if (p.moe)
-      moe_backward(d_branch_, moe_scratch_, d_residual_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape,
-                   balance_);
-    else
-      mlp_backward(d_branch_, dense_scratch_, d_residual_, a.dense, a.ffn_in, N, p.dense, params, D);
+      moe_backward(d_branch_, moe_scratch_, d_residual_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape, balance_);
+    else mlp_backward(d_branch_, dense_scratch_, d_residual_, a.dense, a.ffn_in, N, p.dense, params, D);
     rms_norm_backward(d_residual_, params.grad(p.ffn_norm), d_branch_, a.middle, params.value(p.ffn_norm), N, D, eps,
                       -1, -1, /*add_dx=*/true);
     attention_backward(d_branch_, attention_scratch_, d_residual_, a.attn, a.attn_in, p.attn, params, c, attention_,

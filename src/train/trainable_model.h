@@ -60,8 +60,8 @@ class TrainableModel {
     float* input;    // [N, D] residual stream entering the layer
     float* attn_in;  // [N, D] rms(input)
     AttentionActivations attn;
-    float* middle;   // [N, D] input + attention
-    float* ffn_in;   // [N, D] rms(middle)
+    float* middle;  // [N, D] input + attention
+    float* ffn_in;  // [N, D] rms(middle)
     MlpActivations dense;
     MoeActivations moe;
   };
@@ -80,10 +80,10 @@ class TrainableModel {
   // Activations of the last forward pass, sized for max_sequences.
   FloatArena activation_block_;
   std::vector<LayerActivations> layers_;
-  float* output_;    // [N, D] residual stream after the last layer
-  float* final_in_;  // [N, D] rms(output)
-  float* logits_;    // [N, V]; after forward(..., true) the loss gradient dloss/dlogits
-  float* branch_;    // [N, D] a sublayer's output before it joins the residual stream
+  float* output_;                          // [N, D] residual stream after the last layer
+  float* final_in_;                        // [N, D] rms(output)
+  float* logits_;                          // [N, V]; after forward(..., true) the loss gradient dloss/dlogits
+  float* branch_;                          // [N, D] a sublayer's output before it joins the residual stream
   std::vector<int32_t> inputs_, targets_;  // [N] each
   int64_t sequences_ = 0;                  // of the last forward pass
 

@@ -72,14 +72,22 @@ struct Hyperparameters {
   double lr = 1e-3, min_lr_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0, val_fraction = 0.1;
   uint64_t seed = 0;
   AdamWSettings adamw;
-  BalanceLoss balance;            // strategy, and alpha of the auxiliary losses (0 otherwise)
-  double bias_update_rate = 0;    // u of the Bias strategy (0 otherwise)
+  BalanceLoss balance;          // strategy, and alpha of the auxiliary losses (0 otherwise)
+  double bias_update_rate = 0;  // u of the Bias strategy (0 otherwise)
 
   json to_json() const {
-    return {{"batch_size", batch_size},     {"seq_len", seq_len},           {"lr", lr},
-            {"warmup_steps", warmup_steps}, {"min_lr_ratio", min_lr_ratio}, {"weight_decay", weight_decay},
-            {"grad_clip", grad_clip},       {"val_fraction", val_fraction}, {"seed", seed},
-            {"beta1", adamw.beta1},         {"beta2", adamw.beta2},         {"eps", adamw.eps},
+    return {{"batch_size", batch_size},
+            {"seq_len", seq_len},
+            {"lr", lr},
+            {"warmup_steps", warmup_steps},
+            {"min_lr_ratio", min_lr_ratio},
+            {"weight_decay", weight_decay},
+            {"grad_clip", grad_clip},
+            {"val_fraction", val_fraction},
+            {"seed", seed},
+            {"beta1", adamw.beta1},
+            {"beta2", adamw.beta2},
+            {"eps", adamw.eps},
             {"balance", std::string(to_string(balance.strategy))},
             {"balance_alpha", balance.alpha},
             {"bias_update_rate", bias_update_rate}};
@@ -97,8 +105,8 @@ Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved
   // Runs saved before balancing strategies existed trained without one.
   json saved_with_defaults = saved_run ? *saved_run : json();
   if (saved_run)
-    for (auto [key, value] : {std::pair<const char*, json>{"balance", "none"}, {"balance_alpha", 0.0},
-                              {"bias_update_rate", 0.0}})
+    for (auto [key, value] :
+         {std::pair<const char*, json>{"balance", "none"}, {"balance_alpha", 0.0}, {"bias_update_rate", 0.0}})
       if (!saved_with_defaults.contains(key)) saved_with_defaults[key] = value;
   const json* saved = saved_run ? &saved_with_defaults : nullptr;
   auto pick = [&]<typename T>(const char* key, const char* flag, const std::optional<T>& given, T fallback) {
@@ -160,9 +168,10 @@ void check_balance(const Hyperparameters& h, const ParameterLayout& layout, cons
   if (moe == layout.layers.end())
     fail("--balance {}: the model of {} has no MoE layer", to_string(h.balance.strategy), config_path.string());
   if (h.balance.strategy == BalanceStrategy::Bias && !moe->ffn.bias.present())
-    fail("--balance bias needs a router bias (e_score_correction_bias), which only 'topk_method': \"noaux_tc\" "
-         "gates have; {} has another gate (inference would ignore a bias trained for it)",
-         config_path.string());
+    fail(
+        "--balance bias needs a router bias (e_score_correction_bias), which only 'topk_method': \"noaux_tc\" "
+        "gates have; {} has another gate (inference would ignore a bias trained for it)",
+        config_path.string());
 }
 
 // A --resume must continue the same model: the first key whose value differs is the error.
@@ -209,9 +218,10 @@ TokenizerFiles train_tokenizer(std::span<const fs::path> files, const std::strin
     BpeTrainingOptions options;
     const int64_t minimum = 256 + int64_t(options.added_tokens.size());
     if (vocab_size < minimum)
-      fail("'vocab_size': {} is too small to train a byte-level BPE tokenizer (at least {}: 256 bytes and {} special "
-           "tokens); give --tokenizer or a larger vocab_size",
-           vocab_size, minimum, options.added_tokens.size());
+      fail(
+          "'vocab_size': {} is too small to train a byte-level BPE tokenizer (at least {}: 256 bytes and {} special "
+          "tokens); give --tokenizer or a larger vocab_size",
+          vocab_size, minimum, options.added_tokens.size());
     options.vocab_size = int32_t(std::min<int64_t>(vocab_size, INT32_MAX));
     BpeTrainer trainer(options);
     std::fprintf(stderr, "megamoe: training a tokenizer of %lld tokens on %zu file(s)\n", (long long)vocab_size,
@@ -308,8 +318,8 @@ void save_checkpoint(const Run& run, const RunState& state) {
     // AdamW's moments, and the fp32 master weights when the model is saved in BF16.
     std::vector<TensorToWrite> optimizer =
         parameter_tensors(run.optimizer.first_moments().data(), layout, SavedDType::F32, ".exp_avg");
-    for (TensorToWrite& t : parameter_tensors(run.optimizer.second_moments().data(), layout, SavedDType::F32,
-                                              ".exp_avg_sq"))
+    for (TensorToWrite& t :
+         parameter_tensors(run.optimizer.second_moments().data(), layout, SavedDType::F32, ".exp_avg_sq"))
       optimizer.push_back(std::move(t));
     if (o.save_dtype != SavedDType::F32)
       for (TensorToWrite& t : parameter_tensors(params, layout, SavedDType::F32, ".master"))
@@ -442,7 +452,7 @@ void train_steps(const Run& run, RunState& state, const WindowReader& train_wind
   const TrainOptions& o = run.options;
   TrainableModel& model = run.model;
   const int64_t B = run.hyper.batch_size, T = run.hyper.seq_len;  // B: the global batch
-  const int64_t rank_B = model.max_sequences();                     // this rank's share of it
+  const int64_t rank_B = model.max_sequences();                   // this rank's share of it
   const LearningRateSchedule schedule{run.hyper.lr, run.hyper.min_lr_ratio, run.hyper.warmup_steps, o.steps};
   std::vector<int32_t> rows(size_t(rank_B * (T + 1)));  // [rank_B, T+1]
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> no_output(leader() ? nullptr : std::fopen("/dev/null", "w"),
@@ -498,8 +508,8 @@ void train_steps(const Run& run, RunState& state, const WindowReader& train_wind
       last_validation = fmt::format(" | val {:.4f}", val_loss);
       progress.message(fmt::format("step {}: validation loss {:.4f}", state.step, val_loss));
     }
-    progress.update(state.step, fmt::format("loss {:.4f}{} | {} tok/s", loss, last_validation,
-                                            format_si(tokens_per_s)));
+    progress.update(state.step,
+                    fmt::format("loss {:.4f}{} | {} tok/s", loss, last_validation, format_si(tokens_per_s)));
     if (((o.save_every > 0 && state.step % o.save_every == 0) || last || stopping) && leader())
       save_checkpoint(run, state);
     if (stopping) break;
@@ -531,12 +541,12 @@ void run_training(const TrainOptions& o) {
     fail("--output {} already exists{}; choose another directory", o.output.string(),
          fs::exists(state_path) ? " and holds a training run (continue it with --resume)" : "");
   }
-  const Hyperparameters hyper = resolve_hyperparameters(o, o.resume ? &state_json["hyperparameters"] : nullptr,
-                                                       state_path);
+  const Hyperparameters hyper =
+      resolve_hyperparameters(o, o.resume ? &state_json["hyperparameters"] : nullptr, state_path);
   json config_json = read_json_file(o.model_config);
   const ModelConfig config = parse_model_config(config_json, o.model_config.string());
-  if (o.resume) check_same_config(read_json_file(o.output / "config.json"), config_json, o.output / "config.json",
-                                  o.model_config);
+  if (o.resume)
+    check_same_config(read_json_file(o.output / "config.json"), config_json, o.output / "config.json", o.model_config);
   if (hyper.seq_len > config.max_position_embeddings)
     fail("--seq-len {} is longer than the model's context: 'max_position_embeddings' is {} in {}", hyper.seq_len,
          config.max_position_embeddings, o.model_config.string());
@@ -548,14 +558,14 @@ void run_training(const TrainOptions& o) {
   // Rank 0 trains the tokenizer and tokenizes the text; then the other ranks read what it wrote.
   if (dist::distributed() && !leader()) dist::barrier();
   const TokenizerFiles tokenizer = choose_tokenizer(o, config, files, data_digest, data_dir);
-  const TokenFile token_file = TokenFile::prepare(data_dir / "tokens.safetensors", files, data_digest,
-                                                  *tokenizer.tokenizer, tokenizer.digest);
+  const TokenFile token_file =
+      TokenFile::prepare(data_dir / "tokens.safetensors", files, data_digest, *tokenizer.tokenizer, tokenizer.digest);
   if (dist::distributed()) {
     if (leader()) dist::barrier();
     dist::check_same(data_digest + " " + tokenizer.digest, "the training data or tokenizer");
   }
-  const DataSplit split = split_tokens(token_file.tokens(), hyper.val_fraction, hyper.seq_len,
-                                       "--data " + o.data.string());
+  const DataSplit split =
+      split_tokens(token_file.tokens(), hyper.val_fraction, hyper.seq_len, "--data " + o.data.string());
   const WindowReader train_windows(split.train, hyper.seq_len), validation_windows(split.validation, hyper.seq_len);
 
   // config.json of the checkpoint: the training config with the tokenizer's special tokens.
@@ -585,16 +595,18 @@ void run_training(const TrainOptions& o) {
   MetricsFile metrics(leader() ? o.metrics : fs::path(), o.resume ? std::optional<int64_t>(state.step) : std::nullopt);
 
   const int64_t B = hyper.batch_size, T = hyper.seq_len;
-  if (leader()) std::fprintf(stderr,
-               "megamoe: %s parameters, %s activations | data: %s training tokens (%lld windows of %lld), %s "
-               "validation tokens%s | %lld x %lld tokens per step, %d threads%s\n",
-               format_si(double(model.layout().size)).c_str(),
-               (format_si(double(model.activation_bytes())) + "B").c_str(), format_si(double(split.train.size())).c_str(),
-               (long long)train_windows.windows(), (long long)T, format_si(double(split.validation.size())).c_str(),
-               token_file.reused() ? " (token file reused)" : "", (long long)B, (long long)T, omp_get_max_threads(),
-               dist::distributed() ? fmt::format(" on each of {} data-parallel ranks", dist::size()).c_str() : "");
-  if (o.resume && leader()) std::fprintf(stderr, "megamoe: resuming %s at step %lld\n", o.output.string().c_str(),
-                             (long long)state.step);
+  if (leader())
+    std::fprintf(stderr,
+                 "megamoe: %s parameters, %s activations | data: %s training tokens (%lld windows of %lld), %s "
+                 "validation tokens%s | %lld x %lld tokens per step, %d threads%s\n",
+                 format_si(double(model.layout().size)).c_str(),
+                 (format_si(double(model.activation_bytes())) + "B").c_str(),
+                 format_si(double(split.train.size())).c_str(), (long long)train_windows.windows(), (long long)T,
+                 format_si(double(split.validation.size())).c_str(), token_file.reused() ? " (token file reused)" : "",
+                 (long long)B, (long long)T, omp_get_max_threads(),
+                 dist::distributed() ? fmt::format(" on each of {} data-parallel ranks", dist::size()).c_str() : "");
+  if (o.resume && leader())
+    std::fprintf(stderr, "megamoe: resuming %s at step %lld\n", o.output.string().c_str(), (long long)state.step);
   if (state.step >= o.steps) {
     if (!o.resume && leader()) save_checkpoint(run, state);
     if (leader()) std::fprintf(stderr, "megamoe: %lld steps done; nothing to train\n", (long long)state.step);
@@ -630,8 +642,8 @@ void write_gradients(const fs::path& model_dir, std::span<const int32_t> tokens,
   if (tokens.size() % size_t(sequences) || int64_t(tokens.size()) / sequences < 2)
     fail("--tokens: {} ids do not make {} rows of T + 1 >= 2 tokens", tokens.size(), sequences);
   const int64_t T = int64_t(tokens.size()) / sequences - 1;
-  const ModelConfig config = parse_model_config(read_json_file(model_dir / "config.json"),
-                                                (model_dir / "config.json").string());
+  const ModelConfig config =
+      parse_model_config(read_json_file(model_dir / "config.json"), (model_dir / "config.json").string());
   if (balance.strategy == BalanceStrategy::Bias) fail("--balance bias has no loss, hence no gradient to check");
   if (balance.on() && !(balance.alpha > 0 && std::isfinite(balance.alpha)))
     fail("--balance-alpha must be a positive number");

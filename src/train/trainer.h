@@ -33,13 +33,13 @@ struct TrainOptions {
   // SeqAuxLoss; u 1e-3), or a resumed run's values.
   std::optional<BalanceStrategy> balance;
   std::optional<double> balance_alpha, bias_update_rate;
-  int64_t eval_every = 100;   // validation every so many steps (and after the last)
-  int64_t eval_batches = 8;   // at most so many batches of validation windows
-  int64_t save_every = 100;   // checkpoint every so many steps (and after the last); 0: last only
-  int64_t stop_at = 0;        // > 0: save and stop after this step (the schedule still spans `steps`)
-  int64_t sample_lines = 3;   // lines sampled from the final model
+  int64_t eval_every = 100;  // validation every so many steps (and after the last)
+  int64_t eval_batches = 8;  // at most so many batches of validation windows
+  int64_t save_every = 100;  // checkpoint every so many steps (and after the last); 0: last only
+  int64_t stop_at = 0;       // > 0: save and stop after this step (the schedule still spans `steps`)
+  int64_t sample_lines = 3;  // lines sampled from the final model
   int64_t sample_tokens = 48;
-  int threads = 0;            // OpenMP threads; 0: all cores
+  int threads = 0;  // OpenMP threads; 0: all cores
   SavedDType save_dtype = SavedDType::F32;
   bool resume = false;
 };

@@ -60,15 +60,13 @@ void AtomicFile::commit() {
   const int flush_errno = errno;
   const bool closed = std::fclose(file_) == 0;
   file_ = nullptr;
-  if (!flushed || !closed)
-    fail("{}: write failed: {}", target_.string(), std::strerror(flushed ? errno : flush_errno));
+  if (!flushed || !closed) fail("{}: write failed: {}", target_.string(), std::strerror(flushed ? errno : flush_errno));
   rename_or_fail(temp_, target_);
   committed_ = true;
   fsync_directory(target_.parent_path());
 }
 
-AtomicDirectory::AtomicDirectory(fs::path target)
-    : target_(std::move(target)), temp_(temporary_beside(target_)) {
+AtomicDirectory::AtomicDirectory(fs::path target) : target_(std::move(target)), temp_(temporary_beside(target_)) {
   std::error_code ec;
   fs::remove_all(temp_, ec);  // a leftover of an earlier process that had our pid
   if (!ec) fs::create_directory(temp_, ec);

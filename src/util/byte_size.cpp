@@ -11,8 +11,8 @@ namespace megamoe {
 
 int64_t parse_byte_size(const std::string& text) {
   static const std::pair<const char*, int64_t> kUnits[] = {
-      {"", 1},          {"B", 1},           {"KiB", 1ll << 10}, {"MiB", 1ll << 20}, {"GiB", 1ll << 30},
-      {"TiB", 1ll << 40}, {"KB", 1000},     {"MB", 1000000},    {"GB", 1000000000}, {"TB", 1000000000000}};
+      {"", 1},      {"B", 1},        {"KiB", 1ll << 10}, {"MiB", 1ll << 20},   {"GiB", 1ll << 30}, {"TiB", 1ll << 40},
+      {"KB", 1000}, {"MB", 1000000}, {"GB", 1000000000}, {"TB", 1000000000000}};
   double value = 0;
   const char* end = text.data() + text.size();
   const auto [rest, error] = std::from_chars(text.data(), end, value);

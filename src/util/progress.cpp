@@ -3,9 +3,9 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
 
 namespace megamoe {
 namespace {
@@ -42,8 +42,15 @@ std::string format_si(double value) {
 }
 
 Progress::Progress(std::string label, int64_t total, std::string unit, int64_t done, std::FILE* out)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(std::max<int64_t>(total, 0)), start_done_(done),
-      done_(done), out_(out), terminal_(::isatty(::fileno(out)) == 1), start_(Clock::now()), last_draw_(start_) {
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(std::max<int64_t>(total, 0)),
+      start_done_(done),
+      done_(done),
+      out_(out),
+      terminal_(::isatty(::fileno(out)) == 1),
+      start_(Clock::now()),
+      last_draw_(start_) {
   draw();
 }
 

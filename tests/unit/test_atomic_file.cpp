@@ -64,11 +64,13 @@ TEST(AtomicFile, WriteErrorNamesTarget) {
   limited.rlim_cur = 4096;
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limited), 0);
   const std::string block(1 << 16, 'x');
-  expect_error([&] {
-    AtomicFile file(dir / "big.bin");
-    file.write(block);
-    file.commit();
-  }, {"big.bin", "write failed"});
+  expect_error(
+      [&] {
+        AtomicFile file(dir / "big.bin");
+        file.write(block);
+        file.commit();
+      },
+      {"big.bin", "write failed"});
   setrlimit(RLIMIT_FSIZE, &saved);
   std::signal(SIGXFSZ, saved_handler);
   EXPECT_TRUE(fs::is_empty(dir.path()));

@@ -13,12 +13,28 @@ namespace {
 
 nlohmann::json tiny_config() {
   return {{"architectures", {"DeepseekV3ForCausalLM"}},
-          {"vocab_size", 97}, {"hidden_size", 48}, {"intermediate_size", 64}, {"moe_intermediate_size", 16},
-          {"num_hidden_layers", 2}, {"first_k_dense_replace", 1}, {"num_attention_heads", 3},
-          {"q_lora_rank", 24}, {"kv_lora_rank", 32}, {"qk_nope_head_dim", 8}, {"qk_rope_head_dim", 4},
-          {"v_head_dim", 8}, {"n_routed_experts", 8}, {"n_shared_experts", 1}, {"num_experts_per_tok", 2},
-          {"n_group", 2}, {"topk_group", 1}, {"topk_method", "noaux_tc"}, {"scoring_func", "sigmoid"},
-          {"norm_topk_prob", true}, {"routed_scaling_factor", 2.0}, {"max_position_embeddings", 256}};
+          {"vocab_size", 97},
+          {"hidden_size", 48},
+          {"intermediate_size", 64},
+          {"moe_intermediate_size", 16},
+          {"num_hidden_layers", 2},
+          {"first_k_dense_replace", 1},
+          {"num_attention_heads", 3},
+          {"q_lora_rank", 24},
+          {"kv_lora_rank", 32},
+          {"qk_nope_head_dim", 8},
+          {"qk_rope_head_dim", 4},
+          {"v_head_dim", 8},
+          {"n_routed_experts", 8},
+          {"n_shared_experts", 1},
+          {"num_experts_per_tok", 2},
+          {"n_group", 2},
+          {"topk_group", 1},
+          {"topk_method", "noaux_tc"},
+          {"scoring_func", "sigmoid"},
+          {"norm_topk_prob", true},
+          {"routed_scaling_factor", 2.0},
+          {"max_position_embeddings", 256}};
 }
 
 class BatchingTest : public ::testing::Test {
@@ -53,7 +69,8 @@ TEST_F(BatchingTest, BatchedEqualsOneAtATime) {
     sequences.push_back(sequence(p));
     batch.push_back(sequences.back().get());
   }
-  while (!std::all_of(batch.begin(), batch.end(), [](Sequence* s) { return s->finished(); })) step_batch(*model_, batch);
+  while (!std::all_of(batch.begin(), batch.end(), [](Sequence* s) { return s->finished(); }))
+    step_batch(*model_, batch);
   for (size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_EQ(sequences[i]->generated().size(), 7u);
     EXPECT_EQ(sequences[i]->generated(), alone(prompts[i])) << "sequence " << i;

@@ -74,7 +74,8 @@ TEST(ChatFormatV4, GenerationPromptSelectsTheMode) {
   V4PromptOptions chat, thinking;
   thinking.thinking = true;
   EXPECT_EQ(render_deepseek_v4_prompt(messages, chat), "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜></think>");
-  EXPECT_EQ(render_deepseek_v4_prompt(messages, thinking), "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜><think>");
+  EXPECT_EQ(render_deepseek_v4_prompt(messages, thinking),
+            "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜><think>");
 }
 
 TEST(ChatFormatV4, ConsecutiveUserTurnsAndToolResultsMerge) {

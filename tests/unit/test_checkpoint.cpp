@@ -8,8 +8,8 @@
 
 #include "io/checkpoint_writer.h"
 #include "ops/quant.h"
-#include "util/json_file.h"
 #include "test_support.h"
+#include "util/json_file.h"
 
 namespace megamoe {
 namespace {
@@ -50,8 +50,8 @@ struct CheckpointTest : ::testing::Test {
 TEST_F(CheckpointTest, SingleFile) {
   write_safetensors(dir / "model.safetensors",
                     {tensor_of<float>("norm", DType::F32, {4}, {1, 2, 3, 4}),
-                     tensor_of<uint16_t>("norm16", DType::F16, {2}, {0x3c00, 0xc000}),     // 1, -2
-                     tensor_of<uint16_t>("normbf", DType::BF16, {2}, {0x3fc0, 0x4040}),    // 1.5, 3
+                     tensor_of<uint16_t>("norm16", DType::F16, {2}, {0x3c00, 0xc000}),   // 1, -2
+                     tensor_of<uint16_t>("normbf", DType::BF16, {2}, {0x3fc0, 0x4040}),  // 1.5, 3
                      tensor_of<float>("w", DType::F32, {2, 3}, iota_floats(6)),
                      tensor_of<int32_t>("ids", DType::I32, {2, 2}, {1, 2, 3, 4})});
   const auto ckpt = open();
@@ -90,8 +90,7 @@ TEST_F(CheckpointTest, RequireNamesWhatIsWrong) {
   constexpr DType kHalf[] = {DType::BF16, DType::F16};
   expect_error([&] { ckpt->require("v", kF32, shape23); },
                {"checkpoint " + dir.path().string() + ": missing tensor v"});
-  expect_error([&] { ckpt->require("w", kHalf, shape23); },
-               {file + ": tensor w has dtype F32, expected BF16 or F16"});
+  expect_error([&] { ckpt->require("w", kHalf, shape23); }, {file + ": tensor w has dtype F32, expected BF16 or F16"});
   expect_error([&] { ckpt->require("w", kF32, shape32); }, {file + ": tensor w has shape [2, 3], expected [3, 2]"});
   expect_error([&] { ckpt->weight("w", 3, 2); }, {"tensor w has shape [2, 3], expected [3, 2]"});
   expect_error([&] { ckpt->vector_f32("w", 6); }, {"tensor w has shape [2, 3], expected [6]"});
@@ -99,7 +98,7 @@ TEST_F(CheckpointTest, RequireNamesWhatIsWrong) {
 
 TEST_F(CheckpointTest, WrongDTypeForWeightOrVector) {
   write_safetensors(dir / "model.safetensors", {tensor_of<int8_t>("q", DType::I8, {2, 2}, {1, 2, 3, 4}),
-                                                 tensor_of<int8_t>("v", DType::I8, {4}, {1, 2, 3, 4})});
+                                                tensor_of<int8_t>("v", DType::I8, {4}, {1, 2, 3, 4})});
   const auto ckpt = open();
   expect_error([&] { ckpt->weight("q", 2, 2); }, {"tensor q has dtype I8", "F8_E4M3"});
   expect_error([&] { ckpt->vector_f32("v", 4); }, {"tensor v has dtype I8"});
@@ -109,7 +108,7 @@ TEST_F(CheckpointTest, Fp8WeightWithBlockScales) {
   // 300 x 200: scale blocks [3, 2], the last row block and column block partial.
   const std::vector<float> scales = {1, 2, 3, 4, 5, 6};
   write_safetensors(dir / "model.safetensors", {counting("w.weight", DType::F8_E4M3, {300, 200}),
-                                                 tensor_of<float>("w.weight_scale_inv", DType::F32, {3, 2}, scales)});
+                                                tensor_of<float>("w.weight_scale_inv", DType::F32, {3, 2}, scales)});
   const auto ckpt = open();
   const WeightView w = ckpt->weight("w.weight", 300, 200);
   EXPECT_EQ(w.dtype, DType::F8_E4M3);
@@ -135,7 +134,7 @@ TEST_F(CheckpointTest, Fp8WeightWithBlockScales) {
   EXPECT_EQ(inside.scale_inv[inside.scale_index(27, 150)], 2.f);  // row 127: scale row 0, column 1
   EXPECT_EQ(inside.scale_inv[inside.scale_index(28, 0)], 3.f);    // row 128: scale row 1
   EXPECT_EQ(inside.bytes(), 60 * 200 + 2 * 2 * 4);
-  EXPECT_EQ(inside.row_slice(30, 30).scale_row_offset, 2);        // rows 130..159
+  EXPECT_EQ(inside.row_slice(30, 30).scale_row_offset, 2);  // rows 130..159
   expect_error([&] { w.row_slice(256, 45); }, {"outside", "300 rows"});
   expect_error([&] { w.row_slice(-128, 1); }, {"outside"});
 }
@@ -148,15 +147,16 @@ TEST_F(CheckpointTest, Fp8WeightNeedsRightScales) {
                      tensor_of<uint16_t>("c.weight_scale_inv", DType::BF16, {1, 1}, {0x3f80})});
   const auto ckpt = open();
   expect_error([&] { ckpt->weight("a.weight", 129, 128); }, {"missing tensor a.weight_scale_inv"});
-  expect_error([&] { ckpt->weight("b.weight", 128, 128); }, {"tensor b.weight_scale_inv has shape [1, 2], expected [1, 1]"});
+  expect_error([&] { ckpt->weight("b.weight", 128, 128); },
+               {"tensor b.weight_scale_inv has shape [1, 2], expected [1, 1]"});
   expect_error([&] { ckpt->weight("c.weight", 128, 128); }, {"tensor c.weight_scale_inv has dtype BF16, expected F32"});
 }
 
 TEST_F(CheckpointTest, MisalignedTensors) {
   // One byte before the F32 tensors shifts them off 4-byte alignment: both are copied, aligned.
-  write_safetensors(dir / "model.safetensors", {tensor_of<uint8_t>("pad", DType::U8, {1}, {0}),
-                                                 tensor_of<float>("w", DType::F32, {1, 1}, {1}),
-                                                 tensor_of<float>("v", DType::F32, {2}, {2, 3})});
+  write_safetensors(dir / "model.safetensors",
+                    {tensor_of<uint8_t>("pad", DType::U8, {1}, {0}), tensor_of<float>("w", DType::F32, {1, 1}, {1}),
+                     tensor_of<float>("v", DType::F32, {2}, {2, 3})});
   const auto ckpt = open();
   const WeightView w = ckpt->weight("w", 1, 1);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(w.data) % alignof(float), 0u);
@@ -169,9 +169,9 @@ TEST_F(CheckpointTest, BlockWeightsWhenAsked) {
   std::vector<float> values(3 * 64);
   for (size_t i = 0; i < values.size(); ++i) values[i] = float(int(i % 17) - 8) * 0.25f;
   const OwnedWeight q8 = quantize_weight(DType::Q8_0, values.data(), 3, 64);
-  write_safetensors(dir / "model.safetensors",
-                    {tensor_of<uint8_t>("pad", DType::U8, {1}, {0}), tensor_of<uint8_t>("w", DType::U8, {3, 2, 34}, q8.data),
-                     tensor_of<uint8_t>("bad", DType::U8, {3, 4, 17}, q8.data)});
+  write_safetensors(dir / "model.safetensors", {tensor_of<uint8_t>("pad", DType::U8, {1}, {0}),
+                                                tensor_of<uint8_t>("w", DType::U8, {3, 2, 34}, q8.data),
+                                                tensor_of<uint8_t>("bad", DType::U8, {3, 4, 17}, q8.data)});
   const auto ckpt = open();
   const WeightView w = ckpt->weight("w", 3, 64, ScaleLayout::ScaleInvF32, DType::Q8_0);
   EXPECT_EQ(w.dtype, DType::Q8_0);

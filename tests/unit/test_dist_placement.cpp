@@ -102,9 +102,7 @@ TEST(DistPlacementTest, FilesRoundTripAndBadOnesNameTheFile) {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "megamoe_test_dist_placement";
   std::filesystem::create_directories(dir);
   const ExpertPlacement p = balanced_placement({{5, 1, 1, 9}, {0, 0, 0, 0}}, 3, 1);
-  {
-    std::ofstream(dir / "p.json") << placement_json(p).dump();
-  }
+  { std::ofstream(dir / "p.json") << placement_json(p).dump(); }
   const ExpertPlacement back = read_placement(dir / "p.json", 2, 4, 3);
   EXPECT_EQ(back.hosts, p.hosts);
   EXPECT_THROW(read_placement(dir / "p.json", 2, 4, 2), Error);  // other rank count

@@ -24,12 +24,9 @@ double decode_ieee(uint32_t code, int exp_bits, int mant_bits) {
   const uint32_t mant = code & ((1u << mant_bits) - 1);
   const int bias = (1 << (exp_bits - 1)) - 1;
   double magnitude;
-  if (exp == exp_all_ones)
-    magnitude = mant ? kNaN : kInf;
-  else if (exp == 0)
-    magnitude = std::ldexp(double(mant), 1 - bias - mant_bits);
-  else
-    magnitude = std::ldexp(1.0 + std::ldexp(double(mant), -mant_bits), int(exp) - bias);
+  if (exp == exp_all_ones) magnitude = mant ? kNaN : kInf;
+  else if (exp == 0) magnitude = std::ldexp(double(mant), 1 - bias - mant_bits);
+  else magnitude = std::ldexp(1.0 + std::ldexp(double(mant), -mant_bits), int(exp) - bias);
   return negative ? -magnitude : magnitude;
 }
 
@@ -41,12 +38,9 @@ double decode_e4m3(uint32_t code) {
   const bool negative = code & 0x80;
   const uint32_t exp = (code >> 3) & 0xf, mant = code & 7;
   double magnitude;
-  if (exp == 15 && mant == 7)
-    magnitude = kNaN;
-  else if (exp == 0)
-    magnitude = mant / 8.0 * std::ldexp(1.0, -6);
-  else
-    magnitude = (1 + mant / 8.0) * std::ldexp(1.0, int(exp) - 7);
+  if (exp == 15 && mant == 7) magnitude = kNaN;
+  else if (exp == 0) magnitude = mant / 8.0 * std::ldexp(1.0, -6);
+  else magnitude = (1 + mant / 8.0) * std::ldexp(1.0, int(exp) - 7);
   return negative ? -magnitude : magnitude;
 }
 
@@ -107,9 +101,19 @@ class Rounder {
 
   // Inputs worth trying: every value, its float neighbours, every midpoint and its neighbours.
   std::vector<float> interesting_inputs() const {
-    std::vector<float> inputs = {0.f, std::numeric_limits<float>::max(), std::numeric_limits<float>::infinity(),
-                                 std::numeric_limits<float>::denorm_min(), 1e30f, 65504.f, 65519.99f, 65520.f,
-                                 448.f, 449.f, 464.f, 480.f, 1e6f};
+    std::vector<float> inputs = {0.f,
+                                 std::numeric_limits<float>::max(),
+                                 std::numeric_limits<float>::infinity(),
+                                 std::numeric_limits<float>::denorm_min(),
+                                 1e30f,
+                                 65504.f,
+                                 65519.99f,
+                                 65520.f,
+                                 448.f,
+                                 449.f,
+                                 464.f,
+                                 480.f,
+                                 1e6f};
     for (size_t i = 0; i < values_.size(); ++i) {
       const float v = float(values_[i].first);
       const float mid = i + 1 < values_.size() ? float((values_[i].first + values_[i + 1].first) / 2) : v;
@@ -148,8 +152,8 @@ void expect_rounds_like(const Rounder& rounder, Convert convert, double (*decode
 
 TEST(DType, F32ToBf16RoundsToNearestEven) {
   expect_rounds_like(Rounder(16, decode_bf16, false), f32_to_bf16, decode_bf16);
-  EXPECT_EQ(f32_to_bf16(1.f + 0x1p-8f), 0x3f80);       // tie, down to even
-  EXPECT_EQ(f32_to_bf16(1.f + 3 * 0x1p-8f), 0x3f82);   // tie, up to even
+  EXPECT_EQ(f32_to_bf16(1.f + 0x1p-8f), 0x3f80);      // tie, down to even
+  EXPECT_EQ(f32_to_bf16(1.f + 3 * 0x1p-8f), 0x3f82);  // tie, up to even
 }
 
 TEST(DType, F32ToF16RoundsToNearestEven) {
@@ -164,17 +168,16 @@ TEST(DType, F32ToFp8E4m3RoundsToNearestEvenAndSaturates) {
   expect_rounds_like(Rounder(8, decode_e4m3, true), f32_to_fp8_e4m3, decode_e4m3);
   EXPECT_EQ(f32_to_fp8_e4m3(1e9f), 0x7e);
   EXPECT_EQ(f32_to_fp8_e4m3(-std::numeric_limits<float>::infinity()), 0xfe);
-  EXPECT_EQ(f32_to_fp8_e4m3(0x1p-10f), 0x00);      // half the smallest subnormal: to even (zero)
-  EXPECT_EQ(f32_to_fp8_e4m3(3 * 0x1p-10f), 0x02);  // 1.5 subnormal steps: up to even
-  EXPECT_EQ(f32_to_fp8_e4m3(15 * 0x1p-10f), 0x08); // between the largest subnormal and the smallest normal
+  EXPECT_EQ(f32_to_fp8_e4m3(0x1p-10f), 0x00);       // half the smallest subnormal: to even (zero)
+  EXPECT_EQ(f32_to_fp8_e4m3(3 * 0x1p-10f), 0x02);   // 1.5 subnormal steps: up to even
+  EXPECT_EQ(f32_to_fp8_e4m3(15 * 0x1p-10f), 0x08);  // between the largest subnormal and the smallest normal
   EXPECT_EQ(f32_to_fp8_e4m3(-0.f), 0x80);
 }
 
 TEST(DType, NamesAndSizes) {
-  const std::pair<DType, size_t> sizes[] = {{DType::F32, 4},     {DType::F16, 2},     {DType::BF16, 2},
-                                            {DType::F8_E4M3, 1}, {DType::F8_E8M0, 1}, {DType::I8, 1},
-                                            {DType::I16, 2},     {DType::I32, 4},     {DType::I64, 8},
-                                            {DType::U8, 1},      {DType::BOOL, 1},    {DType::F64, 8}};
+  const std::pair<DType, size_t> sizes[] = {{DType::F32, 4},     {DType::F16, 2}, {DType::BF16, 2}, {DType::F8_E4M3, 1},
+                                            {DType::F8_E8M0, 1}, {DType::I8, 1},  {DType::I16, 2},  {DType::I32, 4},
+                                            {DType::I64, 8},     {DType::U8, 1},  {DType::BOOL, 1}, {DType::F64, 8}};
   for (const auto& [type, size] : sizes) {
     EXPECT_EQ(dtype_size(type), size) << dtype_name(type);
     EXPECT_EQ(dtype_from_name(dtype_name(type)), type);

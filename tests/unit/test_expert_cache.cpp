@@ -32,7 +32,6 @@ TEST(ParseByteSize, RejectsWhatIsNotASize) {
     expect_error([&] { parse_byte_size(text); }, {"is not a memory size"});
 }
 
-
 // ---- StreamingExpertStore: eviction order, the pin limit, prefetch accounting ----
 
 // A synthesized V3 checkpoint with 8 routed experts per MoE layer (layer 1 is the first), loaded mapped.
@@ -40,12 +39,21 @@ class StreamingStore : public ::testing::Test {
  protected:
   static constexpr int64_t kLayer = 1;
   void SetUp() override {
-    const nlohmann::json config = {
-        {"architectures", {"DeepseekV3ForCausalLM"}}, {"vocab_size", 64}, {"hidden_size", 32},
-        {"num_hidden_layers", 3}, {"first_k_dense_replace", 1}, {"intermediate_size", 64},
-        {"moe_intermediate_size", 32}, {"num_attention_heads", 2}, {"kv_lora_rank", 16},
-        {"qk_nope_head_dim", 8}, {"qk_rope_head_dim", 8}, {"v_head_dim", 8}, {"n_routed_experts", 8},
-        {"n_shared_experts", 1}, {"num_experts_per_tok", 2}};
+    const nlohmann::json config = {{"architectures", {"DeepseekV3ForCausalLM"}},
+                                   {"vocab_size", 64},
+                                   {"hidden_size", 32},
+                                   {"num_hidden_layers", 3},
+                                   {"first_k_dense_replace", 1},
+                                   {"intermediate_size", 64},
+                                   {"moe_intermediate_size", 32},
+                                   {"num_attention_heads", 2},
+                                   {"kv_lora_rank", 16},
+                                   {"qk_nope_head_dim", 8},
+                                   {"qk_rope_head_dim", 8},
+                                   {"v_head_dim", 8},
+                                   {"n_routed_experts", 8},
+                                   {"n_shared_experts", 1},
+                                   {"num_experts_per_tok", 2}};
     synth_checkpoint(dir_ / "model", config, SynthOptions{SynthDType::BF16, 1, 1});
     model_ = load_model(dir_ / "model");
     checkpoint_ = Checkpoint::open(dir_ / "model");
@@ -126,7 +134,8 @@ TEST_F(StreamingStore, PrefetchedExpertsCountAsPrefetchHits) {
   const std::vector<int32_t> guess = {5, 6};
   store_->prefetch(kLayer, guess);  // started by the next acquire
   EXPECT_FALSE(use(0));
-  for (int i = 0; i < 500 && store_->stats().prefetched < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (int i = 0; i < 500 && store_->stats().prefetched < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   ASSERT_EQ(store_->stats().prefetched, 2);
   EXPECT_TRUE(use(5));
   EXPECT_TRUE(use(6));

@@ -19,11 +19,23 @@ using namespace train;
 // 7 layers: 0 dense (first_k_dense_replace), then MoE layers 1..6 unless `moe_layer_freq` skips some.
 nlohmann::json pooled_json(int64_t group_size, bool share_shared, int64_t moe_layer_freq = 1) {
   return {{"architectures", {"DeepseekV3ForCausalLM"}},
-          {"vocab_size", 64}, {"hidden_size", 16}, {"num_hidden_layers", 7}, {"first_k_dense_replace", 1},
-          {"moe_layer_freq", moe_layer_freq}, {"intermediate_size", 32}, {"moe_intermediate_size", 8},
-          {"num_attention_heads", 2}, {"kv_lora_rank", 8}, {"qk_nope_head_dim", 4}, {"qk_rope_head_dim", 4},
-          {"v_head_dim", 4}, {"n_routed_experts", 4}, {"n_shared_experts", 1}, {"num_experts_per_tok", 2},
-          {"expert_sharing_group_size", group_size}, {"share_shared_experts", share_shared}};
+          {"vocab_size", 64},
+          {"hidden_size", 16},
+          {"num_hidden_layers", 7},
+          {"first_k_dense_replace", 1},
+          {"moe_layer_freq", moe_layer_freq},
+          {"intermediate_size", 32},
+          {"moe_intermediate_size", 8},
+          {"num_attention_heads", 2},
+          {"kv_lora_rank", 8},
+          {"qk_nope_head_dim", 4},
+          {"qk_rope_head_dim", 4},
+          {"v_head_dim", 4},
+          {"n_routed_experts", 4},
+          {"n_shared_experts", 1},
+          {"num_experts_per_tok", 2},
+          {"expert_sharing_group_size", group_size},
+          {"share_shared_experts", share_shared}};
 }
 
 TEST(ExpertPools, GroupsConsecutiveMoeLayersWithAShorterLastGroup) {
@@ -79,7 +91,7 @@ TEST(ExpertPools, TrainingLayersOfAPoolShareOneParameterTensor) {
   ASSERT_EQ(third.experts.size(), 4u);
   EXPECT_EQ(third.experts[2].down.offset, first.experts[2].down.offset);
   EXPECT_NE(next_pool.experts[2].down.offset, first.experts[2].down.offset);
-  EXPECT_NE(third.gate.offset, first.gate.offset);  // routers stay per layer
+  EXPECT_NE(third.gate.offset, first.gate.offset);                // routers stay per layer
   EXPECT_NE(third.shared.gate.offset, first.shared.gate.offset);  // shared experts too, unless shared
   EXPECT_TRUE(third.shared.gate.present());
 }
@@ -93,7 +105,8 @@ TEST(ExpertPools, ConfigErrorsNameTheKey) {
     }
     return "";
   };
-  EXPECT_NE(error_of(pooled_json(0, false)).find("invalid 'expert_sharing_group_size': must be positive"), std::string::npos);
+  EXPECT_NE(error_of(pooled_json(0, false)).find("invalid 'expert_sharing_group_size': must be positive"),
+            std::string::npos);
   nlohmann::json j = pooled_json(2, false);
   j["expert_sharing_group_size"] = "two";
   EXPECT_NE(error_of(j).find("'expert_sharing_group_size' must be an integer"), std::string::npos);

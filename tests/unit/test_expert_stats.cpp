@@ -21,7 +21,7 @@ TEST(ExpertStatsTest, EvenLoadsAreBalanced) {
 TEST(ExpertStatsTest, UnevenLoads) {
   const int64_t loads[] = {6, 2, 0, 0};  // mean 2, deviations 4, 0, -2, -2
   const LoadStats s = load_stats(loads);
-  EXPECT_DOUBLE_EQ(s.maxvio, 2);                          // (6 - 2) / 2
+  EXPECT_DOUBLE_EQ(s.maxvio, 2);  // (6 - 2) / 2
   EXPECT_NEAR(s.cv, std::sqrt((16 + 0 + 4 + 4) / 4.0) / 2, 1e-15);
   EXPECT_DOUBLE_EQ(s.dead_share, 0.5);
   const double entropy = -(0.75 * std::log(0.75) + 0.25 * std::log(0.25)) / std::log(4.0);

@@ -8,8 +8,8 @@
 #include <unistd.h>
 
 #include <bit>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
@@ -170,8 +170,8 @@ TEST_P(KernelTest, EveryTokenGetsTheSameBitsWhateverTheBatch) {
       auto expect_same = [&](const std::string& how) {
         for (int64_t i = 0; i < T * rows; ++i)
           ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(whole[i]))
-              << dtype_name(format) << " target " << target << " cols " << cols << " " << how << ": token "
-              << i / rows << " row " << i % rows;
+              << dtype_name(format) << " target " << target << " cols " << cols << " " << how << ": token " << i / rows
+              << " row " << i % rows;
       };
       for (int64_t t = 0; t < T; ++t) matmul(got.data() + t * rows, x.data() + t * cols, 1, weight.view);
       expect_same("one token at a time");
@@ -280,7 +280,9 @@ class BeforeGuardPage {
   }
   ~BeforeGuardPage() { munmap(base_, size_); }
   template <class T>
-  const T* data() const { return reinterpret_cast<const T*>(data_); }
+  const T* data() const {
+    return reinterpret_cast<const T*>(data_);
+  }
 
  private:
   uint8_t* base_;
@@ -445,7 +447,8 @@ TEST(KernelTargetTest, WeightedRowSumGivesEachOutputAloneItsBits) {
         weighted_row_sum(&alone, weights.data(), rows.data() + j, n, 1, stride);
         double exact = 0;
         for (int64_t s = 0; s < n; ++s) exact += double(weights[s]) * rows[s * stride + j];
-        ASSERT_EQ(std::bit_cast<uint32_t>(out[j]), std::bit_cast<uint32_t>(alone)) << target << " width " << width << " output " << j;
+        ASSERT_EQ(std::bit_cast<uint32_t>(out[j]), std::bit_cast<uint32_t>(alone))
+            << target << " width " << width << " output " << j;
         ASSERT_NEAR(out[j], exact, 1e-5) << target << " width " << width << " output " << j;
       }
     }
@@ -462,7 +465,8 @@ TEST(KernelTargetTest, DotMatchesTheExactSumForEverySize) {
       for (int64_t i = 0; i < n; ++i) exact += double(a[i]) * b[i], magnitude += std::abs(double(a[i]) * b[i]);
       const float sum = dot(a.data(), b.data(), n);
       ASSERT_NEAR(sum, exact, 1e-6 * (1 + magnitude)) << target << " n " << n;
-      ASSERT_EQ(std::bit_cast<uint32_t>(sum), std::bit_cast<uint32_t>(dot(a.data(), b.data(), n))) << target << " n " << n;
+      ASSERT_EQ(std::bit_cast<uint32_t>(sum), std::bit_cast<uint32_t>(dot(a.data(), b.data(), n)))
+          << target << " n " << n;
     }
   }
 }

@@ -114,9 +114,9 @@ TEST(OpenAiApiV4, ThinkingAnswerSplitsIntoReasoningAndContent) {
   EXPECT_EQ(message["content"], "It is 4.");
   EXPECT_FALSE(message.contains("tool_calls"));
   EXPECT_EQ(finish, "stop");
-  for (const std::string text : {"Hmm, 2 + 2.</think>It is 4.", "ünïcode </think>and <b>tags</b> <thin",
-                                 "<think>opened</think>\n\nanswer\n", "cut short </thi", "all reasoning",
-                                 "</think>no reasoning", "a</think>b<｜end▁of▁sentence｜>after the end"})
+  for (const std::string text :
+       {"Hmm, 2 + 2.</think>It is 4.", "ünïcode </think>and <b>tags</b> <thin", "<think>opened</think>\n\nanswer\n",
+        "cut short </thi", "all reasoning", "</think>no reasoning", "a</think>b<｜end▁of▁sentence｜>after the end"})
     expect_stream_equals_whole(AnswerFormat::DeepseekV4Thinking, text, FinishReason::Length);
 }
 
@@ -136,8 +136,8 @@ TEST(OpenAiApiV4, ToolCallsBecomeOpenAiToolCalls) {
       "<｜DSML｜parameter name=\"days\" string=\"false\">3</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
       "<｜DSML｜invoke name=\"get_time\">\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
   std::string finish;
-  const json message = whole_message(AnswerFormat::DeepseekV4Thinking, "Need data.</think>" + calls,
-                                     FinishReason::Eos, &finish);
+  const json message =
+      whole_message(AnswerFormat::DeepseekV4Thinking, "Need data.</think>" + calls, FinishReason::Eos, &finish);
   EXPECT_EQ(finish, "tool_calls");
   EXPECT_EQ(message["reasoning_content"], "Need data.");
   EXPECT_TRUE(message["content"].is_null());

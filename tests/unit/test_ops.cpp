@@ -70,7 +70,7 @@ TEST(RopeTest, YarnKeepsHighFrequenciesAndScalesLowOnes) {
   const double theta = 10000, factor = 40;
   const Rope plain = Rope::make(64, theta, std::nullopt);
   const Rope yarn = Rope::make(64, theta, YarnScaling{factor, 4096, 32, 1});
-  EXPECT_DOUBLE_EQ(yarn.frequencies.front(), plain.frequencies.front());  // fast dims extrapolate
+  EXPECT_DOUBLE_EQ(yarn.frequencies.front(), plain.frequencies.front());           // fast dims extrapolate
   EXPECT_NEAR(yarn.frequencies.back(), plain.frequencies.back() / factor, 1e-15);  // slow dims interpolate
   const Rope unit = Rope::make(64, theta, YarnScaling{1, 4096, 32, 1});
   for (size_t i = 0; i < unit.frequencies.size(); ++i) EXPECT_DOUBLE_EQ(unit.frequencies[i], plain.frequencies[i]);

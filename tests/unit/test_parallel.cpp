@@ -49,7 +49,7 @@ TEST(ParallelFor, EveryIndexOnceWithATeamOnlyWhenItPays) {
   expect_each_index_once<Schedule::Dynamic>(2, true, true);
   expect_each_index_once<Schedule::Static>(2, false, false);  // too little work
   expect_each_index_once<Schedule::Dynamic>(2, false, false);
-  expect_each_index_once<Schedule::Static>(1, true, false);   // one thread: no OpenMP at all
+  expect_each_index_once<Schedule::Static>(1, true, false);  // one thread: no OpenMP at all
   expect_each_index_once<Schedule::Dynamic>(1, true, false);
 }
 

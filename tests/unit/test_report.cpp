@@ -63,10 +63,8 @@ TEST(Plot, BadInputLeavesNoFile) {
   TempDir dir;
   write_file(dir / "old.png", "old");
   expect_error([&] { plot_lines(dir / "old.png", {"empty", "x", "y", {}, false}); }, {"old.png", "nothing to plot"});
-  expect_error([&] { plot_lines(dir / "old.png", {"t", "x", "y", {{"s", {1, 2}, {1}}}, false}); },
-               {"old.png", "'s'"});
-  expect_error([&] { plot_lines(dir / "old.png", {"t", "x", "y", {{"s", {1}, {-1}}}, true}); },
-               {"nothing to plot"});
+  expect_error([&] { plot_lines(dir / "old.png", {"t", "x", "y", {{"s", {1, 2}, {1}}}, false}); }, {"old.png", "'s'"});
+  expect_error([&] { plot_lines(dir / "old.png", {"t", "x", "y", {{"s", {1}, {-1}}}, true}); }, {"nothing to plot"});
   expect_error([&] { plot_heatmap(dir / "old.png", {"t", "x", "y", "v", {{1, 2}, {3}}}); }, {"old.png", "row 1"});
   expect_error([&] { plot_heatmap(dir / "old.png", {"t", "x", "y", "v", {{1, NAN}}}); }, {"non-finite"});
   expect_error([&] { plot_heatmap(dir / "no" / "such" / "dir.png", {"t", "x", "y", "v", {{1}}}); }, {"dir.png"});

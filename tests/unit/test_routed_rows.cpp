@@ -79,7 +79,10 @@ TEST(RoutedRows, CombineSumsInSlotOrderWhateverTheStorage) {
     // Token ranges, as expert-parallel ranks combine their own tokens.
     got = base;
     for (int64_t t0 : {0L, 7L, 150L})
-      combine_routed_rows(got.data() + t0 * D, routing.weights.data(), D, k, t0, t0 == 0 ? 7 : t0 == 7 ? 150 : T,
+      combine_routed_rows(got.data() + t0 * D, routing.weights.data(), D, k, t0,
+                          t0 == 0   ? 7
+                          : t0 == 7 ? 150
+                                    : T,
                           by_slot);
     for (size_t i = 0; i < got.size(); ++i)
       ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(expected[i])) << "ranges " << i;

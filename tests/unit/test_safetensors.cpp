@@ -39,13 +39,13 @@ class SafetensorsIn : public ::testing::TestWithParam<Residency> {};
 TEST_P(SafetensorsIn, RoundTripKeepsOrderValuesAndMetadata) {
   TempDir dir;
   const auto path = dir / "model.safetensors";
-  write_safetensors(path,
-                    {tensor_of<float>("z.weight", DType::F32, {2, 3}, {1, 2, 3, 4, 5, 6}),
-                     tensor_of<uint16_t>("a.bias", DType::BF16, {3}, {0x3f80, 0x4000, 0xc000}),
-                     tensor_of<uint8_t>("m.fp8", DType::F8_E4M3, {1, 5}, {1, 2, 3, 4, 5}),
-                     tensor_of<int64_t>("scalar", DType::I64, {}, {-7}),
-                     tensor_of<float>("empty", DType::F32, {0, 4}, {})},
-                    {{"format", "pt"}, {"note", "hi"}});
+  write_safetensors(
+      path,
+      {tensor_of<float>("z.weight", DType::F32, {2, 3}, {1, 2, 3, 4, 5, 6}),
+       tensor_of<uint16_t>("a.bias", DType::BF16, {3}, {0x3f80, 0x4000, 0xc000}),
+       tensor_of<uint8_t>("m.fp8", DType::F8_E4M3, {1, 5}, {1, 2, 3, 4, 5}),
+       tensor_of<int64_t>("scalar", DType::I64, {}, {-7}), tensor_of<float>("empty", DType::F32, {0, 4}, {})},
+      {{"format", "pt"}, {"note", "hi"}});
 
   const auto file = SafetensorsFile::open(path, GetParam());
   EXPECT_EQ(file->bytes().size(), std::filesystem::file_size(path));
@@ -77,8 +77,8 @@ TEST_P(SafetensorsIn, RoundTripKeepsOrderValuesAndMetadata) {
 TEST(Safetensors, HeaderIsPaddedJsonWithConsecutiveOffsets) {
   TempDir dir;
   const auto path = dir / "x.safetensors";
-  write_safetensors(path, {tensor_of<uint16_t>("b", DType::F16, {3}, {1, 2, 3}),
-                           tensor_of<float>("a", DType::F32, {1}, {9})});
+  write_safetensors(
+      path, {tensor_of<uint16_t>("b", DType::F16, {3}, {1, 2, 3}), tensor_of<float>("a", DType::F32, {1}, {9})});
   std::ifstream in(path, std::ios::binary);
   const std::string bytes{std::istreambuf_iterator<char>(in), {}};
   uint64_t header_length = 0;
@@ -87,7 +87,7 @@ TEST(Safetensors, HeaderIsPaddedJsonWithConsecutiveOffsets) {
   EXPECT_EQ(bytes.size(), 8 + header_length + 6 + 4);
   const std::string header = bytes.substr(8, header_length);
   EXPECT_EQ(header.find_last_not_of(' ') + 1, header.find_last_of('}') + 1);  // only spaces after the JSON
-  EXPECT_LT(header.find("\"b\""), header.find("\"a\""));                   // caller's order
+  EXPECT_LT(header.find("\"b\""), header.find("\"a\""));                      // caller's order
   const auto json = nlohmann::json::parse(header);
   EXPECT_EQ(json["b"]["data_offsets"], nlohmann::json({0, 6}));
   EXPECT_EQ(json["a"]["data_offsets"], nlohmann::json({6, 10}));
@@ -109,9 +109,12 @@ TEST(Safetensors, WriteFailureLeavesNothingBehind) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 
   expect_error([&] { write_safetensors(dir / "no_such_dir" / "w.safetensors", {}); }, {"w.safetensors"});
-  expect_error([&] { write_safetensors(path, {tensor_of<float>("t", DType::F32, {1}, {1}),
-                                              tensor_of<float>("t", DType::F32, {1}, {2})}); },
-               {"w.safetensors", "\"t\"", "repeated"});
+  expect_error(
+      [&] {
+        write_safetensors(path,
+                          {tensor_of<float>("t", DType::F32, {1}, {1}), tensor_of<float>("t", DType::F32, {1}, {2})});
+      },
+      {"w.safetensors", "\"t\"", "repeated"});
   expect_error([&] { write_safetensors(path, {tensor_of<float>("t", DType::F32, {-1}, {})}); }, {"\"t\"", "negative"});
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
@@ -131,45 +134,61 @@ std::vector<BadFile> bad_files() {
       {"shorter than the length", "abc", {"too short"}},
       {"header longer than file", raw_safetensors("{}").substr(0, 9), {"header length 2", "truncated"}},
       {"absurd header length", huge_length + "{}", {"header length 18446744073709551615"}},
-      {"truncated data", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})", eight_floats)
-                             .substr(0, 80),
+      {"truncated data",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})", eight_floats).substr(0, 80),
        {"\"t\"", "past the end"}},
       {"corrupt header", raw_safetensors(R"({"t":{"dtype":"F32",)"), {"not valid JSON"}},
       {"header is an array", raw_safetensors("[1, 2]"), {"not a JSON object"}},
       {"entry not an object", raw_safetensors(R"({"t": 5})"), {"\"t\"", "not a JSON object"}},
-      {"missing dtype", raw_safetensors(R"({"t":{"shape":[8],"data_offsets":[0,32]}})", eight_floats),
+      {"missing dtype",
+       raw_safetensors(R"({"t":{"shape":[8],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "dtype"}},
-      {"dtype not a string", raw_safetensors(R"({"t":{"dtype":4,"shape":[8],"data_offsets":[0,32]}})", eight_floats),
+      {"dtype not a string",
+       raw_safetensors(R"({"t":{"dtype":4,"shape":[8],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "dtype"}},
-      {"unknown dtype", raw_safetensors(R"({"t":{"dtype":"F4","shape":[8],"data_offsets":[0,32]}})", eight_floats),
+      {"unknown dtype",
+       raw_safetensors(R"({"t":{"dtype":"F4","shape":[8],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "unknown dtype \"F4\""}},
-      {"missing shape", raw_safetensors(R"({"t":{"dtype":"F32","data_offsets":[0,32]}})", eight_floats),
+      {"missing shape",
+       raw_safetensors(R"({"t":{"dtype":"F32","data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "shape"}},
-      {"shape not a list", raw_safetensors(R"({"t":{"dtype":"F32","shape":8,"data_offsets":[0,32]}})", eight_floats),
+      {"shape not a list",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":8,"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "shape"}},
-      {"fractional dim", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8.5],"data_offsets":[0,32]}})", eight_floats),
+      {"fractional dim",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8.5],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "not an integer"}},
-      {"negative dim", raw_safetensors(R"({"t":{"dtype":"F32","shape":[-8],"data_offsets":[0,32]}})", eight_floats),
+      {"negative dim",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[-8],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "negative"}},
-      {"missing offsets", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8]}})", eight_floats),
+      {"missing offsets",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8]}})", eight_floats),
        {"\"t\"", "data_offsets"}},
-      {"one offset", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[32]}})", eight_floats),
+      {"one offset",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[32]}})", eight_floats),
        {"\"t\"", "data_offsets"}},
-      {"negative offset", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[-1,31]}})", eight_floats),
+      {"negative offset",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[-1,31]}})", eight_floats),
        {"\"t\"", "non-negative"}},
-      {"string offset", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":["0",32]}})", eight_floats),
+      {"string offset",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":["0",32]}})", eight_floats),
        {"\"t\"", "non-negative"}},
-      {"byte count wrong", raw_safetensors(R"({"t":{"dtype":"F32","shape":[7],"data_offsets":[0,32]}})", eight_floats),
+      {"byte count wrong",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[7],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "holds 32 bytes", "need 28"}},
-      {"numel overflows", raw_safetensors(R"({"t":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,32]}})",
-                                          eight_floats),
+      {"numel overflows",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,32]}})", eight_floats),
        {"\"t\"", "more than 2^64"}},
-      {"offsets past end", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[4,36]}})", eight_floats),
+      {"offsets past end",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[4,36]}})", eight_floats),
        {"\"t\"", "past the end"}},
-      {"begin after end", raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[32,0]}})", eight_floats),
+      {"begin after end",
+       raw_safetensors(R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[32,0]}})", eight_floats),
        {"\"t\"", "begin after"}},
-      {"overlap", raw_safetensors(R"({"a":{"dtype":"F32","shape":[5],"data_offsets":[0,20]},)"
-                                  R"("b":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})", eight_floats),
+      {"overlap",
+       raw_safetensors(R"({"a":{"dtype":"F32","shape":[5],"data_offsets":[0,20]},)"
+                       R"("b":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})",
+                       eight_floats),
        {"\"a\"", "\"b\"", "overlap"}},
       {"metadata not strings", raw_safetensors(R"({"__metadata__":{"format":1}})"), {"__metadata__", "format"}},
       {"metadata not an object", raw_safetensors(R"({"__metadata__":"pt"})"), {"__metadata__"}},

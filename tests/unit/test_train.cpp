@@ -165,8 +165,9 @@ ModelConfig tiny_config(const std::string& topk_method, const std::string& scori
                       {"max_position_embeddings", 64}};
   if (q_lora) j["q_lora_rank"] = 10;
   if (yarn)
-    j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4}, {"original_max_position_embeddings", 8},
-                         {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1}, {"mscale_all_dim", 1}};
+    j["rope_scaling"] = {{"type", "yarn"},     {"factor", 4},    {"original_max_position_embeddings", 8},
+                         {"beta_fast", 32},    {"beta_slow", 1}, {"mscale", 1},
+                         {"mscale_all_dim", 1}};
   return parse_model_config(j, "test config");
 }
 
@@ -245,7 +246,8 @@ TEST(OptimizerTest, AdamWStepMatchesFormula) {
   // Two steps of the same gradient: m_hat = g and v_hat = g^2 each time, so the update is lr * g / (|g| + eps).
   auto expected = [&](bool decay) {
     double p = 0.5;
-    for (int step = 0; step < 2; ++step) p = p * (decay ? 1 - lr * settings.weight_decay : 1) - lr * 0.25 / (0.25 + 1e-8);
+    for (int step = 0; step < 2; ++step)
+      p = p * (decay ? 1 - lr * settings.weight_decay : 1) - lr * 0.25 / (0.25 + 1e-8);
     return p;
   };
   for (size_t i = 0; i < layout.tensors.size(); ++i) {
