@@ -4,6 +4,7 @@
 set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config
+  clang-format         # the code's layout (.clang-format), checked by a test
   nlohmann-json3-dev   # JSON (config.json, safetensors headers)
   libcli11-dev         # command line parsing
   libfmt-dev           # string formatting (g++ 12 has no std::format)

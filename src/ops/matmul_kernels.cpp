@@ -1163,13 +1163,12 @@ void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {
   const int64_t n_tasks = int64_t(runnable.size());
   parallel_for<Schedule::Dynamic>(n_tasks, n_tasks > 1 && rounded >= kParallelGrain, [&](int64_t i) {
     const MatmulTask& task = tasks_to_round[i];
+    const auto quantize = HWY_DYNAMIC_DISPATCH(QuantizeActivations);
     if (matmul_quantizes_activations(task.weight->dtype))
-      HWY_DYNAMIC_DISPATCH(QuantizeActivations)
-      (&rounded_xq[i], task.x, task.T, task.weight->cols, task.weight->dtype == DType::F4_E2M1);
+      quantize(&rounded_xq[i], task.x, task.T, task.weight->cols, task.weight->dtype == DType::F4_E2M1);
   });
-  if (!runnable.empty())
-    HWY_DYNAMIC_DISPATCH(MatmulTasks)
-    (runnable.data(), runnable.size(), xq.data(), swiglu_limit, numerics() == Numerics::Exact);
+  const auto run = HWY_DYNAMIC_DISPATCH(MatmulTasks);
+  if (!runnable.empty()) run(runnable.data(), runnable.size(), xq.data(), swiglu_limit, numerics() == Numerics::Exact);
 }
 
 void matmul(float* y, const float* x, int64_t T, const WeightView& W) {
