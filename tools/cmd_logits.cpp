@@ -1,3 +1,7 @@
+#include <fmt/format.h>
+
+#include <map>
+
 #include "commands.h"
 #include "distributed_options.h"
 #include "io/npy.h"
@@ -8,9 +12,38 @@
 
 namespace megamoe::cli {
 
+namespace {
+
+// --taps DIR: every named intermediate as DIR/<name>-<layer>.npy ([tokens, width]; <name>.npy after
+// the layers), the rows of all forward calls in order.
+class NpyTaps final : public ActivationTaps {
+ public:
+  void record(std::string_view name, int64_t layer, const float* rows, int64_t n, int64_t width) override {
+    Tap& tap = taps_[layer < 0 ? std::string(name) : fmt::format("{}-{}", name, layer)];
+    tap.width = width;
+    tap.rows.insert(tap.rows.end(), rows, rows + n * width);
+  }
+  void write(const std::filesystem::path& dir) const {
+    std::filesystem::create_directories(dir);
+    for (const auto& [key, tap] : taps_) {
+      const int64_t shape[] = {int64_t(tap.rows.size()) / tap.width, tap.width};
+      write_npy(dir / (key + ".npy"), tap.rows, shape);
+    }
+  }
+
+ private:
+  struct Tap {
+    int64_t width = 0;
+    std::vector<float> rows;
+  };
+  std::map<std::string, Tap> taps_;
+};
+
+}  // namespace
+
 void register_logits(CLI::App& app) {
   struct Options {
-    std::string model, tokens, output;
+    std::string model, tokens, output, taps;
     int64_t chunk_size = 0;
     dist::DistributedOptions distributed;
     MemoryOptions memory;
@@ -23,6 +56,9 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--chunk-size", options->chunk_size,
                   "Feed the tokens this many at a time through the KV cache (default: all at once)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--taps", options->taps,
+                  "Also write the named intermediate activations (attn_out, ffn_out, ... per layer) as .npy files "
+                  "into this directory");
   add_distributed_options(cmd, &options->distributed);
   add_memory_options(cmd, &options->memory);
   add_numerics_option(cmd);
@@ -34,6 +70,8 @@ void register_logits(CLI::App& app) {
     apply_memory_options(model.get(), options->memory, options->model, model->cache_bytes(T));
     std::vector<float> logits(T * V);  // [T, V]
     const int64_t chunk = options->chunk_size > 0 ? options->chunk_size : T;
+    NpyTaps taps;
+    if (!options->taps.empty()) model->set_activation_taps(&taps);
     const auto cache = model->new_cache(T);
     for (int64_t first = 0; first < T; first += chunk) {
       const SequenceStep step{cache.get(), std::span(tokens).subspan(first, std::min(chunk, T - first)), true};
@@ -41,6 +79,7 @@ void register_logits(CLI::App& app) {
     }
     const int64_t shape[] = {T, V};
     write_npy(options->output, logits, shape);
+    if (!options->taps.empty()) taps.write(options->taps);
   });
 }
 

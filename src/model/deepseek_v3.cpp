@@ -316,14 +316,19 @@ void DeepseekV3Model::forward(float* logits, std::span<const SequenceStep> batch
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const V3LayerWeights& lw = weights_.layers[L];
     rms_norm(normed, hidden, lw.attn_norm.data(), N, D, eps);
+    tap("attn_norm", L, normed, N, D);
     mla_forward(branch, normed, slots, L, c, lw.attn, rope_, softmax_scale_);
+    tap("attn_out", L, branch, N, D);
     add_branch();
     rms_norm(normed, hidden, lw.ffn_norm.data(), N, D, eps);
+    tap("ffn_norm", L, normed, N, D);
     if (experts_->prefetching() && L + 1 < c.num_hidden_layers && c.is_moe_layer(L + 1))
       prefetch_layer(hidden, N, c, weights_.layers[L + 1], L + 1, *experts_);
     if (c.is_moe_layer(L)) moe_forward(branch, normed, N, c, lw.moe, *experts_, L, expert_load_, expert_parallel_);
     else mlp_forward(branch, normed, N, lw.dense);
+    tap("ffn_out", L, branch, N, D);
     add_branch();
+    tap("layer_out", L, hidden, N, D);
   }
   for (const SequenceStep& step : batch) step.cache->advance(int64_t(step.tokens.size()));
 
@@ -331,6 +336,7 @@ void DeepseekV3Model::forward(float* logits, std::span<const SequenceStep> batch
   std::vector<float> final_rows(R * D);  // [R, D]
   for (int64_t r = 0; r < R; ++r)
     rms_norm(final_rows.data() + r * D, hidden + logit_rows[r] * D, weights_.final_norm.data(), 1, D, eps);
+  tap("final_norm", -1, final_rows.data(), R, D);
   matmul(logits, final_rows.data(), R, weights_.lm_head);
 }
 

@@ -671,13 +671,18 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
     const V4BlockWeights& block = weights_.layers[L];
     const Rope& rope = c.v4.compress_ratio(L) ? compressed_rope_ : window_rope_;
     hc_pre(h, post, comb, streams, N, block.hc_attn, c);
+    tap("attn_in", L, h, N, D);
     rms_norm(x, h, block.attn_norm.data(), N, D, eps);
     attention_forward(y, x, batch, L, c, block.attn, rope);
+    tap("attn_out", L, y, N, D);
     hc_post(streams, y, post, comb, N, M, D);
     hc_pre(h, post, comb, streams, N, block.hc_ffn, c);
+    tap("ffn_in", L, h, N, D);
     rms_norm(x, h, block.ffn_norm.data(), N, D, eps);
     moe_forward(y, x, batch.ids, c, block.ffn, *experts_, L, expert_load_, expert_parallel_);
+    tap("ffn_out", L, y, N, D);
     hc_post(streams, y, post, comb, N, M, D);
+    tap("streams", L, streams, N, M * D);
   }
   for (const SequenceRows& s : batch.sequences) s.cache->advance(s.count);
 
@@ -690,6 +695,7 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
     pre[i] = float(sigmoid_d(double(mix[i]) * weights_.hc_head.scale[0] + weights_.hc_head.base[i % M]) + c.v4.hc_eps);
   combine_streams(final_rows.data(), pre.data(), final_streams.data(), R, M, D);
   rms_norm(final_rows.data(), final_rows.data(), weights_.norm.data(), R, D, eps);
+  tap("final_norm", -1, final_rows.data(), R, D);
   matmul(logits, final_rows.data(), R, weights_.head);
 }
 

@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "io/safetensors.h"
@@ -53,6 +54,16 @@ struct SequenceStep {
   bool all_logits = false;  // logits for every new token, or only the last
 };
 
+// Named intermediate activations, llama.cpp's cb(cur, "name", il): each family reports a few per
+// layer (attn_out, ffn_out, ...; docs/architecture.md) so that a disagreement with a reference is
+// located by layer and sublayer, not only in the logits.
+class ActivationTaps {
+ public:
+  virtual ~ActivationTaps() = default;
+  // rows [n, width], the batch's tokens in order; layer -1: after the layers (the logits' rows only).
+  virtual void record(std::string_view name, int64_t layer, const float* rows, int64_t n, int64_t width) = 0;
+};
+
 // What the runtime needs to know of any family.
 struct ModelInfo {
   std::string architecture;  // "DeepseekV3ForCausalLM", ...
@@ -87,14 +98,21 @@ class Model {
   virtual void record_expert_load(ExpertLoad* load) { expert_load_ = load; }
   // Where the MoE layers send their routed experts (null: computed here; src/dist: over MPI ranks).
   void set_expert_parallel(const ExpertParallel* parallel) { expert_parallel_ = parallel; }
+  // Where forward() reports its named intermediates (null: nowhere, the default).
+  void set_activation_taps(ActivationTaps* taps) { taps_ = taps; }
   // Swaps the mapped routed experts for a store that reads them from disk into a cache
   // (model/expert_cache.h; stream_experts_within() sizes it) and returns it with the experts one
   // token uses per layer; {nullptr, 0} where the family cannot.
   virtual std::pair<StreamingExpertStore*, int64_t> stream_experts() { return {nullptr, 0}; }
 
  protected:
+  void tap(std::string_view name, int64_t layer, const float* rows, int64_t n, int64_t width) const {
+    if (taps_) taps_->record(name, layer, rows, n, width);
+  }
+
   ExpertLoad* expert_load_ = nullptr;
   const ExpertParallel* expert_parallel_ = nullptr;
+  ActivationTaps* taps_ = nullptr;
 };
 
 // Opens a checkpoint directory with the family its config.json names, its files held as `residency` says.

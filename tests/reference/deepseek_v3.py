@@ -171,19 +171,41 @@ class DeepseekV3Reference:
             out += self.mlp(f"model.layers.{shared_layer}.mlp.shared_experts.", x)
         return out
 
-    def logits(self, tokens):
+    def logits(self, tokens, taps=None):
+        """`taps` (a dict) receives the named intermediates {(name, layer): [T, width]} that megamoe
+        reports with `logits --taps` (layer -1: after the layers)."""
+        record = (lambda name, layer, x: taps.__setitem__((name, layer), x)) if taps is not None else (lambda *a: None)
         h = self.weight("model.embed_tokens.weight")[torch.as_tensor(tokens)]
         for layer in range(self.config["num_hidden_layers"]):
             p = f"model.layers.{layer}."
-            h = h + self.attention(layer, self.norm(h, p + "input_layernorm.weight"))
-            h = h + self.ffn(layer, self.norm(h, p + "post_attention_layernorm.weight"))
-        return self.linear(self.norm(h, "model.norm.weight"), "lm_head.weight")
+            x = self.norm(h, p + "input_layernorm.weight")
+            record("attn_norm", layer, x)
+            y = self.attention(layer, x)
+            record("attn_out", layer, y)
+            h = h + y
+            x = self.norm(h, p + "post_attention_layernorm.weight")
+            record("ffn_norm", layer, x)
+            y = self.ffn(layer, x)
+            record("ffn_out", layer, y)
+            h = h + y
+            record("layer_out", layer, h)
+        x = self.norm(h, "model.norm.weight")
+        record("final_norm", -1, x)
+        return self.linear(x, "lm_head.weight")
 
 
 def logits(model_dir, tokens, activation_rounding=None):
     """float32 logits [T, vocab] for the token ids at positions 0..T-1."""
     with torch.no_grad():
         return DeepseekV3Reference(model_dir, activation_rounding).logits(list(tokens)).float().numpy()
+
+
+def taps(model_dir, tokens):
+    """{(name, layer): float64 array [T, width]} of the named intermediates (see logits)."""
+    recorded = {}
+    with torch.no_grad():
+        DeepseekV3Reference(model_dir).logits(list(tokens), recorded)
+    return {key: value.numpy() for key, value in recorded.items()}
 
 
 def main():

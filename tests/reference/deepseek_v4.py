@@ -223,11 +223,12 @@ class DeepseekV4Reference:
         """New streams: X_j = post_j * y + sum_i comb[i, j] X_i."""
         return post[:, :, None] * y[:, None, :] + torch.einsum("tij,tid->tjd", comb, X)
 
-    def head(self, X):
+    def head(self, X, record=lambda *a: None):
         mix = self.hc_mix(X, "hc_head_")
         pre = torch.sigmoid(mix * self.tensor("hc_head_scale") + self.tensor("hc_head_base")) + self.hc_eps
-        h = (pre[:, :, None] * X).sum(1)
-        return self.linear(self.norm(h, "norm.weight"), "head.weight")
+        h = self.norm((pre[:, :, None] * X).sum(1), "norm.weight")
+        record("final_norm", -1, h)
+        return self.linear(h, "head.weight")
 
     # ---- attention pieces shared by both paths (per token) ----
 
@@ -385,22 +386,33 @@ class DeepseekV4Reference:
 
     # ---- the model ----
 
-    def block(self, layer, X, tokens, attention):
+    def block(self, layer, X, tokens, attention, record=lambda *a: None):
+        """`record(name, layer, x)` receives the intermediates megamoe reports with `logits --taps`."""
         p = f"layers.{layer}."
         h, post, comb = self.hc_pre(X, p + "hc_attn_")
-        X = self.hc_post(X, attention(self.norm(h, p + "attn_norm.weight")), post, comb)
+        record("attn_in", layer, h)
+        y = attention(self.norm(h, p + "attn_norm.weight"))
+        record("attn_out", layer, y)
+        X = self.hc_post(X, y, post, comb)
         h, post, comb = self.hc_pre(X, p + "hc_ffn_")
-        return self.hc_post(X, self.ffn(layer, self.norm(h, p + "ffn_norm.weight"), tokens), post, comb)
+        record("ffn_in", layer, h)
+        y = self.ffn(layer, self.norm(h, p + "ffn_norm.weight"), tokens)
+        record("ffn_out", layer, y)
+        X = self.hc_post(X, y, post, comb)
+        record("streams", layer, X.reshape(X.shape[0], -1))
+        return X
 
     def embed(self, tokens):
         h = self.tensor("embed.weight")[torch.as_tensor(tokens)]
         return h[:, None, :].repeat(1, self.M, 1)  # [T, M, D]: every stream starts as the embedding
 
-    def logits(self, tokens):
+    def logits(self, tokens, taps=None):
+        """`taps` (a dict) receives {(name, layer): [T, width]} (layer -1: after the layers)."""
+        record = (lambda name, layer, x: taps.__setitem__((name, layer), x)) if taps is not None else (lambda *a: None)
         X = self.embed(tokens)
         for layer in range(self.layers):
-            X = self.block(layer, X, tokens, lambda x: self.attention(layer, x))
-        return self.head(X)
+            X = self.block(layer, X, tokens, lambda x: self.attention(layer, x), record)
+        return self.head(X, record)
 
 
 class Decoder:
@@ -470,6 +482,16 @@ def logits(model_dir, tokens, activation_rounding=None):
     """float32 logits [T, vocab] for the token ids at positions 0..T-1."""
     with torch.no_grad():
         return DeepseekV4Reference.from_dir(model_dir, activation_rounding).logits(list(tokens)).float().numpy()
+
+
+def taps(model_dir, tokens):
+    """({(name, layer): float64 array [T, width]} of the named intermediates, near ties seen)."""
+    global near_ties
+    near_ties = 0
+    recorded = {}
+    with torch.no_grad():
+        DeepseekV4Reference.from_dir(model_dir).logits(list(tokens), recorded)
+    return {key: value.numpy() for key, value in recorded.items()}, near_ties
 
 
 def logits_and_near_ties(model_dir, tokens):
