@@ -266,10 +266,7 @@ void prefetch_layer(const float* hidden, int64_t N, const ModelConfig& c, const 
   Routing routing;
   route(&routing, router_logits.data(), N, next_weights.moe.bias.empty() ? nullptr : next_weights.moe.bias.data(),
         router_spec(c));
-  std::vector<int32_t> wanted = routing.experts;
-  std::sort(wanted.begin(), wanted.end());
-  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-  experts.prefetch(next, wanted);
+  prefetch_experts(experts, next, routing.experts);
 }
 
 }  // namespace

@@ -624,6 +624,27 @@ void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const
   dispatch_routed_experts(parallel, out, x, D, routing, E, experts, layer, load, limit);
 }
 
+// Tells a streaming store which experts layer `next` will probably want, while this layer computes:
+// a hash layer's table names them exactly; otherwise its router applied to the current stream mix
+// h [N, D] (the streams change little from one layer to the next).
+void prefetch_layer(const float* h, std::span<const int32_t> ids, const ModelConfig& c,
+                    const V4BlockWeights& next_block, int64_t next, const ExpertStore& experts) {
+  const int64_t N = int64_t(ids.size()), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
+  const V4MoeWeights& w = next_block.ffn;
+  std::vector<int32_t> wanted(N * k);  // [N, k]
+  if (!w.tid2eid.empty()) {
+    for (int64_t n = 0; n < N; ++n) std::copy_n(w.tid2eid.data() + ids[n] * k, k, wanted.data() + n * k);
+  } else {
+    std::vector<float> normed(N * D), router_logits(N * E);  // [N, D], [N, E]
+    rms_norm(normed.data(), h, next_block.ffn_norm.data(), N, D, float(c.rms_norm_eps));
+    matmul(router_logits.data(), normed.data(), N, w.gate);
+    Routing routing;
+    route(&routing, router_logits.data(), N, w.bias.data(), router_spec(c));
+    wanted = std::move(routing.experts);
+  }
+  prefetch_experts(experts, next, wanted);
+}
+
 }  // namespace
 
 void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps) const {
@@ -678,6 +699,8 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
     hc_post(streams, y, post, comb, N, M, D);
     hc_pre(h, post, comb, streams, N, block.hc_ffn, c);
     tap("ffn_in", L, h, N, D);
+    if (experts_->prefetching() && L + 1 < c.num_hidden_layers)
+      prefetch_layer(h, batch.ids, c, weights_.layers[L + 1], L + 1, *experts_);
     rms_norm(x, h, block.ffn_norm.data(), N, D, eps);
     moe_forward(y, x, batch.ids, c, block.ffn, *experts_, L, expert_load_, expert_parallel_);
     tap("ffn_out", L, y, N, D);

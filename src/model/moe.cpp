@@ -65,6 +65,13 @@ void ExpertGroups::build(const Routing& routing, int64_t n_experts) {
   }
 }
 
+void prefetch_experts(const ExpertStore& store, int64_t layer, std::span<const int32_t> experts) {
+  std::vector<int32_t> wanted(experts.begin(), experts.end());
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  store.prefetch(layer, wanted);
+}
+
 void gather_routed_rows(float* rows, const float* x, int64_t D, int64_t k, std::span<const int64_t> slots) {
   const int64_t n = int64_t(slots.size());
   parallel_for(n, n * D >= kParallelGrain,

@@ -87,6 +87,11 @@ class ExpertStore {
   virtual bool prefetching() const { return false; }
 };
 
+// Tells `store` which experts of MoE layer `layer` the routed slots `experts` (any order, repeats
+// allowed) will want, so that a streaming store reads them while the current layer computes; both
+// families predict the next layer's routing and call this.
+void prefetch_experts(const ExpertStore& store, int64_t layer, std::span<const int32_t> experts);
+
 // Experts resident in memory (views into the mapped checkpoint), owned by the model's weights.
 class InMemoryExpertStore final : public ExpertStore {
  public:

@@ -141,5 +141,39 @@ class Streaming(unittest.TestCase):
         self.assertTrue(cache["prefetch"])
 
 
+class StreamingV4(unittest.TestCase):
+    """DeepSeek-V4 streams its experts too, with the next layer's experts prefetched (a hash layer's
+    table names them; the others' router on the current streams): the logits of the whole model."""
+
+    def test_identical_logits_with_and_without_prefetch(self):
+        tmp = tempfile.mkdtemp(prefix="megamoe-streaming-v4-")
+        try:
+            config = harness.load_json(harness.config_path("v4-window-hash"))
+            config["n_routed_experts"] = 64
+            config_path = os.path.join(tmp, "config.json")
+            with open(config_path, "w") as f:
+                json.dump(config, f)
+            model = os.path.join(tmp, "model")
+            harness.synth(config_path, "fp8", 5, model)
+            tokens = harness.random_tokens(config["vocab_size"], 12, seed=4)
+            whole = harness.megamoe_logits(model, tokens, os.path.join(tmp, "whole.npy"))
+            small = run("logits", "--model", model, "--tokens", "1", "--output", os.path.join(tmp, "x.npy"),
+                        "--memory-budget", "1MiB")
+            budget = re.search(r"need at least --memory-budget (\d+)MiB", small.stderr).group(1) + "MiB"
+            for extra in ([], ["--no-prefetch"]):
+                streamed = harness.megamoe_logits(model, tokens, os.path.join(tmp, "streamed.npy"),
+                                                  "--memory-budget", budget, "--chunk-size", "1", *extra)
+                np.testing.assert_array_equal(streamed, whole, f"{extra}")
+            result = run("bench", "--model", model, "--prompt-tokens", "1", "--gen-tokens", "8", "--runs", "1",
+                         "--memory-budget", budget, "--json")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            cache = json.loads(result.stdout)["expert_cache"]
+            print(f"V4 streaming, {cache['slots']} slots: decode hit rate {cache['decode_hit_rate']:.2f}, "
+                  f"{cache['decode_experts_prefetched']} experts prefetched, {cache['decode_prefetch_hits']} used")
+            self.assertTrue(cache["prefetch"])
+        finally:
+            shutil.rmtree(tmp)
+
+
 if __name__ == "__main__":
     unittest.main()
