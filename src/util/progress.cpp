@@ -92,7 +92,7 @@ std::string Progress::render(int width) const {
   std::string bar;
   if (terminal_) {
     const int filled = total_ > 0 ? int(double(kBarWidth) * double(done_) / double(total_)) : kBarWidth;
-    bar = "[" + std::string(filled, '#') + std::string(kBarWidth - filled, '.') + "] ";
+    bar = fmt::format("[{:#<{}}{:.<{}}] ", "", filled, "", kBarWidth - filled);
   }
   std::string text = fmt::format("{} {}{}/{} {} | {} {}/s | {} elapsed, ETA {}", label_, bar, count(done_),
                                  count(total_), unit_, format_si(rate), unit_, format_duration(elapsed), eta);
