@@ -3,7 +3,8 @@
 
 #include "commands.h"
 #include "generation_options.h"
-#include "model/expert_stats.h"
+#include "model/config.h"
+#include "moe/expert_stats.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/json_file.h"
@@ -79,7 +80,10 @@ void register_generate(CLI::App& app) {
                  std::string(to_string(sequence.finish_reason())).c_str());
     if (!stats_path.empty()) {
       AtomicFile file(stats_path);
-      file.write(expert_load_stats(*load, *config).dump(1) + "\n");
+      std::vector<int64_t> moe_layers, pool_of;
+      for (int64_t L = 0; L < config->num_hidden_layers; ++L)
+        if (config->is_moe_layer(L)) moe_layers.push_back(L), pool_of.push_back(config->expert_pool_of_layer(L));
+      file.write(expert_load_stats(*load, moe_layers, pool_of).dump(1) + "\n");
       file.commit();
     }
   });

@@ -5,7 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
-#include "model/expert_cache.h"
+#include "model/expert_streaming.h"
 #include "model/model.h"
 
 namespace megamoe::cli {

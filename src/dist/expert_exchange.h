@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "dist/placement.h"
-#include "model/expert_parallel.h"
+#include "moe/expert_parallel.h"
 
 namespace megamoe::dist {
 

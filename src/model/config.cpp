@@ -320,4 +320,9 @@ std::string_view to_string(TopkMethod m) {
   return "?";
 }
 
+RouterSpec router_spec(const ModelConfig& c) {
+  return {c.n_routed_experts, c.num_experts_per_tok, c.scoring_func,   c.topk_method,
+          c.n_group,          c.topk_group,          c.norm_topk_prob, c.routed_scaling_factor};
+}
+
 }  // namespace megamoe

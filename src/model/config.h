@@ -7,13 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "moe/router.h"  // ScoringFunc, TopkMethod, RouterSpec
 #include "ops/dtype.h"
 
 namespace megamoe {
 
 enum class ModelFamily { DeepseekV2, DeepseekV3, DeepseekV4 };
-enum class ScoringFunc { Softmax, Sigmoid, SqrtSoftplus };
-enum class TopkMethod { Greedy, GroupLimitedGreedy, NoauxTc };
 
 struct YarnConfig {
   double factor = 1;
@@ -130,6 +129,9 @@ struct ModelConfig {
 
 // Parses and validates; errors name `source` (the config file) and the key at fault.
 ModelConfig parse_model_config(const nlohmann::json& json, const std::string& source);
+
+// The gate settings of a model's MoE layers.
+RouterSpec router_spec(const ModelConfig& c);
 ModelConfig load_model_config(const std::string& path);
 
 std::string_view to_string(ScoringFunc f);

@@ -5,9 +5,9 @@
 #include <cmath>
 #include <utility>
 
-#include "model/expert_cache.h"
-#include "model/router.h"
 #include "model/summary.h"
+#include "moe/expert_cache.h"
+#include "moe/router.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "util/error.h"

@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "model/expert_cache.h"
-#include "model/router.h"
 #include "model/summary.h"
+#include "moe/expert_cache.h"
+#include "moe/router.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/round_trip.h"

@@ -14,8 +14,8 @@
 #include "io/checkpoint.h"
 #include "model/config.h"
 #include "model/model.h"
-#include "model/moe.h"
 #include "model/tensor_spec.h"
+#include "moe/moe.h"
 #include "ops/rope.h"
 
 namespace megamoe {

@@ -13,8 +13,8 @@
 #include <utility>
 
 #include "io/safetensors.h"
-#include "model/expert_parallel.h"
-#include "model/moe.h"
+#include "moe/expert_parallel.h"
+#include "moe/moe.h"
 
 namespace megamoe {
 
@@ -101,7 +101,7 @@ class Model {
   // Where forward() reports its named intermediates (null: nowhere, the default).
   void set_activation_taps(ActivationTaps* taps) { taps_ = taps; }
   // Swaps the mapped routed experts for a store that reads them from disk into a cache
-  // (model/expert_cache.h; stream_experts_within() sizes it) and returns it with the experts one
+  // (moe/expert_cache.h; model/expert_streaming.h sizes it) and returns it with the experts one
   // token uses per layer; {nullptr, 0} where the family cannot.
   virtual std::pair<StreamingExpertStore*, int64_t> stream_experts() { return {nullptr, 0}; }
 

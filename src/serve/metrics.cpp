@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <iterator>
 
-#include "model/expert_stats.h"
+#include "moe/expert_stats.h"
 
 namespace megamoe::serve {
 namespace {
@@ -114,7 +114,7 @@ std::string Metrics::render_prometheus() {
     for (int64_t e = 0; e < expert_load_.experts(); ++e)
       fmt::format_to(to_out, "megamoe_expert_tokens_total{{layer=\"{}\",expert=\"{}\"}} {}\n", layer, e, counts[e]);
   }
-  // Balance of those loads (model/expert_stats.h): MaxVio = (max load - mean) / mean per MoE layer.
+  // Balance of those loads (moe/expert_stats.h): MaxVio = (max load - mean) / mean per MoE layer.
   header(out, "megamoe_expert_maxvio", "gauge", "Max violation of each MoE layer's expert loads: (max - mean) / mean");
   for (int64_t layer = 0; layer < expert_load_.layers(); ++layer) {
     const std::vector<int64_t> counts = expert_load_.layer_counts(layer);

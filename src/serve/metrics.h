@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "model/moe.h"
+#include "moe/moe.h"
 
 namespace megamoe::serve {
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "model/config.h"
-#include "model/moe.h"
-#include "model/router.h"
+#include "moe/moe.h"
+#include "moe/router.h"
 #include "ops/rope.h"
 #include "train/parameters.h"
 
@@ -163,7 +163,7 @@ struct BalanceLoss {
 
 struct MoeActivations {
   float* scores;    // [N, E] softmax or sigmoid of the router logits
-  Routing routing;  // experts and weights [N, k], chosen as inference chooses (model/router.h)
+  Routing routing;  // experts and weights [N, k], chosen as inference chooses (moe/router.h)
   ExpertGroups groups;
   float* grouped_x;        // [N*k, D] each slot's token, in expert order
   MlpActivations experts;  // [N*k, I_moe]

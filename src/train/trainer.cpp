@@ -15,8 +15,8 @@
 
 #include "dist/communicator.h"
 #include "io/safetensors.h"
-#include "model/expert_stats.h"
 #include "model/model.h"
+#include "moe/expert_stats.h"
 #include "runtime/generation.h"
 #include "tokenizer/bpe_trainer.h"
 #include "train/data.h"

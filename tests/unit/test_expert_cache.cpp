@@ -1,4 +1,4 @@
-#include "model/expert_cache.h"
+#include "moe/expert_cache.h"
 
 #include <gtest/gtest.h>
 

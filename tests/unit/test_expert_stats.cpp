@@ -1,10 +1,10 @@
-// Load-balance statistics (model/expert_stats.h) on hand-made loads, and the shared counting sort.
+// Load-balance statistics (moe/expert_stats.h) on hand-made loads, and the shared counting sort.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "model/expert_stats.h"
-#include "model/moe.h"
+#include "moe/expert_stats.h"
+#include "moe/moe.h"
 
 namespace megamoe {
 namespace {

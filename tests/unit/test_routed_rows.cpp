@@ -1,4 +1,4 @@
-// The gather and combine of routed experts (model/moe.h) that inference, training and expert
+// The gather and combine of routed experts (moe/moe.h) that inference, training and expert
 // parallelism share: each grouped row is its slot's token, and a token's sum is its slots' rows in
 // slot order, bit for bit the same however the rows are stored, ordered or split into token ranges.
 #include <gtest/gtest.h>
@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "model/moe.h"
+#include "moe/moe.h"
 #include "test_support.h"
 
 namespace megamoe {

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "model/router.h"
+#include "moe/router.h"
 
 namespace megamoe {
 namespace {

@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "model/moe.h"
+#include "moe/moe.h"
 
 namespace megamoe {
 

@@ -77,7 +77,7 @@ class ExpertStore {
  public:
   virtual ~ExpertStore() = default;
   virtual const MlpWeights& expert(int64_t layer, int64_t expert) const = 0;
-  // A disk cache (model/expert_cache.h) answers expert() only for the experts pinned by acquire()
+  // A disk cache (moe/expert_cache.h) answers expert() only for the experts pinned by acquire()
   // until their release(), at most max_pinned() at once; memory answers for every expert always.
   virtual int64_t max_pinned() const { return INT64_MAX; }
   virtual void acquire(int64_t /*layer*/, std::span<const int32_t> /*experts*/) const {}

@@ -1,4 +1,4 @@
-#include "model/expert_stats.h"
+#include "moe/expert_stats.h"
 
 #include <algorithm>
 #include <cmath>
@@ -69,16 +69,11 @@ nlohmann::json load_stats_json(const std::vector<std::vector<int64_t>>& loads, c
   return out;
 }
 
-nlohmann::json expert_load_stats(const ExpertLoad& load, const ModelConfig& config) {
-  std::vector<int64_t> layers, pool_of;
+nlohmann::json expert_load_stats(const ExpertLoad& load, std::span<const int64_t> moe_layers,
+                                 std::span<const int64_t> pool_of) {
   std::vector<std::vector<int64_t>> loads;  // [MoE layer][expert]
-  for (int64_t L = 0; L < std::min(load.layers(), config.num_hidden_layers); ++L) {
-    if (!config.is_moe_layer(L)) continue;
-    layers.push_back(L);
-    pool_of.push_back(config.expert_pool_of_layer(L));
-    loads.push_back(load.layer_counts(L));
-  }
-  nlohmann::json out = {{"layers", layers}};
+  for (int64_t L : moe_layers) loads.push_back(load.layer_counts(L));
+  nlohmann::json out = {{"layers", moe_layers}};
   out.update(load_stats_json(loads, "maxvio", /*with_loads=*/true, pool_of));
   return out;
 }

@@ -6,8 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "model/config.h"
-#include "model/moe.h"
+#include "moe/moe.h"
 
 namespace megamoe {
 
@@ -30,9 +29,10 @@ LoadStats load_stats(std::span<const int64_t> loads);
 nlohmann::json load_stats_json(const std::vector<std::vector<int64_t>>& loads, const std::string& maxvio_key,
                                bool with_loads, std::span<const int64_t> pool_of = {});
 
-// The statistics of what a model recorded (Model::record_expert_load) at inference:
-// {"layers": the MoE layers, "tokens": slots routed per layer, load_stats_json(..., "maxvio", loads,
-// pools)}. For `generate --expert-stats` and the server.
-nlohmann::json expert_load_stats(const ExpertLoad& load, const ModelConfig& config);
+// The statistics of what a model recorded (Model::record_expert_load) at inference, over its MoE
+// layers `moe_layers` whose expert pools are `pool_of` [moe_layers.size()]:
+// {"layers": moe_layers, load_stats_json(..., "maxvio", loads, pools)}. For `generate --expert-stats`.
+nlohmann::json expert_load_stats(const ExpertLoad& load, std::span<const int64_t> moe_layers,
+                                 std::span<const int64_t> pool_of);
 
 }  // namespace megamoe

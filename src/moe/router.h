@@ -3,11 +3,14 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/config.h"
-#include "model/moe.h"
+#include "moe/moe.h"
 
 namespace megamoe {
 
+enum class ScoringFunc { Softmax, Sigmoid, SqrtSoftplus };
+enum class TopkMethod { Greedy, GroupLimitedGreedy, NoauxTc };
+
+// A gate's settings (model/config.h's router_spec makes them from a model's config).
 struct RouterSpec {
   int64_t n_experts = 0;  // E
   int64_t top_k = 0;
@@ -17,8 +20,6 @@ struct RouterSpec {
   bool normalize = false;  // norm_topk_prob
   double scaling = 1;      // routed_scaling_factor
 };
-
-RouterSpec router_spec(const ModelConfig& c);
 
 // out = indices of the `k` largest of values [n], descending (ties to the lower index).
 void top_k_indices(std::vector<int32_t>* out, const float* values, int64_t n, int64_t k);

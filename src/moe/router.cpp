@@ -1,4 +1,4 @@
-#include "model/router.h"
+#include "moe/router.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,11 +9,6 @@
 #include "ops/elementwise.h"
 
 namespace megamoe {
-
-RouterSpec router_spec(const ModelConfig& c) {
-  return {c.n_routed_experts, c.num_experts_per_tok, c.scoring_func,   c.topk_method,
-          c.n_group,          c.topk_group,          c.norm_topk_prob, c.routed_scaling_factor};
-}
 
 void top_k_indices(std::vector<int32_t>* out, const float* values, int64_t n, int64_t k) {
   out->resize(n);

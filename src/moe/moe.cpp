@@ -1,4 +1,4 @@
-#include "model/moe.h"
+#include "moe/moe.h"
 
 #include <algorithm>
 
