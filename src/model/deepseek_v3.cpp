@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
 #include "model/summary.h"
@@ -16,91 +17,24 @@
 
 namespace megamoe {
 
-void for_each_tensor(const ModelConfig& c, V3Weights* w,
-                     const std::function<void(const TensorSpec&, TensorSlot)>& visit) {
-  const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
-  const int64_t dr = c.qk_rope_head_dim, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
-  auto matrix = [&](std::string name, int64_t rows, int64_t cols, TensorRole role, WeightView* slot, int64_t layer = -1,
-                    int64_t expert = -1, int64_t uses = 1) {
-    visit({std::move(name), {rows, cols}, role, layer, expert, false, uses}, {slot, nullptr});
-  };
-  auto vector = [&](std::string name, int64_t n, TensorRole role, std::vector<float>* slot, int64_t layer) {
-    visit({std::move(name), {n}, role, layer, -1}, {nullptr, slot});
-  };
-  auto mlp = [&](const std::string& prefix, int64_t width, MlpWeights* m, int64_t layer, int64_t expert,
-                 int64_t uses = 1) {
-    matrix(prefix + ".gate_proj.weight", width, D, TensorRole::Linear, &m->gate, layer, expert, uses);
-    matrix(prefix + ".up_proj.weight", width, D, TensorRole::Linear, &m->up, layer, expert, uses);
-    matrix(prefix + ".down_proj.weight", D, width, TensorRole::Linear, &m->down, layer, expert, uses);
-  };
-
-  matrix("model.embed_tokens.weight", c.vocab_size, D, TensorRole::Embedding, &w->embed);
-  w->layers.resize(c.num_hidden_layers);
-  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    V3LayerWeights& lw = w->layers[L];
-    V3AttentionWeights& a = lw.attn;
-    const std::string p = fmt::format("model.layers.{}", L);
-    vector(p + ".input_layernorm.weight", D, TensorRole::Norm, &lw.attn_norm, L);
-    if (c.q_lora_rank) {
-      matrix(p + ".self_attn.q_a_proj.weight", *c.q_lora_rank, D, TensorRole::Linear, &a.q_a_proj, L);
-      vector(p + ".self_attn.q_a_layernorm.weight", *c.q_lora_rank, TensorRole::Norm, &a.q_a_norm, L);
-      matrix(p + ".self_attn.q_b_proj.weight", H * (dn + dr), *c.q_lora_rank, TensorRole::Linear, &a.q_b_proj, L);
-    } else {
-      matrix(p + ".self_attn.q_proj.weight", H * (dn + dr), D, TensorRole::Linear, &a.q_proj, L);
-    }
-    matrix(p + ".self_attn.kv_a_proj_with_mqa.weight", C + dr, D, TensorRole::Linear, &a.kv_a_proj, L);
-    vector(p + ".self_attn.kv_a_layernorm.weight", C, TensorRole::Norm, &a.kv_a_norm, L);
-    matrix(p + ".self_attn.kv_b_proj.weight", H * (dn + dv), C, TensorRole::Linear, &a.kv_b_proj, L);
-    matrix(p + ".self_attn.o_proj.weight", D, H * dv, TensorRole::Linear, &a.o_proj, L);
-    vector(p + ".post_attention_layernorm.weight", D, TensorRole::Norm, &lw.ffn_norm, L);
-    if (!c.is_moe_layer(L)) {
-      mlp(p + ".mlp", c.intermediate_size, &lw.dense, L, -1);
-      continue;
-    }
-    V3MoeWeights& m = lw.moe;
-    matrix(p + ".mlp.gate.weight", c.n_routed_experts, D, TensorRole::RouterGate, &m.gate, L);
-    if (c.has_bias())
-      vector(p + ".mlp.gate.e_score_correction_bias", c.n_routed_experts, TensorRole::RouterBias, &m.bias, L);
-    // An expert pool's experts (and shared experts when shared) are listed once, under the first
-    // layer of its group, and count one use per layer of the group.
-    const int64_t pool_layers = int64_t(c.expert_pool_layers(c.expert_pool_of_layer(L)).size());
-    if (c.routed_experts_layer(L) == L) {
-      m.experts.resize(c.n_routed_experts);
-      for (int64_t e = 0; e < c.n_routed_experts; ++e)
-        mlp(fmt::format("{}.mlp.experts.{}", p, e), c.moe_intermediate_size, &m.experts[e], L, e, pool_layers);
-    }
-    if (c.n_shared_experts > 0 && c.shared_experts_layer(L) == L)
-      mlp(p + ".mlp.shared_experts", c.n_shared_experts * c.moe_intermediate_size, &m.shared, L, -1,
-          c.share_shared_experts ? pool_layers : 1);
-  }
-  vector("model.norm.weight", D, TensorRole::Norm, &w->final_norm, -1);
-  if (!c.tie_word_embeddings) matrix("lm_head.weight", c.vocab_size, D, TensorRole::Head, &w->lm_head);
-}
-
 std::unique_ptr<DeepseekV3Model> DeepseekV3Model::load(const std::filesystem::path& dir, Residency residency) {
   std::unique_ptr<DeepseekV3Model> model(new DeepseekV3Model);
   model->checkpoint_ = Checkpoint::open(dir, residency);
   const Checkpoint& ckpt = *model->checkpoint_;
   const ModelConfig& c = model->config_ = parse_model_config(ckpt.config(), (dir / "config.json").string());
-  for_each_tensor(c, &model->weights_, [&](const TensorSpec& spec, TensorSlot slot) {
-    if (slot.matrix)
-      *slot.matrix = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::ScaleInvF32,
-                                 block_format(spec, c.weight_format));
-    else *slot.vector = ckpt.vector_f32(spec.name, spec.shape[0]);
+  for_each_tensor(c, &model->weights_, [&]<class Slot>(const TensorSpec& spec, Slot* slot) {
+    if constexpr (std::is_same_v<Slot, WeightView>)
+      *slot = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::ScaleInvF32,
+                          block_format(spec, c.weight_format));
+    else *slot = ckpt.vector_f32(spec.name, spec.shape[0]);
   });
-  if (c.tie_word_embeddings) model->weights_.lm_head = model->weights_.embed;
   model->info_ = model_info(c, ckpt);
 
-  // The layers of an expert pool use its first layer's experts: the same views, mapped once.
+  // The layers of an expert pool serve its first layer's experts: the same views, read once.
   std::vector<std::span<const MlpWeights>> experts;
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    if (!c.is_moe_layer(L)) {
-      experts.emplace_back();
-      continue;
-    }
-    std::vector<V3LayerWeights>& layers = model->weights_.layers;
-    experts.emplace_back(layers[c.routed_experts_layer(L)].moe.experts);
-    layers[L].moe.shared = layers[c.shared_experts_layer(L)].moe.shared;
+    if (c.is_moe_layer(L)) experts.emplace_back(model->weights_.layers[c.routed_experts_layer(L)].moe.experts);
+    else experts.emplace_back();
   }
   model->expert_spans_ = experts;
   model->experts_ = std::make_unique<InMemoryExpertStore>(std::move(experts));

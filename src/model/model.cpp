@@ -32,7 +32,7 @@ void for_each_tensor(const ModelConfig& c, const std::function<void(const Tensor
     for_each_tensor(c, &scratch, [&](const TensorSpec& spec, TensorSlot) { visit(spec); });
   } else {
     V3Weights scratch;
-    for_each_tensor(c, &scratch, [&](const TensorSpec& spec, TensorSlot) { visit(spec); });
+    for_each_tensor(c, &scratch, [&](const TensorSpec& spec, auto*) { visit(spec); });
   }
 }
 

@@ -14,12 +14,16 @@
 
 namespace megamoe {
 
-// A SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, routed and shared experts.
-struct MlpWeights {
-  WeightView gate;  // [I, D]
-  WeightView up;    // [I, D]
-  WeightView down;  // [D, I]
+// A SwiGLU MLP: down(silu(gate(x)) * up(x)), for dense layers, routed and shared experts. `Matrix` is
+// what the user of the weights holds of each tensor: a WeightView when inferring, the tensor's place
+// in the parameter block when training (train/parameters.h).
+template <class Matrix>
+struct Mlp {
+  Matrix gate;  // [I, D]
+  Matrix up;    // [I, D]
+  Matrix down;  // [D, I]
 };
+using MlpWeights = Mlp<WeightView>;
 
 // y [T, D] = down(silu(x @ gate^T) * (x @ up^T)) for x [T, D]; swiglu_limit > 0 clamps the
 // products first (DeepSeek-V4, see swiglu()).

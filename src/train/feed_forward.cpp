@@ -22,7 +22,7 @@ void MlpScratch::place(FloatArena& arena, int64_t rows, int64_t width) {
 
 void mlp_forward(float* y, const MlpActivations& a, const float* x, int64_t rows, const MlpParams& p,
                  const ParamBlocks& params, int64_t D) {
-  const int64_t I = p.width();
+  const int64_t I = p.gate.rows;
   linear_forward(a.gate_up, x, params.value(p.gate), rows, 2 * I, D);  // [gate; up] as one matrix
   parallel_for(rows, rows * I >= kParallelGrain, [&](int64_t r) {
     float* act = a.act + r * I;
@@ -34,7 +34,7 @@ void mlp_forward(float* y, const MlpActivations& a, const float* x, int64_t rows
 
 void mlp_backward(float* dx, const MlpScratch& s, const float* dy, const MlpActivations& a, const float* x,
                   int64_t rows, const MlpParams& p, const ParamBlocks& params, int64_t D, bool add_dx) {
-  const int64_t I = p.width();
+  const int64_t I = p.gate.rows;
   linear_backward(s.dact, params.grad(p.down), dy, a.act, params.value(p.down), rows, D, I);
   parallel_for(rows, rows * I >= kParallelGrain, [&](int64_t r) {
     const float* gate_up = a.gate_up + r * 2 * I;

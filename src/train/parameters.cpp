@@ -2,17 +2,15 @@
 
 #include <fmt/ranges.h>
 #include <cstring>
-#include <unordered_map>
 
 #include "io/checkpoint.h"
-#include "model/deepseek_v3.h"
 #include "ops/matmul.h"
 #include "util/error.h"
 #include "util/random.h"
 
 namespace megamoe::train {
 
-ParameterLayout ParameterLayout::make(const ModelConfig& c) {
+void check_trainable(const ModelConfig& c) {
   if (c.family == ModelFamily::DeepseekV4)
     fail("'architectures': {} cannot be trained (megamoe trains DeepseekV2ForCausalLM and DeepseekV3ForCausalLM)",
          c.architecture);
@@ -20,54 +18,24 @@ ParameterLayout ParameterLayout::make(const ModelConfig& c) {
     fail(
         "'quantization_config': training keeps fp32 weights and saves F32 or BF16; remove the FP8 "
         "quantization_config from the model config");
+}
 
-  // Lay the tensors out in list order, remembering which slot of a scratch V3Weights each one
-  // fills: the slot's address then tells the layout fields below where their tensor went.
+ParameterLayout ParameterLayout::make(const ModelConfig& c) {
+  check_trainable(c);
+
+  // Lay the tensors out in list order; the list's visit writes each place into the weight struct.
   ParameterLayout layout;
-  V3Weights slots;
-  std::unordered_map<const void*, ParamTensor> by_slot;
-  for_each_tensor(c, &slots, [&](const TensorSpec& spec, TensorSlot slot) {
-    const ParamTensor place{layout.size, spec.shape[0], spec.shape.size() == 2 ? spec.shape[1] : 1};
-    by_slot[slot.matrix ? static_cast<const void*>(slot.matrix) : static_cast<const void*>(slot.vector)] = place;
+  for_each_tensor(c, &layout, [&](const TensorSpec& spec, ParamTensor* slot) {
+    *slot = ParamTensor{layout.size, spec.shape[0], spec.shape.size() == 2 ? spec.shape[1] : 1};
     layout.tensors.push_back(spec);
-    layout.places.push_back(place);
-    layout.size += place.size();
+    layout.places.push_back(*slot);
+    layout.size += slot->size();
+    // Training multiplies by [gate; up] as one matrix (train/layers.h): up must follow its gate.
+    const std::string_view name = spec.name, up = ".up_proj.weight";
+    if (name.ends_with(up) &&
+        layout.tensors.end()[-2].name != fmt::format("{}.gate_proj.weight", name.substr(0, name.size() - up.size())))
+      fail("internal error: {} does not follow its gate_proj in the tensor list", spec.name);
   });
-  auto at = [&](const void* slot) {
-    const auto it = by_slot.find(slot);
-    return it == by_slot.end() ? ParamTensor{} : it->second;
-  };
-  auto mlp = [&](const MlpWeights& m) {
-    const MlpParams p{at(&m.gate), at(&m.up), at(&m.down)};
-    if (p.gate.present() && p.up.offset != p.gate.offset + p.gate.size())
-      fail("internal error: an MLP's up_proj does not follow its gate_proj in the tensor list");
-    return p;
-  };
-
-  layout.embed = at(&slots.embed);
-  layout.final_norm = at(&slots.final_norm);
-  layout.lm_head = c.tie_word_embeddings ? layout.embed : at(&slots.lm_head);
-  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    const V3LayerWeights& w = slots.layers[L];
-    LayerParams& p = layout.layers.emplace_back();
-    p.attn_norm = at(&w.attn_norm);
-    p.ffn_norm = at(&w.ffn_norm);
-    p.attn = {at(&w.attn.q_proj),    at(&w.attn.q_a_proj),  at(&w.attn.q_a_norm),  at(&w.attn.q_b_proj),
-              at(&w.attn.kv_a_proj), at(&w.attn.kv_a_norm), at(&w.attn.kv_b_proj), at(&w.attn.o_proj)};
-    p.moe = c.is_moe_layer(L);
-    if (!p.moe) {
-      p.dense = mlp(w.dense);
-      continue;
-    }
-    p.ffn.gate = at(&w.moe.gate);
-    p.ffn.bias = at(&w.moe.bias);
-    for (const MlpWeights& expert : w.moe.experts) p.ffn.experts.push_back(mlp(expert));
-    p.ffn.shared = mlp(w.moe.shared);
-    // The later layers of an expert pool read the first layer's experts and add their gradients
-    // into them: one tensor per pool, updated once per step.
-    if (c.routed_experts_layer(L) != L) p.ffn.experts = layout.layers[c.routed_experts_layer(L)].ffn.experts;
-    if (c.shared_experts_layer(L) != L) p.ffn.shared = layout.layers[c.shared_experts_layer(L)].ffn.shared;
-  }
   return layout;
 }
 

@@ -11,6 +11,7 @@
 
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/deepseek_v3.h"
 #include "model/tensor_spec.h"
 
 namespace megamoe::train {
@@ -23,50 +24,27 @@ struct ParamTensor {
   int64_t size() const { return rows * cols; }
 };
 
-struct MlpParams {
-  ParamTensor gate, up;  // [I, D] each, adjacent: [gate; up] is one [2I, D] matrix
-  ParamTensor down;      // [D, I]
-  int64_t width() const { return gate.rows; }
+// The handles of the model's weight structs (model/deepseek_v3.h) in training: every tensor's place.
+struct ParamHandles {
+  using Matrix = ParamTensor;
+  using Vector = ParamTensor;
 };
+using MlpParams = Mlp<ParamTensor>;  // gate and up adjacent: [gate; up] is one [2I, D] matrix
+using AttentionParams = V3AttentionTensors<ParamHandles>;
+using MoeParams = V3MoeTensors<ParamHandles>;  // bias: selection only, not trained by gradient
+using LayerParams = V3LayerTensors<ParamHandles>;
 
-struct AttentionParams {
-  ParamTensor q_proj;     // [H*(dn+dr), D]         without q LoRA
-  ParamTensor q_a_proj;   // [R, D]                 with q LoRA
-  ParamTensor q_a_norm;   // [R]
-  ParamTensor q_b_proj;   // [H*(dn+dr), R]
-  ParamTensor kv_a_proj;  // [C+dr, D]
-  ParamTensor kv_a_norm;  // [C]
-  ParamTensor kv_b_proj;  // [H*(dn+dv), C]
-  ParamTensor o_proj;     // [D, H*dv]
-};
-
-struct MoeParams {
-  ParamTensor gate;                // [E, D] router
-  ParamTensor bias;                // [E] e_score_correction_bias (noaux_tc; selection only, not trained by gradient)
-  std::vector<MlpParams> experts;  // [E] routed experts (an expert pool's layers: the first layer's tensors)
-  MlpParams shared;                // shared experts (gate absent: none; share_shared_experts: the first layer's)
-};
-
-struct LayerParams {
-  ParamTensor attn_norm, ffn_norm;  // [D]
-  AttentionParams attn;
-  bool moe = false;
-  MlpParams dense;  // dense layers
-  MoeParams ffn;    // MoE layers
-};
-
-struct ParameterLayout {
+// The model's weight structs holding places, and the tensors in block order.
+struct ParameterLayout : V3Tensors<ParamHandles> {
   std::vector<TensorSpec> tensors;  // checkpoint order
   std::vector<ParamTensor> places;  // [tensors]
   int64_t size = 0;                 // floats in the block
-  ParamTensor embed;                // [V, D]
-  std::vector<LayerParams> layers;
-  ParamTensor final_norm;  // [D]
-  ParamTensor lm_head;     // [V, D]; the embedding when tie_word_embeddings
 
-  // Throws Error naming the config key when the trainer cannot train `c` (V4, FP8, MTP modules).
-  static ParameterLayout make(const ModelConfig& c);
+  static ParameterLayout make(const ModelConfig& c);  // check_trainable(c) first
 };
+
+// Throws Error naming the config key when the trainer cannot train `c` (V4, FP8).
+void check_trainable(const ModelConfig& c);
 
 // Training from scratch: norms 1, router biases 0, every other tensor normal(0, std) from a
 // stream per tensor name (the same values whatever the order or the thread count).

@@ -29,7 +29,7 @@ TrainableModel::TrainableModel(const ModelConfig& config, int64_t max_sequences,
   scratch_block_.allocate();
   place_scratch(scratch_block_);
   for (int64_t L = 0; L < config.num_hidden_layers; ++L)
-    if (layout_.layers[L].moe) moe_layers_.push_back(L);
+    if (config.is_moe_layer(L)) moe_layers_.push_back(L);
   inputs_.resize(max_sequences * seq_len);
   targets_.resize(max_sequences * seq_len);
 }
@@ -45,7 +45,7 @@ void TrainableModel::place_activations(FloatArena& arena) {
     a.attn.place(arena, c, shape);
     a.middle = arena.take(N * D);
     a.ffn_in = arena.take(N * D);
-    if (layout_.layers[L].moe) a.moe.place(arena, c, shape);
+    if (c.is_moe_layer(L)) a.moe.place(arena, c, shape);
     else a.dense.place(arena, N, c.intermediate_size);
   }
   output_ = arena.take(N * D);
@@ -61,7 +61,7 @@ void TrainableModel::place_scratch(FloatArena& arena) {
   d_residual_ = arena.take(N * D);
   d_branch_ = arena.take(N * D);
   attention_scratch_.place(arena, c, shape, omp_get_max_threads());
-  const bool any_dense = std::any_of(layout_.layers.begin(), layout_.layers.end(), [](auto& l) { return !l.moe; });
+  const bool any_dense = int64_t(moe_layers_.size()) < c.num_hidden_layers;
   dense_scratch_.place(arena, any_dense ? N : 0, c.intermediate_size);
   moe_scratch_.place(arena, c, c.moe_layer_count() > 0 ? shape : BatchShape{});
 }
@@ -99,7 +99,8 @@ double TrainableModel::forward(const int32_t* tokens, int64_t sequences, bool fo
     attention_forward(branch_, a.attn, a.attn_in, p.attn, params, c, attention_, shape);
     for (int64_t i = 0; i < N * D; ++i) a.middle[i] = a.input[i] + branch_[i];
     rms_norm(a.ffn_in, a.middle, params.value(p.ffn_norm), N, D, eps);
-    if (p.moe) moe_forward(branch_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape, for_backward ? balance_ : local);
+    if (c.is_moe_layer(L))
+      moe_forward(branch_, a.moe, a.ffn_in, p.moe, params, c, router_, shape, for_backward ? balance_ : local);
     else mlp_forward(branch_, a.dense, a.ffn_in, N, p.dense, params, D);
     for (int64_t i = 0; i < N * D; ++i) next[i] = a.middle[i] + branch_[i];
   }
@@ -124,8 +125,8 @@ void TrainableModel::backward() {
     const LayerActivations& a = layers_[L];
     const LayerParams& p = layout_.layers[L];
     // h_out = middle + ffn(rms(middle)): the residual's gradient flows on and into the branch.
-    if (p.moe)
-      moe_backward(d_branch_, moe_scratch_, d_residual_, a.moe, a.ffn_in, p.ffn, params, c, router_, shape, balance_);
+    if (c.is_moe_layer(L))
+      moe_backward(d_branch_, moe_scratch_, d_residual_, a.moe, a.ffn_in, p.moe, params, c, router_, shape, balance_);
     else mlp_backward(d_branch_, dense_scratch_, d_residual_, a.dense, a.ffn_in, N, p.dense, params, D);
     rms_norm_backward(d_residual_, params.grad(p.ffn_norm), d_branch_, a.middle, params.value(p.ffn_norm), N, D, eps,
                       -1, -1, /*add_dx=*/true);
@@ -159,7 +160,7 @@ void TrainableModel::update_router_biases(double rate, const std::vector<std::ve
   const int64_t E = config_.n_routed_experts;
   for (size_t i = 0; i < moe_layers_.size(); ++i) {
     const int64_t L = moe_layers_[i];
-    const ParamTensor& bias = layout_.layers[L].ffn.bias;
+    const ParamTensor& bias = layout_.layers[L].moe.bias;
     if (!bias.present()) fail("layer {} has no router bias to update", L);
     const std::vector<int64_t>& counts = loads[i];
     const double mean = double(std::accumulate(counts.begin(), counts.end(), int64_t(0))) / double(E);

@@ -162,12 +162,11 @@ Hyperparameters resolve_hyperparameters(const TrainOptions& o, const json* saved
 // group-limited gates have none, and refusing beats adding one: inference of such a config reads
 // no e_score_correction_bias, so it would route differently from training (set 'topk_method' to
 // noaux_tc for a gate with a bias).
-void check_balance(const Hyperparameters& h, const ParameterLayout& layout, const fs::path& config_path) {
+void check_balance(const Hyperparameters& h, const ModelConfig& c, const fs::path& config_path) {
   if (h.balance.strategy == BalanceStrategy::None) return;
-  const auto moe = std::find_if(layout.layers.begin(), layout.layers.end(), [](const LayerParams& l) { return l.moe; });
-  if (moe == layout.layers.end())
+  if (c.moe_layer_count() == 0)
     fail("--balance {}: the model of {} has no MoE layer", to_string(h.balance.strategy), config_path.string());
-  if (h.balance.strategy == BalanceStrategy::Bias && !moe->ffn.bias.present())
+  if (h.balance.strategy == BalanceStrategy::Bias && !c.has_bias())
     fail(
         "--balance bias needs a router bias (e_score_correction_bias), which only 'topk_method': \"noaux_tc\" "
         "gates have; {} has another gate (inference would ignore a bias trained for it)",
@@ -550,7 +549,8 @@ void run_training(const TrainOptions& o) {
   if (hyper.seq_len > config.max_position_embeddings)
     fail("--seq-len {} is longer than the model's context: 'max_position_embeddings' is {} in {}", hyper.seq_len,
          config.max_position_embeddings, o.model_config.string());
-  check_balance(hyper, ParameterLayout::make(config), o.model_config);  // before any work
+  check_trainable(config);  // before any work
+  check_balance(hyper, config, o.model_config);
 
   // Tokenizer and tokens.
   const std::vector<fs::path> files = list_data_files(o.data);

@@ -87,7 +87,7 @@ TEST(ExpertPools, PooledTensorsAreListedOnceUnderTheFirstLayer) {
 TEST(ExpertPools, TrainingLayersOfAPoolShareOneParameterTensor) {
   const ModelConfig c = parse_model_config(pooled_json(4, false), "pools");
   const ParameterLayout layout = ParameterLayout::make(c);
-  const MoeParams &first = layout.layers[1].ffn, &third = layout.layers[3].ffn, &next_pool = layout.layers[5].ffn;
+  const MoeParams &first = layout.layers[1].moe, &third = layout.layers[3].moe, &next_pool = layout.layers[5].moe;
   ASSERT_EQ(third.experts.size(), 4u);
   EXPECT_EQ(third.experts[2].down.offset, first.experts[2].down.offset);
   EXPECT_NE(next_pool.experts[2].down.offset, first.experts[2].down.offset);
