@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "model/summary.h"
 #include "moe/expert_cache.h"
@@ -15,118 +16,6 @@
 #include "util/scratch.h"
 
 namespace megamoe {
-namespace {
-
-// Names the tensors of one part of the model (the top level, a layer or an MTP module).
-struct TensorLister {
-  const std::function<void(const TensorSpec&, TensorSlot)>& visit;
-  std::string prefix;
-  int64_t layer = -1;
-  bool mtp = false;
-
-  void matrix(const std::string& name, int64_t rows, int64_t cols, TensorRole role, WeightView* slot,
-              int64_t expert = -1) const {
-    visit({prefix + name, {rows, cols}, role, layer, expert, mtp}, {.matrix = slot});
-  }
-  void values(const std::string& name, std::vector<int64_t> shape, TensorRole role, std::vector<float>* slot) const {
-    visit({prefix + name, std::move(shape), role, layer, -1, mtp}, {.vector = slot});
-  }
-  void table(const std::string& name, std::vector<int64_t> shape, std::vector<int32_t>* slot) const {
-    visit({prefix + name, std::move(shape), TensorRole::HashTable, layer, -1, mtp}, {.indices = slot});
-  }
-};
-
-// `rows` mixes of the M*D stream values: (2+M)*M around a sublayer, M before the head.
-void list_hyper_connection(const TensorLister& t, const std::string& name, int64_t rows, int64_t scales,
-                           const ModelConfig& c, HyperConnection* hc) {
-  t.matrix(name + "_fn", rows, c.v4.hc_mult * c.hidden_size, TensorRole::HyperMix, &hc->fn);
-  t.values(name + "_base", {rows}, TensorRole::Parameter, &hc->base);
-  t.values(name + "_scale", {scales}, TensorRole::Parameter, &hc->scale);
-}
-
-void list_compressor(const TensorLister& t, const std::string& p, int64_t width, int64_t ratio, const ModelConfig& c,
-                     CompressorWeights* w) {
-  const int64_t overlap = ratio == 4 ? 2 : 1;
-  t.matrix(p + "wkv.weight", overlap * width, c.hidden_size, TensorRole::UnquantizedLinear, &w->wkv);
-  t.matrix(p + "wgate.weight", overlap * width, c.hidden_size, TensorRole::UnquantizedLinear, &w->wgate);
-  t.values(p + "ape", {ratio, overlap * width}, TensorRole::Parameter, &w->ape);
-  t.values(p + "norm.weight", {width}, TensorRole::Norm, &w->norm);
-}
-
-void list_mlp(const TensorLister& t, const std::string& p, int64_t width, const ModelConfig& c, MlpWeights* m,
-              int64_t expert) {
-  const int64_t D = c.hidden_size;
-  t.matrix(p + "w1.weight", width, D, TensorRole::Linear, &m->gate, expert);
-  t.matrix(p + "w2.weight", D, width, TensorRole::Linear, &m->down, expert);
-  t.matrix(p + "w3.weight", width, D, TensorRole::Linear, &m->up, expert);
-}
-
-void list_block(const TensorLister& t, const ModelConfig& c, int64_t ratio, bool hash, V4BlockWeights* b) {
-  const V4Config& v = c.v4;
-  const int64_t D = c.hidden_size, H = c.num_attention_heads, hd = v.head_dim, M = v.hc_mult;
-  const int64_t q_rank = *c.q_lora_rank, G = v.o_groups, R = v.o_lora_rank, E = c.n_routed_experts;
-  t.values("attn_norm.weight", {D}, TensorRole::Norm, &b->attn_norm);
-  t.values("ffn_norm.weight", {D}, TensorRole::Norm, &b->ffn_norm);
-  list_hyper_connection(t, "hc_attn", (2 + M) * M, 3, c, &b->hc_attn);
-  list_hyper_connection(t, "hc_ffn", (2 + M) * M, 3, c, &b->hc_ffn);
-
-  V4AttentionWeights& a = b->attn;
-  t.values("attn.attn_sink", {H}, TensorRole::Parameter, &a.sink);
-  t.matrix("attn.wq_a.weight", q_rank, D, TensorRole::Linear, &a.wq_a);
-  t.values("attn.q_norm.weight", {q_rank}, TensorRole::Norm, &a.q_norm);
-  t.matrix("attn.wq_b.weight", H * hd, q_rank, TensorRole::Linear, &a.wq_b);
-  t.matrix("attn.wkv.weight", hd, D, TensorRole::Linear, &a.wkv);
-  t.values("attn.kv_norm.weight", {hd}, TensorRole::Norm, &a.kv_norm);
-  t.matrix("attn.wo_a.weight", G * R, H * hd / G, TensorRole::Linear, &a.wo_a);
-  t.matrix("attn.wo_b.weight", D, G * R, TensorRole::Linear, &a.wo_b);
-  if (ratio) list_compressor(t, "attn.compressor.", hd, ratio, c, &a.compressor);
-  if (ratio == 4) {
-    t.matrix("attn.indexer.wq_b.weight", v.index_n_heads * v.index_head_dim, q_rank, TensorRole::Linear, &a.index_wq_b);
-    t.matrix("attn.indexer.weights_proj.weight", v.index_n_heads, D, TensorRole::UnquantizedLinear,
-             &a.index_weights_proj);
-    list_compressor(t, "attn.indexer.compressor.", v.index_head_dim, 4, c, &a.index_compressor);
-  }
-
-  V4MoeWeights& f = b->ffn;
-  t.matrix("ffn.gate.weight", E, D, TensorRole::RouterGate, &f.gate);
-  if (hash) t.table("ffn.gate.tid2eid", {c.vocab_size, c.num_experts_per_tok}, &f.tid2eid);
-  else t.values("ffn.gate.bias", {E}, TensorRole::RouterBias, &f.bias);
-  f.experts.resize(E);
-  for (int64_t e = 0; e < E; ++e)
-    list_mlp(t, fmt::format("ffn.experts.{}.", e), c.moe_intermediate_size, c, &f.experts[e], e);
-  if (c.n_shared_experts > 0)
-    list_mlp(t, "ffn.shared_experts.", c.n_shared_experts * c.moe_intermediate_size, c, &f.shared, -1);
-}
-
-}  // namespace
-
-void for_each_tensor(const ModelConfig& c, V4Weights* w,
-                     const std::function<void(const TensorSpec&, TensorSlot)>& visit) {
-  const V4Config& v = c.v4;
-  const int64_t D = c.hidden_size, M = v.hc_mult, L = c.num_hidden_layers;
-  const TensorLister top{visit, ""};
-  top.matrix("embed.weight", c.vocab_size, D, TensorRole::Embedding, &w->embed);
-  w->layers.resize(L);
-  for (int64_t layer = 0; layer < L; ++layer)
-    list_block({visit, fmt::format("layers.{}.", layer), layer}, c, v.compress_ratio(layer), layer < v.num_hash_layers,
-               &w->layers[layer]);
-  w->mtp.resize(v.num_nextn_predict_layers);
-  for (int64_t i = 0; i < v.num_nextn_predict_layers; ++i) {
-    const TensorLister t{visit, fmt::format("mtp.{}.", i), L + i, true};
-    V4MtpWeights& m = w->mtp[i];
-    list_block(t, c, v.compress_ratio(L + i), false, &m.block);
-    t.matrix("e_proj.weight", D, D, TensorRole::Linear, &m.e_proj);
-    t.matrix("h_proj.weight", D, D, TensorRole::Linear, &m.h_proj);
-    t.values("enorm.weight", {D}, TensorRole::Norm, &m.enorm);
-    t.values("hnorm.weight", {D}, TensorRole::Norm, &m.hnorm);
-    t.values("norm.weight", {D}, TensorRole::Norm, &m.norm);
-    list_hyper_connection(t, "hc_head", M, 1, c, &m.hc_head);
-  }
-  top.values("norm.weight", {D}, TensorRole::Norm, &w->norm);
-  list_hyper_connection(top, "hc_head", M, 1, c, &w->hc_head);
-  top.matrix("head.weight", c.vocab_size, D, TensorRole::Head, &w->head);
-}
-
 // ---- the cache ----
 
 namespace {
@@ -208,15 +97,12 @@ std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::pa
   const std::string config_path = (dir / "config.json").string();
   const ModelConfig& c = model->config_ = parse_model_config(ckpt.config(), config_path);
   if (c.family != ModelFamily::DeepseekV4) fail("{}: '{}' is not DeepseekV4ForCausalLM", config_path, c.architecture);
-  for_each_tensor(c, &model->weights_, [&](const TensorSpec& spec, TensorSlot slot) {
-    if (slot.matrix) {
-      *slot.matrix = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::DotScaleE8M0,
-                                 block_format(spec, c.weight_format));
-    } else if (slot.vector) {
-      *slot.vector = ckpt.values_f32(spec.name, spec.shape);
-    } else {
-      *slot.indices = ckpt.indices(spec.name, spec.shape, c.n_routed_experts);
-    }
+  for_each_tensor(c, &model->weights_, [&]<class Slot>(const TensorSpec& spec, Slot* slot) {
+    if constexpr (std::is_same_v<Slot, WeightView>)
+      *slot = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::DotScaleE8M0,
+                          block_format(spec, c.weight_format));
+    else if constexpr (std::is_same_v<Slot, std::vector<float>>) *slot = ckpt.values_f32(spec.name, spec.shape);
+    else *slot = ckpt.indices(spec.name, spec.shape, c.n_routed_experts);
   });
   model->info_ = model_info(c, ckpt);
 

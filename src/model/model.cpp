@@ -29,7 +29,7 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency re
 void for_each_tensor(const ModelConfig& c, const std::function<void(const TensorSpec&)>& visit) {
   if (c.family == ModelFamily::DeepseekV4) {
     V4Weights scratch;
-    for_each_tensor(c, &scratch, [&](const TensorSpec& spec, TensorSlot) { visit(spec); });
+    for_each_tensor(c, &scratch, [&](const TensorSpec& spec, auto*) { visit(spec); });
   } else {
     V3Weights scratch;
     for_each_tensor(c, &scratch, [&](const TensorSpec& spec, auto*) { visit(spec); });

@@ -38,19 +38,13 @@ struct TensorSpec {
   int64_t uses = 1;     // layers that use it: a pooled expert's (or shared expert's) group of MoE layers
 };
 
-// What inference holds of each tensor in a family's weight structs (deepseek_v3.h's templates; training
-// holds places in its parameter block instead, train/parameters.h): matrices as views of the
-// checkpoint's bytes, vectors (norms, biases) copied to fp32.
+// What inference holds of each tensor in a family's weight structs (the templates of deepseek_v3.h
+// and deepseek_v4.h; training holds places in its parameter block instead, train/parameters.h):
+// matrices as views of the checkpoint's bytes, vectors (norms, biases) copied to fp32.
 struct WeightHandles {
   using Matrix = WeightView;
   using Vector = std::vector<float>;
-};
-
-// Where a tensor lands in a family's weights: a matrix, an fp32 array or an integer table.
-struct TensorSlot {
-  WeightView* matrix = nullptr;
-  std::vector<float>* vector = nullptr;
-  std::vector<int32_t>* indices = nullptr;
+  using Indices = std::vector<int32_t>;  // V4's hash routing tables
 };
 
 // Every tensor of the model `c` describes, whatever its family, in checkpoint order.
