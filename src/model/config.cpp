@@ -1,5 +1,9 @@
 #include "model/config.h"
 
+#include <fmt/ranges.h>
+#include <string_view>
+#include <utility>
+
 #include "util/error.h"
 #include "util/json_file.h"
 
@@ -65,18 +69,24 @@ class ConfigReader {
   const std::string& source_;
 };
 
+// The one map from config.json's 'architectures' to the family that runs it.
+constexpr std::pair<std::string_view, ModelFamily> kArchitectures[] = {
+    {"DeepseekV2ForCausalLM", ModelFamily::DeepseekV2},
+    {"DeepseekV3ForCausalLM", ModelFamily::DeepseekV3},
+    {"DeepseekV4ForCausalLM", ModelFamily::DeepseekV4},
+};
+
 ModelFamily parse_architecture(const json& j, const std::string& source, std::string* name) {
   if (!j.contains("architectures") || !j["architectures"].is_array() || j["architectures"].empty() ||
       !j["architectures"][0].is_string())
     fail("{}: missing 'architectures' (e.g. [\"DeepseekV3ForCausalLM\"])", source);
   *name = j["architectures"][0].get<std::string>();
-  if (*name == "DeepseekV3ForCausalLM") return ModelFamily::DeepseekV3;
-  if (*name == "DeepseekV2ForCausalLM") return ModelFamily::DeepseekV2;
-  if (*name == "DeepseekV4ForCausalLM") return ModelFamily::DeepseekV4;
-  fail(
-      "{}: unknown architecture '{}' (megamoe runs DeepseekV2ForCausalLM, DeepseekV3ForCausalLM and "
-      "DeepseekV4ForCausalLM)",
-      source, *name);
+  std::vector<std::string_view> known;
+  for (const auto& [architecture, family] : kArchitectures) {
+    if (architecture == *name) return family;
+    known.push_back(architecture);
+  }
+  fail("{}: unknown architecture '{}' (megamoe runs {})", source, *name, fmt::join(known, ", "));
 }
 
 std::optional<YarnConfig> parse_rope_scaling(const json& j, const std::string& source) {

@@ -11,6 +11,7 @@
 
 #include "io/checkpoint.h"
 #include "model/config.h"
+#include "model/deepseek_model.h"
 #include "model/model.h"
 #include "model/tensor_spec.h"
 #include "moe/moe.h"
@@ -155,30 +156,24 @@ class MlaCache final : public SequenceCache {
   std::vector<float> values_;  // [layers, capacity, C + dr], one allocation
 };
 
-class DeepseekV3Model final : public Model {
- public:
-  // Opens the checkpoint, parses config.json, checks and maps every tensor (nothing copied but norms).
-  static std::unique_ptr<DeepseekV3Model> load(const std::filesystem::path& dir,
-                                               Residency residency = Residency::Mapped);
+struct V3Activations;
 
-  const ModelInfo& info() const override { return info_; }
-  const ModelConfig& config() const { return config_; }
-  const Checkpoint& checkpoint() const { return *checkpoint_; }
+class DeepseekV3Model final : public DeepseekModel {
+ public:
+  // Binds every tensor of the checkpoint (mapped, nothing copied but norms) to the weights;
+  // load_model (model.h) opens the checkpoint and parses its config.
+  DeepseekV3Model(std::unique_ptr<Checkpoint> checkpoint, ModelConfig config);
+  ~DeepseekV3Model() override;
+
   std::unique_ptr<SequenceCache> new_cache(int64_t capacity) const override;
   int64_t cache_bytes_per_token() const override;
   void forward(float* logits, std::span<const SequenceStep> batch) const override;
-  std::pair<StreamingExpertStore*, int64_t> stream_experts() override;
 
  private:
-  DeepseekV3Model() = default;
-  ModelConfig config_;
-  ModelInfo info_;
-  std::unique_ptr<Checkpoint> checkpoint_;
   V3Weights weights_;
-  std::unique_ptr<ExpertStore> experts_;
-  std::vector<std::span<const MlpWeights>> expert_spans_;  // [layers] what experts_ serves
   Rope rope_;
   float softmax_scale_ = 1;
+  std::unique_ptr<V3Activations> activations_;  // the forward pass's working memory
 };
 
 }  // namespace megamoe

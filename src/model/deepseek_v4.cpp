@@ -5,15 +5,13 @@
 #include <cmath>
 #include <type_traits>
 
-#include "model/summary.h"
-#include "moe/expert_cache.h"
 #include "moe/router.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/round_trip.h"
+#include "util/arena.h"
 #include "util/error.h"
 #include "util/parallel.h"
-#include "util/scratch.h"
 
 namespace megamoe {
 // ---- the cache ----
@@ -90,44 +88,32 @@ bool V4Cache::can_truncate(int64_t length) const {
 
 // ---- loading ----
 
-std::unique_ptr<DeepseekV4Model> DeepseekV4Model::load(const std::filesystem::path& dir, Residency residency) {
-  std::unique_ptr<DeepseekV4Model> model(new DeepseekV4Model);
-  model->checkpoint_ = Checkpoint::open(dir, residency);
-  const Checkpoint& ckpt = *model->checkpoint_;
-  const std::string config_path = (dir / "config.json").string();
-  const ModelConfig& c = model->config_ = parse_model_config(ckpt.config(), config_path);
-  if (c.family != ModelFamily::DeepseekV4) fail("{}: '{}' is not DeepseekV4ForCausalLM", config_path, c.architecture);
-  for_each_tensor(c, &model->weights_, [&]<class Slot>(const TensorSpec& spec, Slot* slot) {
+DeepseekV4Model::DeepseekV4Model(std::unique_ptr<Checkpoint> checkpoint, ModelConfig config)
+    : DeepseekModel(std::move(checkpoint), std::move(config)), activations_(std::make_unique<V4Activations>()) {
+  const Checkpoint& ckpt = *checkpoint_;
+  const ModelConfig& c = config_;
+  for_each_tensor(c, &weights_, [&]<class Slot>(const TensorSpec& spec, Slot* slot) {
     if constexpr (std::is_same_v<Slot, WeightView>)
       *slot = ckpt.weight(spec.name, spec.shape[0], spec.shape[1], ScaleLayout::DotScaleE8M0,
                           block_format(spec, c.weight_format));
     else if constexpr (std::is_same_v<Slot, std::vector<float>>) *slot = ckpt.values_f32(spec.name, spec.shape);
     else *slot = ckpt.indices(spec.name, spec.shape, c.n_routed_experts);
   });
-  model->info_ = model_info(c, ckpt);
 
   std::vector<std::span<const MlpWeights>> experts;
-  for (const V4BlockWeights& layer : model->weights_.layers) experts.emplace_back(layer.ffn.experts);
-  model->expert_spans_ = experts;
-  model->experts_ = std::make_unique<InMemoryExpertStore>(std::move(experts));
+  for (const V4BlockWeights& layer : weights_.layers) experts.emplace_back(layer.ffn.experts);
+  serve_experts(std::move(experts));
 
   // V4 applies YaRN to the frequencies only: no cos/sin magnitude, no softmax factor.
   std::optional<YarnScaling> yarn;
   if (c.yarn)
     yarn = YarnScaling{c.yarn->factor, double(c.yarn->original_max_position_embeddings), c.yarn->beta_fast,
                        c.yarn->beta_slow};
-  model->window_rope_ = Rope::make(c.qk_rope_head_dim, c.rope_theta, std::nullopt);
-  if (c.v4.compress_rope_theta > 0)
-    model->compressed_rope_ = Rope::make(c.qk_rope_head_dim, c.v4.compress_rope_theta, yarn);
-  return model;
+  window_rope_ = Rope::make(c.qk_rope_head_dim, c.rope_theta, std::nullopt);
+  if (c.v4.compress_rope_theta > 0) compressed_rope_ = Rope::make(c.qk_rope_head_dim, c.v4.compress_rope_theta, yarn);
 }
 
-std::pair<StreamingExpertStore*, int64_t> DeepseekV4Model::stream_experts() {
-  auto store = std::make_unique<StreamingExpertStore>(*checkpoint_, expert_spans_);
-  StreamingExpertStore* streaming = store.get();
-  experts_ = std::move(store);
-  return {streaming, config_.num_experts_per_tok};
-}
+DeepseekV4Model::~DeepseekV4Model() = default;
 
 std::unique_ptr<SequenceCache> DeepseekV4Model::new_cache(int64_t capacity) const {
   return std::make_unique<V4Cache>(config_, capacity);
@@ -151,28 +137,99 @@ int64_t DeepseekV4Model::cache_bytes_per_token() const {
 
 // ---- the forward pass ----
 
+// The working memory of a forward pass (gemma.cpp's Activations), carved from one block the model
+// keeps from call to call: a decode step runs every layer hundreds of times a second, and fresh
+// buffers would cost page faults, zeroing and heap trimming each time.
+struct V4Activations {
+  float* streams;                      // [N, M, D] the hyper-connection residual streams
+  float* h;                            // [N, D] a sublayer's input mixed from the streams
+  float* x;                            // [N, D] h normalized
+  float* y;                            // [N, D] a sublayer's output
+  float* post;                         // [N, M] how y joins each stream
+  float* comb;                         // [N, M, M] how the streams mix
+  float* mix;                          // [N, (2+M)*M] hc_pre's mixes
+  float* pre;                          // [N, M]
+  float* old_streams;                  // [M, D] one token's streams before hc_post
+  float* compressed;                   // [N, c*d] a compressor's kv projections (c*d at most 2*max(hd, dI))
+  float* gates;                        // [N, c*d] its gate scores
+  float* qr;                           // [N, q_lora_rank]
+  float* q;                            // [N, H, hd]
+  float* kv;                           // [N, hd] raw keys (= values)
+  float* o;                            // [N, H, hd] attention output
+  float* index_q;                      // [N, index_n_heads, dI] CSA layers
+  float* index_w;                      // [N, index_n_heads]
+  float* group_in;                     // [N, H*hd/G]
+  float* group_out;                    // [N, o_lora_rank]
+  float* low_rank;                     // [N, G, o_lora_rank]
+  float* router_logits;                // [N, E]
+  float* next_normed;                  // [N, D] the next layer's router input, for prefetching
+  float* final_streams;                // [R, M, D] the logit rows' streams
+  float* final_mix;                    // [R, M]
+  float* final_pre;                    // [R, M]
+  float* final_rows;                   // [R, D]
+  std::vector<double> sinkhorn;        // [M, M] one token's comb
+  std::vector<int32_t> table_experts;  // [N, k] a hash layer's choices
+  Routing routing;
+  struct Window {
+    const TokenBatch::Sequence* sequence;
+    int64_t index;  // n: tokens n*r .. n*r + r - 1
+  };
+  std::vector<Window> windows;  // the compressor windows a batch completes
+  // Each thread's lists inside the parallel loops over windows and queries.
+  struct ThreadLists {
+    std::vector<const float*> rows, gate_rows;  // a window's pool, or a query's keys (rows)
+    std::vector<float> entry, scores, index_scores;
+    std::vector<int32_t> chosen;
+  };
+  std::vector<ThreadLists> threads;  // [omp_get_max_threads()]
+  FloatArena arena;
+
+  void place(const ModelConfig& c, const TokenBatch& batch) {
+    const V4Config& v = c.v4;
+    const int64_t N = batch.size(), R = int64_t(batch.logit_rows.size()), D = c.hidden_size, M = v.hc_mult;
+    const int64_t H = c.num_attention_heads, hd = v.head_dim, nh = v.index_n_heads, dI = v.index_head_dim;
+    const int64_t G = v.o_groups, lr = v.o_lora_rank;
+    arena.count();
+    for (int pass = 0; pass < 2; ++pass) {
+      streams = arena.take(N * M * D);
+      h = arena.take(N * D);
+      x = arena.take(N * D);
+      y = arena.take(N * D);
+      post = arena.take(N * M);
+      comb = arena.take(N * M * M);
+      mix = arena.take(N * (2 + M) * M);
+      pre = arena.take(N * M);
+      old_streams = arena.take(M * D);
+      compressed = arena.take(N * 2 * std::max(hd, dI));
+      gates = arena.take(N * 2 * std::max(hd, dI));
+      qr = arena.take(N * c.q_lora_rank.value_or(0));
+      q = arena.take(N * H * hd);
+      kv = arena.take(N * hd);
+      o = arena.take(N * H * hd);
+      index_q = arena.take(N * nh * dI);
+      index_w = arena.take(N * nh);
+      group_in = arena.take(N * H * hd / G);
+      group_out = arena.take(N * lr);
+      low_rank = arena.take(N * G * lr);
+      router_logits = arena.take(N * c.n_routed_experts);
+      next_normed = arena.take(N * D);
+      final_streams = arena.take(R * M * D);
+      final_mix = arena.take(R * M);
+      final_pre = arena.take(R * M);
+      final_rows = arena.take(R * D);
+      if (pass == 0) arena.allocate();
+    }
+    sinkhorn.resize(size_t(M * M));
+    threads.resize(size_t(omp_get_max_threads()));
+  }
+  ThreadLists& mine() { return threads[size_t(omp_get_thread_num())]; }
+};
+
 namespace {
 
-// One sequence's share of a batch: its new tokens are rows first..first+count-1, at positions
-// start..start+count-1.
-struct SequenceRows {
-  V4Cache* cache;
-  int64_t start, first, count;
-  int64_t end() const { return start + count; }
-  int64_t row(int64_t position) const { return first + position - start; }  // start <= position < end()
-};
-
-struct TokenRow {
-  int64_t sequence;  // index into Batch::sequences
-  int64_t position;
-};
-
-struct Batch {
-  std::vector<SequenceRows> sequences;
-  std::vector<TokenRow> tokens;  // [N]
-  std::vector<int32_t> ids;      // [N]
-  int64_t size() const { return int64_t(tokens.size()); }
-};
+V4LayerCache& layer_cache(const TokenBatch::Sequence& s, int64_t layer) {
+  return static_cast<V4Cache*>(s.cache)->layer(layer);
+}
 
 // mix [N, rows] = (X @ fn^T) / rms(X) for the flattened streams X [N, M*D].
 void hc_mix(float* mix, const float* X, int64_t N, const WeightView& fn, double eps) {
@@ -202,14 +259,13 @@ double sigmoid_d(double x) { return 1 / (1 + std::exp(-x)); }
 // Before a sublayer: its input h [N, D] from the streams X [N, M, D], and the weights that write
 // its output back: post [N, M] and comb [N, M, M], comb made doubly stochastic by Sinkhorn.
 void hc_pre(float* h, float* post, float* comb, const float* X, int64_t N, const HyperConnection& w,
-            const ModelConfig& c) {
+            const ModelConfig& c, V4Activations& activations) {
   const int64_t M = c.v4.hc_mult, D = c.hidden_size, rows = (2 + M) * M;
   const double eps = c.v4.hc_eps;
-  thread_local Scratch<float> mix_buffer, pre_buffer;  // kept between calls, as in forward
-  float* mix = mix_buffer.get(size_t(N * rows));       // [N, (2+M)*M]
-  float* pre = pre_buffer.get(size_t(N * M));          // [N, M]
+  float* mix = activations.mix;  // [N, (2+M)*M]
+  float* pre = activations.pre;  // [N, M]
   hc_mix(mix, X, N, w.fn, c.rms_norm_eps);
-  std::vector<double> a(M * M);  // one token's comb
+  std::vector<double>& a = activations.sinkhorn;  // one token's comb
   for (int64_t n = 0; n < N; ++n) {
     const float* m = mix + n * rows;
     for (int64_t i = 0; i < M; ++i) {
@@ -247,12 +303,12 @@ void hc_pre(float* h, float* post, float* comb, const float* X, int64_t N, const
   combine_streams(h, pre, X, N, M, D);
 }
 
-// After a sublayer with output y [N, D]: X_j <- post_j * y + sum_i comb[i, j] X_i.
-void hc_post(float* X, const float* y, const float* post, const float* comb, int64_t N, int64_t M, int64_t D) {
-  std::vector<float> old(M * D);  // one token's streams before the update
+// After a sublayer with output y [N, D]: X_j <- post_j * y + sum_i comb[i, j] X_i. old [M, D]: working memory.
+void hc_post(float* X, const float* y, const float* post, const float* comb, int64_t N, int64_t M, int64_t D,
+             float* old) {
   for (int64_t n = 0; n < N; ++n) {
     float* streams = X + n * M * D;
-    std::copy_n(streams, M * D, old.data());
+    std::copy_n(streams, M * D, old);
     for (int64_t j = 0; j < M; ++j) {
       float* out = streams + j * D;
       const float p = post[n * M + j];
@@ -277,18 +333,17 @@ void normalize(float* x, int64_t n, double eps) {
 // its indexer's), then keeps the rows of the windows still open in the caches. Entries are rms-normed,
 // roped at their window's first position, then FP8 round-tripped (attention) or Hadamard-rotated
 // and FP4 round-tripped (indexer). x [N, D] is the attention input.
-void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, const CompressorWeights& w,
-              const Rope& rope, const ModelConfig& c) {
+void compress(const float* x, const TokenBatch& batch, int64_t layer, bool indexer, const CompressorWeights& w,
+              const Rope& rope, const ModelConfig& c, V4Activations& a) {
   const int64_t N = batch.size(), cd = w.wkv.rows, dr = c.qk_rope_head_dim;
-  auto state_of = [&](const SequenceRows& s) -> CompressorCache& {
-    V4LayerCache& cache = s.cache->layer(layer);
+  auto state_of = [&](const TokenBatch::Sequence& s) -> CompressorCache& {
+    V4LayerCache& cache = layer_cache(s, layer);
     return indexer ? cache.indexer : cache.compressor;
   };
   const CompressorCache& shape = state_of(batch.sequences[0]);
   const int64_t r = shape.ratio, d = shape.width, overlap = shape.overlap;
-  thread_local Scratch<float> kv_buffer, gate_buffer;  // kept between calls, as in forward
-  float* kv = kv_buffer.get(size_t(N * cd));           // [N, c*d] each
-  float* gate = gate_buffer.get(size_t(N * cd));
+  float* kv = a.compressed;  // [N, c*d] each
+  float* gate = a.gates;
   matmul(kv, x, N, w.wkv);
   matmul(gate, x, N, w.wgate);
   for (int64_t n = 0; n < N; ++n) {
@@ -296,20 +351,18 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
     for (int64_t i = 0; i < cd; ++i) gate[n * cd + i] += ape[i];
   }
 
-  struct Window {
-    const SequenceRows* sequence;
-    int64_t index;  // n: tokens n*r .. n*r + r - 1
-  };
-  std::vector<Window> windows;
-  for (const SequenceRows& s : batch.sequences)
+  std::vector<V4Activations::Window>& windows = a.windows;
+  windows.clear();
+  for (const TokenBatch::Sequence& s : batch.sequences)
     for (int64_t p = s.start; p < s.end(); ++p)
       if ((p + 1) % r == 0) windows.push_back({&s, p / r});
 
   parallel_for<Schedule::Dynamic>(int64_t(windows.size()), windows.size() > 1, [&](int64_t k) {
-    thread_local std::vector<const float*> kv_rows, gate_rows;  // the pool: c*r tokens' rows (each thread's)
-    thread_local std::vector<float> entry;
+    V4Activations::ThreadLists& lists = a.mine();
+    std::vector<const float*>&kv_rows = lists.rows, &gate_rows = lists.gate_rows;  // the pool: c*r tokens' rows
+    std::vector<float>& entry = lists.entry;
     entry.resize(size_t(d));
-    const SequenceRows& s = *windows[k].sequence;
+    const TokenBatch::Sequence& s = *windows[k].sequence;
     CompressorCache& state = state_of(s);
     const int64_t n = windows[k].index;
     // Rows of position p: this batch's, or kept in the cache from an earlier one.
@@ -352,7 +405,7 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
     std::copy(entry.begin(), entry.end(), state.entries.begin() + n * d);
   });
 
-  for (const SequenceRows& s : batch.sequences) {  // keep the latest rows for windows to come
+  for (const TokenBatch::Sequence& s : batch.sequences) {  // keep the latest rows for windows to come
     CompressorCache& state = state_of(s);
     for (int64_t p = std::max(s.start, s.end() - state.ring); p < s.end(); ++p) {
       float* kept = state.rows.data() + p % state.ring * 2 * cd;
@@ -364,23 +417,21 @@ void compress(const float* x, const Batch& batch, int64_t layer, bool indexer, c
 
 // The shared-KV attention (docs/models.md#shared-kv-attention): out [N, D] = attention(x [N, D]) for the tokens of
 // `batch`, which also extends their caches.
-void attention_forward(float* out, const float* x, const Batch& batch, int64_t layer, const ModelConfig& c,
-                       const V4AttentionWeights& w, const Rope& rope) {
+void attention_forward(float* out, const float* x, const TokenBatch& batch, int64_t layer, const ModelConfig& c,
+                       const V4AttentionWeights& w, const Rope& rope, V4Activations& a) {
   const V4Config& v = c.v4;
   const int64_t N = batch.size(), H = c.num_attention_heads, hd = v.head_dim, dr = c.qk_rope_head_dim;
   const int64_t q_rank = *c.q_lora_rank, W = v.sliding_window, ratio = v.compress_ratio(layer);
   const float eps = float(c.rms_norm_eps);
 
   // Queries [N, H, hd]: from the normalized low-rank qr [N, q_rank], each head normalized, roped.
-  thread_local Scratch<float> qr_buffer, q_buffer, kv_buffer, o_buffer;  // kept between calls, as in forward
-  thread_local Scratch<float> group_in_buffer, group_out_buffer, low_rank_buffer;
-  float* qr = qr_buffer.get(size_t(N * q_rank));  // [N, q_rank]
-  float* q = q_buffer.get(size_t(N * H * hd));    // [N, H, hd]
+  float* qr = a.qr;  // [N, q_rank]
+  float* q = a.q;    // [N, H, hd]
   matmul(qr, x, N, w.wq_a);
   rms_norm(qr, qr, w.q_norm.data(), N, q_rank, eps);
   matmul(q, qr, N, w.wq_b);
   // Raw keys (= values) [N, hd]: normalized, roped, the non-rope dims FP8 round-tripped.
-  float* kv = kv_buffer.get(size_t(N * hd));  // [N, hd]
+  float* kv = a.kv;  // [N, hd]
   matmul(kv, x, N, w.wkv);
   rms_norm(kv, kv, w.kv_norm.data(), N, hd, eps);
   for (int64_t n = 0; n < N; ++n) {
@@ -396,18 +447,16 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
 
   // Compressed entries, and for CSA the indexer's queries [N, nh, dI] and head weights [N, nh].
   const int64_t nh = v.index_n_heads, dI = v.index_head_dim;
-  std::vector<float> iq, iw;
-  if (ratio) compress(x, batch, layer, false, w.compressor, rope, c);
+  float *iq = a.index_q, *iw = a.index_w;
+  if (ratio) compress(x, batch, layer, false, w.compressor, rope, c, a);
   if (ratio == 4) {
-    compress(x, batch, layer, true, w.index_compressor, rope, c);
-    iq.resize(N * nh * dI);
-    iw.resize(N * nh);
-    matmul(iq.data(), qr, N, w.index_wq_b);
-    matmul(iw.data(), x, N, w.index_weights_proj);
+    compress(x, batch, layer, true, w.index_compressor, rope, c, a);
+    matmul(iq, qr, N, w.index_wq_b);
+    matmul(iw, x, N, w.index_weights_proj);
     const float head_scale = float(1 / std::sqrt(double(dI) * double(nh)));
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t h = 0; h < nh; ++h) {
-        float* query = iq.data() + (n * nh + h) * dI;
+        float* query = iq + (n * nh + h) * dI;
         rope.apply(query + dI - dr, batch.tokens[n].position);
         hadamard_rotate(query, dI);
         fp4_round_trip(query, dI);
@@ -418,15 +467,16 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
 
   // Each query sees the raw keys of its window and the compressed entries of complete windows
   // (CSA: the indexer's top index_topk); the head's sink adds exp(sink) to the denominator only.
-  float* o = o_buffer.get(size_t(N * H * hd));  // [N, H, hd]
+  float* o = a.o;  // [N, H, hd]
   const float softmax_scale = float(1 / std::sqrt(double(hd)));
   parallel_for<Schedule::Dynamic>(N, N > 1, [&](int64_t n) {
-    thread_local std::vector<const float*> keys;  // each thread's, kept between calls
-    thread_local std::vector<float> scores, index_scores;
-    thread_local std::vector<int32_t> chosen;
-    const SequenceRows& s = batch.sequences[batch.tokens[n].sequence];
+    V4Activations::ThreadLists& lists = a.mine();
+    std::vector<const float*>& keys = lists.rows;
+    std::vector<float>&scores = lists.scores, &index_scores = lists.index_scores;
+    std::vector<int32_t>& chosen = lists.chosen;
+    const TokenBatch::Sequence& s = batch.sequences[batch.tokens[n].sequence];
     const int64_t t = batch.tokens[n].position;
-    const V4LayerCache& cache = s.cache->layer(layer);
+    const V4LayerCache& cache = layer_cache(s, layer);
     keys.clear();
     for (int64_t p = std::max<int64_t>(0, t - W + 1); p <= t; ++p)
       keys.push_back(p >= s.start ? kv + s.row(p) * hd : cache.window.data() + p % cache.window_ring * hd);
@@ -439,7 +489,7 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
           const float* key = cache.indexer.entries.data() + e * dI;
           float score = 0;
           for (int64_t h = 0; h < nh; ++h)
-            score += std::max(0.f, dot(iq.data() + (n * nh + h) * dI, key, dI)) * iw[n * nh + h];
+            score += std::max(0.f, dot(iq + (n * nh + h) * dI, key, dI)) * iw[n * nh + h];
           index_scores[e] = score;
         }
         top_k_indices(&chosen, index_scores.data(), complete, v.index_topk);
@@ -469,17 +519,17 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
   });
 
   // Keep the latest raw keys for the queries to come.
-  for (const SequenceRows& s : batch.sequences) {
-    V4LayerCache& cache = s.cache->layer(layer);
+  for (const TokenBatch::Sequence& s : batch.sequences) {
+    V4LayerCache& cache = layer_cache(s, layer);
     for (int64_t p = std::max(s.start, s.end() - cache.window_ring); p < s.end(); ++p)
       std::copy_n(kv + s.row(p) * hd, hd, cache.window.data() + p % cache.window_ring * hd);
   }
 
   // Grouped low-rank output: group g's heads [N, H*hd/G] -> [N, R] through its rows of wo_a, then wo_b.
   const int64_t G = v.o_groups, R = v.o_lora_rank, group_width = H * hd / G;
-  float* group_in = group_in_buffer.get(size_t(N * group_width));  // [N, H*hd/G]
-  float* group_out = group_out_buffer.get(size_t(N * R));          // [N, R]
-  float* low_rank = low_rank_buffer.get(size_t(N * G * R));        // [N, G, R]
+  float* group_in = a.group_in;    // [N, H*hd/G]
+  float* group_out = a.group_out;  // [N, R]
+  float* low_rank = a.low_rank;    // [N, G, R]
   for (int64_t g = 0; g < G; ++g) {
     for (int64_t n = 0; n < N; ++n)
       std::copy_n(o + n * H * hd + g * group_width, group_width, group_in + n * group_width);
@@ -492,84 +542,55 @@ void attention_forward(float* out, const float* x, const Batch& batch, int64_t l
 // out [N, D] = routed experts (sqrt-softplus scores; a hash table or biased top-k picks them)
 // + shared experts of x [N, D], with V4's clamped SwiGLU.
 void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const ModelConfig& c, const V4MoeWeights& w,
-                 const ExpertStore& experts, int64_t layer, ExpertLoad* load, const ExpertParallel* parallel) {
+                 const ExpertStore& experts, int64_t layer, ExpertLoad* load, const ExpertParallel* parallel,
+                 V4Activations& a) {
   const int64_t N = int64_t(ids.size()), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
   const float limit = float(c.v4.swiglu_limit);
-  std::vector<float> router_logits(N * E);  // [N, E]
-  matmul(router_logits.data(), x, N, w.gate);
-  Routing routing;
+  matmul(a.router_logits, x, N, w.gate);
+  Routing& routing = a.routing;
   if (!w.tid2eid.empty()) {
-    std::vector<int32_t> table_experts(N * k);  // [N, k]
-    for (int64_t n = 0; n < N; ++n) std::copy_n(w.tid2eid.data() + ids[n] * k, k, table_experts.data() + n * k);
-    route_to(&routing, router_logits.data(), N, table_experts.data(), router_spec(c));
+    a.table_experts.resize(size_t(N * k));  // [N, k]
+    for (int64_t n = 0; n < N; ++n) std::copy_n(w.tid2eid.data() + ids[n] * k, k, a.table_experts.data() + n * k);
+    route_to(&routing, a.router_logits, N, a.table_experts.data(), router_spec(c));
   } else {
-    route(&routing, router_logits.data(), N, w.bias.data(), router_spec(c));
+    route(&routing, a.router_logits, N, w.bias.data(), router_spec(c));
   }
   if (w.shared.gate.data) mlp_forward(out, x, N, w.shared, limit);
   else std::fill_n(out, N * D, 0.f);
   dispatch_routed_experts(parallel, out, x, D, routing, E, experts, layer, load, limit);
 }
 
-// Tells a streaming store which experts layer `next` will probably want, while this layer computes:
-// a hash layer's table names them exactly; otherwise its router applied to the current stream mix
-// h [N, D] (the streams change little from one layer to the next).
-void prefetch_layer(const float* h, std::span<const int32_t> ids, const ModelConfig& c,
-                    const V4BlockWeights& next_block, int64_t next, const ExpertStore& experts) {
-  const int64_t N = int64_t(ids.size()), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
-  const V4MoeWeights& w = next_block.ffn;
-  std::vector<int32_t> wanted(N * k);  // [N, k]
+// The experts layer `next` will probably want, read ahead while this layer computes: a hash layer's
+// table names them exactly; otherwise its router applied to the current stream mix h [N, D] (the
+// streams change little from one layer to the next).
+std::span<const int32_t> predict_experts(const float* h, std::span<const int32_t> ids, const ModelConfig& c,
+                                         const V4BlockWeights& next, V4Activations& a) {
+  const int64_t N = int64_t(ids.size()), D = c.hidden_size, k = c.num_experts_per_tok;
+  const V4MoeWeights& w = next.ffn;
   if (!w.tid2eid.empty()) {
-    for (int64_t n = 0; n < N; ++n) std::copy_n(w.tid2eid.data() + ids[n] * k, k, wanted.data() + n * k);
-  } else {
-    std::vector<float> normed(N * D), router_logits(N * E);  // [N, D], [N, E]
-    rms_norm(normed.data(), h, next_block.ffn_norm.data(), N, D, float(c.rms_norm_eps));
-    matmul(router_logits.data(), normed.data(), N, w.gate);
-    Routing routing;
-    route(&routing, router_logits.data(), N, w.bias.data(), router_spec(c));
-    wanted = std::move(routing.experts);
+    a.table_experts.resize(size_t(N * k));  // [N, k]
+    for (int64_t n = 0; n < N; ++n) std::copy_n(w.tid2eid.data() + ids[n] * k, k, a.table_experts.data() + n * k);
+    return a.table_experts;
   }
-  prefetch_experts(experts, next, wanted);
+  rms_norm(a.next_normed, h, next.ffn_norm.data(), N, D, float(c.rms_norm_eps));
+  matmul(a.router_logits, a.next_normed, N, w.gate);
+  route(&a.routing, a.router_logits, N, w.bias.data(), router_spec(c));
+  return a.routing.experts;
 }
 
 }  // namespace
 
 void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps) const {
+  const ForwardPass pass(*this);
+  const TokenBatch& batch = flatten<V4Cache>(steps);
   const ModelConfig& c = config_;
-  const int64_t D = c.hidden_size, M = c.v4.hc_mult;
+  const int64_t N = batch.size(), D = c.hidden_size, M = c.v4.hc_mult;
   const float eps = float(c.rms_norm_eps);
-
-  // Flatten the batch; logit_rows lists the tokens whose logits are wanted.
-  Batch batch;
-  std::vector<int64_t> logit_rows;
-  for (size_t b = 0; b < steps.size(); ++b) {
-    const SequenceStep& step = steps[b];
-    auto* cache = dynamic_cast<V4Cache*>(step.cache);
-    if (!cache) fail("sequence {}: the cache was not made by this DeepSeek-V4 model", b);
-    const int64_t start = cache->length(), T = int64_t(step.tokens.size());
-    if (T == 0) fail("sequence {}: no tokens to run", b);
-    if (start + T > cache->capacity())
-      fail("sequence {}: {} tokens do not fit in a cache of {} with {} used", b, T, cache->capacity(), start);
-    batch.sequences.push_back({cache, start, batch.size(), T});
-    for (int64_t t = 0; t < T; ++t) {
-      const int32_t token = step.tokens[t];
-      if (token < 0 || token >= c.vocab_size)
-        fail("token id {} at position {} is outside the vocabulary [0, {})", token, start + t, c.vocab_size);
-      if (step.all_logits || t == T - 1) logit_rows.push_back(batch.size());
-      batch.tokens.push_back({int64_t(b), start + t});
-      batch.ids.push_back(token);
-    }
-  }
-  const int64_t N = batch.size();
+  V4Activations& a = *activations_;
+  a.place(c, batch);  // every element is written before it is read
 
   // Every stream starts as the embedding.
-  // Kept between calls (a decode step runs this once per token); every element is written before it is read.
-  thread_local Scratch<float> streams_buffer, h_buffer, x_buffer, y_buffer, post_buffer, comb_buffer;
-  float* streams = streams_buffer.get(size_t(N * M * D));  // [N, M, D]
-  float* h = h_buffer.get(size_t(N * D));                  // [N, D] each
-  float* x = x_buffer.get(size_t(N * D));
-  float* y = y_buffer.get(size_t(N * D));
-  float* post = post_buffer.get(size_t(N * M));      // [N, M]
-  float* comb = comb_buffer.get(size_t(N * M * M));  // [N, M, M]
+  float *streams = a.streams, *h = a.h, *x = a.x, *y = a.y, *post = a.post, *comb = a.comb;
   for (int64_t n = 0; n < N; ++n) {
     dequantize_row(x + n * D, weights_.embed, batch.ids[n]);
     for (int64_t i = 0; i < M; ++i) std::copy_n(x + n * D, D, streams + (n * M + i) * D);
@@ -577,35 +598,36 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const V4BlockWeights& block = weights_.layers[L];
     const Rope& rope = c.v4.compress_ratio(L) ? compressed_rope_ : window_rope_;
-    hc_pre(h, post, comb, streams, N, block.hc_attn, c);
+    hc_pre(h, post, comb, streams, N, block.hc_attn, c, a);
     tap("attn_in", L, h, N, D);
     rms_norm(x, h, block.attn_norm.data(), N, D, eps);
-    attention_forward(y, x, batch, L, c, block.attn, rope);
+    attention_forward(y, x, batch, L, c, block.attn, rope, a);
     tap("attn_out", L, y, N, D);
-    hc_post(streams, y, post, comb, N, M, D);
-    hc_pre(h, post, comb, streams, N, block.hc_ffn, c);
+    hc_post(streams, y, post, comb, N, M, D, a.old_streams);
+    hc_pre(h, post, comb, streams, N, block.hc_ffn, c, a);
     tap("ffn_in", L, h, N, D);
-    if (experts_->prefetching() && L + 1 < c.num_hidden_layers)
-      prefetch_layer(h, batch.ids, c, weights_.layers[L + 1], L + 1, *experts_);
+    if (prefetching() && L + 1 < c.num_hidden_layers)
+      prefetch(L + 1, predict_experts(h, batch.ids, c, weights_.layers[L + 1], a));
     rms_norm(x, h, block.ffn_norm.data(), N, D, eps);
-    moe_forward(y, x, batch.ids, c, block.ffn, *experts_, L, expert_load_, expert_parallel_);
+    moe_forward(y, x, batch.ids, c, block.ffn, experts(), L, expert_load_, expert_parallel_, a);
     tap("ffn_out", L, y, N, D);
-    hc_post(streams, y, post, comb, N, M, D);
+    hc_post(streams, y, post, comb, N, M, D, a.old_streams);
     tap("streams", L, streams, N, M * D);
   }
-  for (const SequenceRows& s : batch.sequences) s.cache->advance(s.count);
+  for (const TokenBatch::Sequence& s : batch.sequences) s.cache->advance(s.count);
 
   // Head: the streams mixed by hc_head, normalized, projected.
-  const int64_t R = int64_t(logit_rows.size());
-  std::vector<float> final_streams(R * M * D), mix(R * M), pre(R * M), final_rows(R * D);
-  for (int64_t r = 0; r < R; ++r) std::copy_n(streams + logit_rows[r] * M * D, M * D, final_streams.data() + r * M * D);
-  hc_mix(mix.data(), final_streams.data(), R, weights_.hc_head.fn, c.rms_norm_eps);
+  const int64_t R = int64_t(batch.logit_rows.size());
+  for (int64_t r = 0; r < R; ++r)
+    std::copy_n(streams + batch.logit_rows[r] * M * D, M * D, a.final_streams + r * M * D);
+  hc_mix(a.final_mix, a.final_streams, R, weights_.hc_head.fn, c.rms_norm_eps);
   for (int64_t i = 0; i < R * M; ++i)
-    pre[i] = float(sigmoid_d(double(mix[i]) * weights_.hc_head.scale[0] + weights_.hc_head.base[i % M]) + c.v4.hc_eps);
-  combine_streams(final_rows.data(), pre.data(), final_streams.data(), R, M, D);
-  rms_norm(final_rows.data(), final_rows.data(), weights_.norm.data(), R, D, eps);
-  tap("final_norm", -1, final_rows.data(), R, D);
-  matmul(logits, final_rows.data(), R, weights_.head);
+    a.final_pre[i] = float(
+        sigmoid_d(double(a.final_mix[i]) * weights_.hc_head.scale[0] + weights_.hc_head.base[i % M]) + c.v4.hc_eps);
+  combine_streams(a.final_rows, a.final_pre, a.final_streams, R, M, D);
+  rms_norm(a.final_rows, a.final_rows, weights_.norm.data(), R, D, eps);
+  tap("final_norm", -1, a.final_rows, R, D);
+  matmul(logits, a.final_rows, R, weights_.head);
 }
 
 }  // namespace megamoe

@@ -15,6 +15,7 @@
 
 #include "io/checkpoint.h"
 #include "model/config.h"
+#include "model/deepseek_model.h"
 #include "model/model.h"
 #include "model/tensor_spec.h"
 #include "moe/moe.h"
@@ -254,30 +255,25 @@ class V4Cache final : public SequenceCache {
   std::vector<V4LayerCache> layers_;
 };
 
-class DeepseekV4Model final : public Model {
- public:
-  // Opens the checkpoint, parses config.json, checks and maps every tensor (MTP modules included).
-  static std::unique_ptr<DeepseekV4Model> load(const std::filesystem::path& dir,
-                                               Residency residency = Residency::Mapped);
+struct V4Activations;
 
-  const ModelInfo& info() const override { return info_; }
-  const ModelConfig& config() const { return config_; }
+class DeepseekV4Model final : public DeepseekModel {
+ public:
+  // Binds every tensor of the checkpoint (MTP modules included) to the weights; load_model
+  // (model.h) opens the checkpoint and parses its config.
+  DeepseekV4Model(std::unique_ptr<Checkpoint> checkpoint, ModelConfig config);
+  ~DeepseekV4Model() override;
+
   std::unique_ptr<SequenceCache> new_cache(int64_t capacity) const override;
   int64_t cache_bytes_per_token() const override;
   int64_t cache_bytes(int64_t capacity) const override;
   void forward(float* logits, std::span<const SequenceStep> batch) const override;
-  std::pair<StreamingExpertStore*, int64_t> stream_experts() override;  // no prefetch yet
 
  private:
-  DeepseekV4Model() = default;
-  ModelConfig config_;
-  ModelInfo info_;
-  std::unique_ptr<Checkpoint> checkpoint_;
   V4Weights weights_;
-  std::unique_ptr<ExpertStore> experts_;
-  std::vector<std::span<const MlpWeights>> expert_spans_;  // [layers] what experts_ serves
-  Rope window_rope_;                                       // window-only layers: rope_theta, no YaRN
-  Rope compressed_rope_;                                   // compressed layers: compress_rope_theta with YaRN
+  Rope window_rope_;                            // window-only layers: rope_theta, no YaRN
+  Rope compressed_rope_;                        // compressed layers: compress_rope_theta with YaRN
+  std::unique_ptr<V4Activations> activations_;  // the forward pass's working memory
 };
 
 }  // namespace megamoe

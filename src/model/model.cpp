@@ -1,7 +1,5 @@
 #include "model/model.h"
 
-#include <fstream>
-
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v4.h"
 #include "ops/quant.h"
@@ -16,14 +14,16 @@ void SequenceCache::truncate(int64_t length) {
 }
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency residency) {
-  // A glance at the architecture picks the family; each family's loader reports what is wrong
-  // with the directory (the V2/V3 one also names unknown architectures).
-  std::ifstream in(dir / "config.json");
-  const nlohmann::json config = nlohmann::json::parse(in, nullptr, false);
-  if (config.is_object() &&
-      config.value("architectures", nlohmann::json::array()) == nlohmann::json::array({"DeepseekV4ForCausalLM"}))
-    return DeepseekV4Model::load(dir, residency);
-  return DeepseekV3Model::load(dir, residency);
+  std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(dir, residency);
+  ModelConfig config = parse_model_config(checkpoint->config(), (dir / "config.json").string());
+  switch (config.family) {
+    case ModelFamily::DeepseekV2:
+    case ModelFamily::DeepseekV3:
+      return std::make_unique<DeepseekV3Model>(std::move(checkpoint), std::move(config));
+    case ModelFamily::DeepseekV4:
+      return std::make_unique<DeepseekV4Model>(std::move(checkpoint), std::move(config));
+  }
+  fail("internal error: no model for the family of {}", config.architecture);
 }
 
 void for_each_tensor(const ModelConfig& c, const std::function<void(const TensorSpec&)>& visit) {

@@ -2,7 +2,7 @@
 // MLA attention, the SwiGLU MLP, and the MoE layer (gate, routed and shared experts). Each forward
 // pass keeps what its backward pass needs in an *Activations struct; each backward pass adds the
 // weight gradients into the gradient block (same offsets as the parameter block) and writes the
-// gradient of its input. All arrays live in blocks the caller allocates once (see FloatArena).
+// gradient of its input. All arrays live in blocks the caller allocates once (util/arena.h).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -14,29 +14,9 @@
 #include "moe/router.h"
 #include "ops/rope.h"
 #include "train/parameters.h"
+#include "util/arena.h"
 
 namespace megamoe::train {
-
-// Carves many float arrays out of one allocation: a first pass over the same code counts, then
-// allocate() makes the block and the second pass hands out the pointers (llm.c's one block per
-// lifetime, without listing every size twice).
-class FloatArena {
- public:
-  float* take(int64_t count) {
-    float* p = block_.empty() ? nullptr : block_.data() + used_;
-    used_ += (count + 15) / 16 * 16;  // arrays start on 64-byte steps from the block's start
-    return p;
-  }
-  void allocate() {
-    block_.assign(size_t(used_), 0.f);
-    used_ = 0;
-  }
-  int64_t size() const { return int64_t(block_.size()); }
-
- private:
-  std::vector<float> block_;
-  int64_t used_ = 0;
-};
 
 // Sizes of one training batch: `sequences` rows of `seq_len` tokens.
 struct BatchShape {

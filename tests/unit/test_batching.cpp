@@ -7,6 +7,7 @@
 #include "model/synth.h"
 #include "runtime/generation.h"
 #include "test_support.h"
+#include "util/error.h"
 
 namespace megamoe {
 namespace {
@@ -92,6 +93,31 @@ TEST_F(BatchingTest, SequencesJoinAndLeaveAtTokenBoundaries) {
 TEST_F(BatchingTest, CacheHoldsLatentAndRopeKeyOnly) {
   // kv_lora_rank 32 + qk_rope_head_dim 4 values per token and layer, fp32.
   EXPECT_EQ(model_->cache_bytes_per_token(), 2 * (32 + 4) * 4);
+}
+
+// What forward() says of a batch it cannot run; empty when it runs.
+std::string forward_error(const Model& model, std::span<const SequenceStep> steps) {
+  std::vector<float> logits(steps.size() * size_t(model.vocab_size()));
+  try {
+    model.forward(logits.data(), steps);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_F(BatchingTest, BadBatchesAreRefusedByName) {
+  const auto cache = model_->new_cache(8), other = model_->new_cache(8);
+  const std::vector<int32_t> one = {5}, nine(9, 5), outside = {97};
+  EXPECT_EQ(forward_error(*model_, std::vector<SequenceStep>{{cache.get(), one}, {cache.get(), one}}),
+            "sequences 0 and 1 extend the same cache");
+  EXPECT_EQ(forward_error(*model_, std::vector<SequenceStep>{{cache.get(), {}}}), "sequence 0: no tokens to run");
+  EXPECT_EQ(forward_error(*model_, std::vector<SequenceStep>{{other.get(), one}, {cache.get(), nine}}),
+            "sequence 1: 9 tokens do not fit in a cache of 8 with 0 used");
+  EXPECT_EQ(forward_error(*model_, std::vector<SequenceStep>{{cache.get(), outside}}),
+            "token id 97 at position 0 is outside the vocabulary [0, 97)");
+  EXPECT_EQ(cache->length(), 0);  // nothing ran
+  EXPECT_EQ(forward_error(*model_, std::vector<SequenceStep>{{cache.get(), one}, {other.get(), one}}), "");
 }
 
 }  // namespace
