@@ -118,7 +118,8 @@ const std::byte* Checkpoint::aligned_data(const TensorInfo& tensor, size_t align
 
 WeightView Checkpoint::weight(const std::string& name, int64_t rows, int64_t cols, ScaleLayout scales,
                               std::optional<DType> block_format) const {
-  const bool dot_scale = scales == ScaleLayout::DotScaleE8M0;
+  const bool dot_scale = scales != ScaleLayout::ScaleInvF32;
+  const int64_t fp8_block = scales == ScaleLayout::DotScaleE8M0Small ? kFp8SmallBlockSize : kFp8BlockSize;
   const std::string scale_tensor = Checkpoint::scale_name(name, scales);
   const TensorInfo* found = find(name);
   if (block_format && found && found->dtype == DType::U8) {
@@ -148,11 +149,15 @@ WeightView Checkpoint::weight(const std::string& name, int64_t rows, int64_t col
   static constexpr DType kWeightDTypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3};
   const int64_t shape[] = {rows, cols};
   const TensorInfo& tensor = require(name, kWeightDTypes, shape);
-  WeightView view{
-      .dtype = tensor.dtype, .rows = rows, .cols = cols, .data = aligned_data(tensor), .scale_inv = nullptr};
+  WeightView view{.dtype = tensor.dtype,
+                  .rows = rows,
+                  .cols = cols,
+                  .data = aligned_data(tensor),
+                  .scale_inv = nullptr,
+                  .scale_block = fp8_block};
   if (tensor.dtype == DType::F8_E4M3) {
     static constexpr DType kScaleInv[] = {DType::F32}, kE8M0[] = {DType::F8_E8M0};
-    const int64_t scale_shape[] = {(rows + kFp8BlockSize - 1) / kFp8BlockSize, view.scale_cols()};
+    const int64_t scale_shape[] = {view.scale_rows(), view.scale_cols()};
     const TensorInfo& scale = require(scale_tensor, dot_scale ? std::span<const DType>(kE8M0) : kScaleInv, scale_shape);
     if (dot_scale) {
       // The kernels take fp32 block multipliers: decode the exponents once (1/16384 of the weight).

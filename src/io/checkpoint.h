@@ -18,9 +18,10 @@ namespace megamoe {
 
 // Where a checkpoint keeps the scales of its quantized weights.
 enum class ScaleLayout {
-  ScaleInvF32,   // DeepSeek-V2/V3: "<name>_scale_inv", F32 multipliers per 128x128 block
-  DotScaleE8M0,  // DeepSeek-V4: "X.scale" beside "X.weight", ue8m0; per 128x128 block for F8_E4M3,
-                 // per row and 32 inputs for FP4 (I8)
+  ScaleInvF32,        // DeepSeek-V2/V3: "<name>_scale_inv", F32 multipliers per 128x128 block
+  DotScaleE8M0,       // DeepSeek-V4: "X.scale" beside "X.weight", ue8m0; per 128x128 block for F8_E4M3,
+                      // per row and 32 inputs for FP4 (I8)
+  DotScaleE8M0Small,  // DeepSeek-V4.1: as V4, but per 32x32 block for F8_E4M3
 };
 
 class Checkpoint {
@@ -37,7 +38,7 @@ class Checkpoint {
   const TensorInfo& require(const std::string& name, std::span<const DType> dtypes,
                             std::span<const int64_t> shape) const;
   // A linear weight [rows, cols] in F32/F16/BF16, or quantized with its scales laid out as `scales` says:
-  // F8_E4M3 in 128x128 blocks, or (ScaleLayout::DotScaleE8M0) FP4 e2m1 packed in I8 [rows, cols/2].
+  // F8_E4M3 in square blocks, or (the DotScale layouts) FP4 e2m1 packed in I8 [rows, cols/2].
   // With `block_format` (Q8_0 / Q4_0) also megamoe's U8 tensor of blocks [rows, cols/32, 34 | 18].
   WeightView weight(const std::string& name, int64_t rows, int64_t cols, ScaleLayout scales = ScaleLayout::ScaleInvF32,
                     std::optional<DType> block_format = std::nullopt) const;

@@ -53,21 +53,29 @@ void add_encoded_tensor(std::vector<TensorToWrite>* out, const TensorSpec& spec,
                       }});
       return;
     case StoredFormat::Fp8ScaleInv:
-    case StoredFormat::Fp8E8M0: {
-      const bool e8m0 = format == StoredFormat::Fp8E8M0;
+    case StoredFormat::Fp8E8M0:
+    case StoredFormat::Fp8E8M0Small:
+    case StoredFormat::Fp8RowE8M0: {
+      const bool e8m0 = format != StoredFormat::Fp8ScaleInv;
       const int64_t rows = shape[0], cols = shape[1];
-      const std::vector<int64_t> scale_shape{(rows + kFp8BlockSize - 1) / kFp8BlockSize,
-                                             (cols + kFp8BlockSize - 1) / kFp8BlockSize};
+      // Fp8RowE8M0's blocks of 1 x 32 are the 32 x 32 blocks of each row taken alone.
+      const bool by_row = format == StoredFormat::Fp8RowE8M0;
+      const int64_t B = format == StoredFormat::Fp8E8M0Small || by_row ? kFp8SmallBlockSize : kFp8BlockSize;
+      const std::vector<int64_t> scale_shape{by_row ? rows : (rows + B - 1) / B, (cols + B - 1) / B};
+      const auto quantize = [=](uint8_t* q, float* scales, const float* w) {
+        if (!by_row) return quantize_fp8_blocks(q, scales, w, rows, cols, e8m0, B);
+        for (int64_t r = 0; r < rows; ++r)
+          quantize_fp8_blocks(q + r * cols, scales + r * scale_shape[1], w + r * cols, 1, cols, e8m0, B);
+      };
       // Both tensors come from the same matrix, quantized once for each.
       out->push_back({spec.name, DType::F8_E4M3, shape, [=](std::byte* dst) {
                         std::vector<float> scales(size_t(element_count(scale_shape)));
-                        quantize_fp8_blocks(reinterpret_cast<uint8_t*>(dst), scales.data(), values().data(), rows, cols,
-                                            e8m0);
+                        quantize(reinterpret_cast<uint8_t*>(dst), scales.data(), values().data());
                       }});
       out->push_back({scale_name, e8m0 ? DType::F8_E8M0 : DType::F32, scale_shape, [=](std::byte* dst) {
                         std::vector<uint8_t> q(size_t(rows * cols));
                         std::vector<float> scales(size_t(element_count(scale_shape)));
-                        quantize_fp8_blocks(q.data(), scales.data(), values().data(), rows, cols, e8m0);
+                        quantize(q.data(), scales.data(), values().data());
                         for (size_t i = 0; i < scales.size(); ++i) {
                           if (e8m0) reinterpret_cast<uint8_t*>(dst)[i] = e8m0_of_power_of_two(scales[i]);
                           else reinterpret_cast<float*>(dst)[i] = scales[i];

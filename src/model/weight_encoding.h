@@ -16,9 +16,11 @@ namespace megamoe {
 enum class StoredFormat {
   F32,
   BF16,
-  Fp8ScaleInv,  // V2/V3: F8_E4M3 + "<name>_scale_inv" F32 per 128x128 block
-  Fp8E8M0,      // V4: F8_E4M3 + "X.scale" ue8m0 per 128x128 block
-  Fp4E8M0,      // V4 routed experts: I8 (two e2m1 codes per byte) + "X.scale" ue8m0 per row and 32 inputs
+  Fp8ScaleInv,   // V2/V3: F8_E4M3 + "<name>_scale_inv" F32 per 128x128 block
+  Fp8E8M0,       // V4: F8_E4M3 + "X.scale" ue8m0 per 128x128 block
+  Fp8E8M0Small,  // V4.1: F8_E4M3 + "X.scale" ue8m0 per 32x32 block
+  Fp8RowE8M0,    // V4.1 Engram tables: F8_E4M3 + "X.scale" ue8m0 per row and 32 columns
+  Fp4E8M0,       // V4 routed experts: I8 (two e2m1 codes per byte) + "X.scale" ue8m0 per row and 32 inputs
   Q8_0,
   Q4_0,  // megamoe's blocks: U8 [rows, cols/32, 34 | 18]
 };

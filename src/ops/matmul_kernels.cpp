@@ -250,8 +250,11 @@ struct HalfRows : FloatRows<HalfRows<Half>> {
   float Scale(int64_t, int64_t) const { return 1; }
 };
 
-struct Fp8Rows : FloatRows<Fp8Rows> {
-  static constexpr int64_t kScaleCols = kFp8BlockSize;
+// kBlock: the side of the square scale blocks (WeightView::scale_block), a constant so that the
+// tiles' scale chunks are too.
+template <int64_t kBlock>
+struct Fp8Rows : FloatRows<Fp8Rows<kBlock>> {
+  static constexpr int64_t kScaleCols = kBlock;
   const uint8_t* data;
   const float* scale_inv;
   int64_t cols, scale_cols, scale_row_offset;
@@ -274,7 +277,7 @@ struct Fp8Rows : FloatRows<Fp8Rows> {
   }
   float Element(int64_t row, int64_t k) const { return fp8_unscaled(data[row * cols + k]); }
   float Scale(int64_t row, int64_t k) const {
-    return scale_inv[(row + scale_row_offset) / kFp8BlockSize * scale_cols + k / kFp8BlockSize] * kFp8Rescale;
+    return scale_inv[(row + scale_row_offset) / kBlock * scale_cols + k / kBlock] * kFp8Rescale;
   }
 };
 
@@ -1016,7 +1019,7 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
     case DType::BF16:
       return op(HalfRows<hwy::bfloat16_t>(W));
     case DType::F8_E4M3:
-      return op(Fp8Rows(W));
+      return W.scale_block == kFp8SmallBlockSize ? op(Fp8Rows<kFp8SmallBlockSize>(W)) : op(Fp8Rows<kFp8BlockSize>(W));
     case DType::Q8_0:
       return exact ? op(ExactRows<Q8Rows>(W)) : op(Q8Rows(W));
     case DType::Q4_0:

@@ -101,8 +101,9 @@ void dequantize_row_fp4(float* out, const uint8_t* packed, const uint8_t* scales
   }
 }
 
-void quantize_fp8_blocks(uint8_t* q, float* scales, const float* w, int64_t rows, int64_t cols, bool power_of_two) {
-  const int64_t B = kFp8BlockSize, scale_cols = (cols + B - 1) / B;
+void quantize_fp8_blocks(uint8_t* q, float* scales, const float* w, int64_t rows, int64_t cols, bool power_of_two,
+                         int64_t block) {
+  const int64_t B = block, scale_cols = (cols + B - 1) / B;
   for (int64_t bi = 0; bi * B < rows; ++bi)
     for (int64_t bj = 0; bj * B < cols; ++bj) {
       const int64_t i_end = std::min(rows, (bi + 1) * B), j_end = std::min(cols, (bj + 1) * B);

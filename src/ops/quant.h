@@ -43,11 +43,12 @@ inline constexpr float kE2M1Values[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.f, -.5
 void quantize_row_fp4(uint8_t* packed, uint8_t* scales, const float* x, int64_t n);
 void dequantize_row_fp4(float* out, const uint8_t* packed, const uint8_t* scales, int64_t n);
 
-// DeepSeek FP8: w [rows, cols] -> e4m3 codes q [rows, cols] and one multiplier per 128x128 block,
-// scales [ceil(rows/128), ceil(cols/128)], W = q * scale. Each block's amax maps to 448 (V2/V3's F32
-// scale_inv), or with `power_of_two` (V4's ue8m0 scales) to the smallest power of two keeping it within 448.
+// DeepSeek FP8: w [rows, cols] -> e4m3 codes q [rows, cols] and one multiplier per B x B block
+// (B = `block`, 128 or V4.1's 32), scales [ceil(rows/B), ceil(cols/B)], W = q * scale. Each block's amax
+// maps to 448 (V2/V3's F32 scale_inv), or with `power_of_two` (V4's ue8m0 scales) to the smallest power
+// of two keeping it within 448.
 void quantize_fp8_blocks(uint8_t* q, float* scales, const float* w, int64_t rows, int64_t cols,
-                         bool power_of_two = false);
+                         bool power_of_two = false, int64_t block = kFp8BlockSize);
 
 // A weight held in memory in any WeightView format (tests, benchmarks, checkpoint conversion).
 // Move-only: `view` points into the vectors.

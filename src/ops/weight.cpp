@@ -7,8 +7,7 @@ namespace megamoe {
 
 int64_t WeightView::bytes() const {
   int64_t scale_bytes = 0;
-  if (dtype == DType::F8_E4M3)
-    scale_bytes = (rows + scale_row_offset + kFp8BlockSize - 1) / kFp8BlockSize * scale_cols() * int64_t(sizeof(float));
+  if (dtype == DType::F8_E4M3) scale_bytes = scale_rows() * scale_cols() * int64_t(sizeof(float));
   else if (dtype == DType::F4_E2M1) scale_bytes = rows * (cols / kQuantBlock);
   return rows * row_bytes() + scale_bytes;
 }
@@ -20,10 +19,10 @@ WeightView WeightView::row_slice(int64_t first, int64_t count) const {
   slice.rows = count;
   slice.data = static_cast<const std::byte*>(data) + first * row_bytes();
   if (dtype == DType::F8_E4M3) {
-    // Scales cover 128-row blocks: the slice starts at the block of its first row, as far into it.
+    // Scales cover B-row blocks: the slice starts at the block of its first row, as far into it.
     const int64_t block_row = scale_row_offset + first;
-    slice.scale_inv = scale_inv + block_row / kFp8BlockSize * scale_cols();
-    slice.scale_row_offset = block_row % kFp8BlockSize;
+    slice.scale_inv = scale_inv + block_row / scale_block * scale_cols();
+    slice.scale_row_offset = block_row % scale_block;
   } else if (dtype == DType::F4_E2M1) {
     slice.scale_e8m0 = scale_e8m0 + first * (cols / kQuantBlock);
   }
@@ -38,6 +37,9 @@ void WeightView::check() const {
       break;
     case DType::F8_E4M3:
       if (!scale_inv) fail("F8_E4M3 weight [{}, {}] has no scale_inv", rows, cols);
+      if (scale_block != kFp8BlockSize && scale_block != kFp8SmallBlockSize)
+        fail("F8_E4M3 weight [{}, {}]: scale blocks of {} (the kernels take {} or {})", rows, cols, scale_block,
+             kFp8BlockSize, kFp8SmallBlockSize);
       break;
     case DType::F4_E2M1:
       if (!scale_e8m0) fail("F4_E2M1 weight [{}, {}] has no ue8m0 scales", rows, cols);

@@ -394,6 +394,41 @@ TEST_P(KernelTest, RowSliceReadsTheSameRows) {
   EXPECT_EQ(weight.view.bytes(), int64_t(weight.data.size() + weight.scale_inv.size() * 4 + weight.scale_e8m0.size()));
 }
 
+// DeepSeek-V4.1's FP8 weights scale each 32x32 block: every target against the reference, whole
+// and in row slices that start inside a block.
+TEST(KernelTargetTest, Fp8WithSmallScaleBlocksMatchesTheReference) {
+  TargetGuard guard;
+  uint32_t seed = 500;
+  for (int64_t cols : {32, 96, 1056})
+    for (int64_t rows : {1, 33, 70})
+      for (int64_t T : {1, 5, 40}) {
+        const std::vector<float> w = random_floats(size_t(rows * cols), seed++, 0.5f);
+        const int64_t B = kFp8SmallBlockSize;
+        std::vector<uint8_t> codes(size_t(rows * cols));
+        std::vector<float> scales(size_t((rows + B - 1) / B * ((cols + B - 1) / B)));
+        quantize_fp8_blocks(codes.data(), scales.data(), w.data(), rows, cols, true, B);
+        const WeightView view{.dtype = DType::F8_E4M3,
+                              .rows = rows,
+                              .cols = cols,
+                              .data = codes.data(),
+                              .scale_inv = scales.data(),
+                              .scale_block = B};
+        EXPECT_EQ(view.bytes(), int64_t(codes.size() + scales.size() * 4));
+        const std::vector<float> x = random_floats(size_t(T * cols), seed++);
+        for (const WeightView& W : {view, view.row_slice(rows / 2, rows - rows / 2)}) {
+          const Reference ref = reference(x.data(), T, W);
+          for (const std::string& target : matmul_targets()) {
+            matmul_use_target(target);
+            std::vector<float> y(size_t(T * W.rows), NAN);
+            matmul(y.data(), x.data(), T, W);
+            for (size_t i = 0; i < y.size(); ++i)
+              ASSERT_NEAR(y[i], ref.y[i], 1e-5 * ref.magnitude[i] + 1e-30)
+                  << "target " << target << " T=" << T << " rows=" << W.rows << " cols=" << cols << " output " << i;
+          }
+        }
+      }
+}
+
 std::string kernel_test_name(const ::testing::TestParamInfo<std::tuple<DType, Numerics>>& info) {
   const auto [format, mode] = info.param;
   return std::string(dtype_name(format)) + (mode == Numerics::Exact ? "_exact" : "");
