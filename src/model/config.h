@@ -12,7 +12,7 @@
 
 namespace megamoe {
 
-enum class ModelFamily { DeepseekV2, DeepseekV3, DeepseekV4 };
+enum class ModelFamily { DeepseekV2, DeepseekV3, DeepseekV4, DeepseekV41 };
 
 struct YarnConfig {
   double factor = 1;
@@ -25,6 +25,7 @@ struct YarnConfig {
 
 // What DeepSeek-V4 adds (docs/models.md#3-deepseek-v4); the keys it shares with V2/V3 (hidden_size,
 // num_attention_heads, q_lora_rank, qk_rope_head_dim, the MoE keys, rope) stay in ModelConfig.
+// DeepSeek-V4.1 keeps these keys (no hash layers, ratios 1 and 2) and adds V41Config.
 struct V4Config {
   int64_t head_dim = 0;                  // hd: the one shared key/value head
   int64_t o_groups = 1;                  // G: output projection groups
@@ -44,6 +45,44 @@ struct V4Config {
   bool fp4_experts = false;              // expert_dtype "fp4" (sizes a checkpoint-less inspect)
 
   int64_t compress_ratio(int64_t layer) const { return compress_ratios[layer]; }
+};
+
+// The attention role of a DeepSeek-V4.1 layer (docs/models.md#4-deepseek-v41), from its compress ratio
+// and the source lists: the layers share the last compressed cache, index keys and selection published.
+enum class V41Role {
+  Window,   // ratio 0: the sliding window only
+  Full,     // runs a compressor and an indexer: publishes entries, index keys and a selection
+  Reindex,  // runs an indexer on the last published index keys: publishes a selection
+  Reuse,    // attends the last published entries with the last published selection
+};
+
+// What DeepSeek-V4.1 adds to V4Config: cross-layer compressed attention, Engram n-gram memory and
+// the DSpark drafter (loaded, not run).
+struct V41Config {
+  std::vector<int64_t> kv_source_layers;     // kv_source_layer_ids: layers that run a compressor
+  std::vector<int64_t> index_source_layers;  // index_source_layer_ids: layers that run an indexer
+  int64_t candidate_source_layer = -1;       // its indexer picks blocks later indexers score within
+  int64_t candidate_topk_blocks = 0;
+  int64_t candidate_block_size = 1;
+  std::vector<int64_t> engram_layers;          // engram_layer_ids, in config order
+  std::vector<int64_t> engram_num_embeddings;  // rows of each Engram layer's table
+  int64_t engram_max_ngram_size = 0;           // N: n-grams of 2..N tokens
+  int64_t engram_vocab_size = 0;               // the primes start above it
+  int64_t engram_n_heads = 0;
+  int64_t engram_head_dim = 0;  // values per table row
+  int64_t engram_pad_token_id = 0;
+  int64_t engram_compressed_vocab_size = 0;  // token classes (a checksum of the token map)
+  // DSpark (num_nextn_predict_layers stages): loaded and checked, not run.
+  int64_t dspark_block_size = 0, dspark_noise_token_id = 0, dspark_markov_rank = 0;
+  int64_t dspark_n_routed_experts = 0, dspark_num_experts_per_tok = 0;
+  std::vector<int64_t> dspark_target_layers;
+
+  bool is_kv_source(int64_t layer) const;
+  bool is_index_source(int64_t layer) const;
+  // Which of the Engram tables layer `layer` reads, -1 for none.
+  int64_t engram_index(int64_t layer) const;
+  // Rows an Engram layer reads per token: one per n-gram length and head.
+  int64_t engram_rows_per_token() const { return (engram_max_ngram_size - 1) * engram_n_heads; }
 };
 
 // DeepSeek-V2/V3 (docs/models.md#2-deepseek-v2v3), with megamoe's Mega-MoE extensions (section 4), or V4.
@@ -89,7 +128,8 @@ struct ModelConfig {
   // of n_routed_experts experts, stored under the group's first layer. Gates and biases stay per layer.
   int64_t expert_sharing_group_size = 1;
   bool share_shared_experts = false;  // the group's layers also use the first layer's shared experts
-  V4Config v4;                        // family DeepseekV4 only
+  V4Config v4;                        // families DeepseekV4 and DeepseekV41
+  V41Config v41;                      // family DeepseekV41 only
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const {
@@ -101,6 +141,8 @@ struct ModelConfig {
     return n;
   }
   bool has_bias() const { return topk_method == TopkMethod::NoauxTc; }
+  bool is_v4_like() const { return family == ModelFamily::DeepseekV4 || family == ModelFamily::DeepseekV41; }
+  V41Role v41_role(int64_t layer) const;
 
   // Expert pools: -1 for a dense layer, else the pool (0, 1, ...) whose routed experts the MoE
   // layer uses. With expert_sharing_group_size 1 every MoE layer is its own pool.

@@ -2,6 +2,7 @@
 
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v4.h"
+#include "model/deepseek_v41.h"
 #include "ops/quant.h"
 #include "util/error.h"
 #include "util/json_file.h"
@@ -22,12 +23,20 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency re
       return std::make_unique<DeepseekV3Model>(std::move(checkpoint), std::move(config));
     case ModelFamily::DeepseekV4:
       return std::make_unique<DeepseekV4Model>(std::move(checkpoint), std::move(config));
+    case ModelFamily::DeepseekV41:
+      fail(
+          "{}: DeepseekV41ForCausalLM checkpoints can be inspected, synthesized and quantized; megamoe does not run "
+          "them yet",
+          (dir / "config.json").string());
   }
   fail("internal error: no model for the family of {}", config.architecture);
 }
 
 void for_each_tensor(const ModelConfig& c, const std::function<void(const TensorSpec&)>& visit) {
-  if (c.family == ModelFamily::DeepseekV4) {
+  if (c.family == ModelFamily::DeepseekV41) {
+    V41Weights scratch;
+    for_each_tensor(c, &scratch, [&](const TensorSpec& spec, auto*) { visit(spec); });
+  } else if (c.family == ModelFamily::DeepseekV4) {
     V4Weights scratch;
     for_each_tensor(c, &scratch, [&](const TensorSpec& spec, auto*) { visit(spec); });
   } else {
@@ -37,7 +46,14 @@ void for_each_tensor(const ModelConfig& c, const std::function<void(const Tensor
 }
 
 ScaleLayout scale_layout(ModelFamily family) {
-  return family == ModelFamily::DeepseekV4 ? ScaleLayout::DotScaleE8M0 : ScaleLayout::ScaleInvF32;
+  switch (family) {
+    case ModelFamily::DeepseekV4:
+      return ScaleLayout::DotScaleE8M0;
+    case ModelFamily::DeepseekV41:
+      return ScaleLayout::DotScaleE8M0Small;
+    default:
+      return ScaleLayout::ScaleInvF32;
+  }
 }
 
 std::optional<DType> block_format(const TensorSpec& spec, std::optional<DType> weight_format) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -33,11 +34,14 @@ int64_t stored_bytes(const TensorSpec& spec, const ModelConfig& c, const Checkpo
     case TensorRole::Parameter:
     case TensorRole::HashTable:
       return 4 * n;
+    case TensorRole::EngramTable:
+      return c.fp8_weights ? n + n / 32 : 2 * n;  // e4m3 + ue8m0 per 32
     case TensorRole::Linear: {
       if (!c.fp8_weights) break;
-      const bool v4 = c.family == ModelFamily::DeepseekV4;
+      const bool v4 = c.is_v4_like();
       if (v4 && spec.expert >= 0 && c.v4.fp4_experts) return n / 2 + n / 32;  // e2m1 pairs + ue8m0 per 32
-      const int64_t blocks = ((spec.shape[0] + 127) / 128) * ((spec.shape[1] + 127) / 128);
+      const int64_t B = c.family == ModelFamily::DeepseekV41 ? kFp8SmallBlockSize : kFp8BlockSize;
+      const int64_t blocks = ((spec.shape[0] + B - 1) / B) * ((spec.shape[1] + B - 1) / B);
       return n + (v4 ? 1 : 4) * blocks;  // ue8m0 or F32 block scales
     }
     default:
@@ -70,19 +74,23 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
       s.mtp_parameters += n;
       return;
     }
+    if (spec.role == TensorRole::EngramTable) s.engram_parameters += n;
     s.total_parameters += n;  // an expert pool's tensors are listed, and counted, once
     if (spec.expert >= 0) s.routed_expert_parameters += n;
+    else if (spec.role == TensorRole::EngramTable) active_unrouted += c.v41.engram_rows_per_token() * spec.shape[1];
     else active_unrouted += n * spec.uses;
     if (spec.role == TensorRole::Embedding) s.embedding_parameters += n;
     int64_t bytes = stored_bytes(spec, c, checkpoint) * spec.uses;
     if (spec.role == TensorRole::Embedding || spec.role == TensorRole::HashTable)
-      bytes = bytes / spec.shape[0];                                                   // one row per token
+      bytes = bytes / spec.shape[0];  // one row per token
+    if (spec.role == TensorRole::EngramTable) bytes = bytes / spec.shape[0] * c.v41.engram_rows_per_token();
     if (spec.expert >= 0) bytes = bytes * c.num_experts_per_tok / c.n_routed_experts;  // expected share
     s.active_weight_bytes += bytes;
   });
   // Each MoE layer's top-k, from its pool or its own experts.
   const int64_t expert_size = 3 * c.hidden_size * c.moe_intermediate_size;
-  s.active_parameters = active_unrouted + c.moe_layer_count() * c.num_experts_per_tok * expert_size;
+  const int64_t moe_layers = c.is_v4_like() ? c.num_hidden_layers : c.moe_layer_count();
+  s.active_parameters = active_unrouted + moe_layers * c.num_experts_per_tok * expert_size;
   if (checkpoint)
     for (const TensorInfo* t : checkpoint->tensors()) {
       const auto block = blocks.find(t->name);
@@ -91,7 +99,20 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
       if (!used.count(t->name)) ++s.unused_tensors;
     }
   s.kv_cache_context = context > 0 ? context : c.max_position_embeddings;
-  if (c.family == ModelFamily::DeepseekV4) {
+  if (c.family == ModelFamily::DeepseekV41) {
+    // As DeepSeek stores it (spec'd sizes; megamoe does not run V4.1 yet): per kv source and 1/r of a
+    // token, an FP4 entry with e4m3 scales per 16 and an FP4 index key with ue8m0 scales per 32;
+    // per layer and DSpark stage a ring of `window` FP8 keys with ue8m0 scales per 32.
+    const V4Config& v = c.v4;
+    double per_token = 0;
+    for (int64_t l : c.v41.kv_source_layers)
+      per_token += double(v.head_dim / 2 + v.head_dim / 16 + v.index_head_dim / 2 + v.index_head_dim / 32) /
+                   double(v.compress_ratio(l));
+    s.kv_cache_ring_bytes =
+        (c.num_hidden_layers + v.num_nextn_predict_layers) * v.sliding_window * (v.head_dim + v.head_dim / 32);
+    s.kv_cache_bytes = int64_t(std::ceil(per_token * double(s.kv_cache_context))) + s.kv_cache_ring_bytes;
+    s.deepseek_v3_kv_cache_bytes_per_token = double(kDeepseekV3CacheValuesPerToken * sizeof(float));
+  } else if (c.family == ModelFamily::DeepseekV4) {
     s.kv_cache_bytes = V4Cache::values(c, s.kv_cache_context) * int64_t(sizeof(float));
     s.deepseek_v3_kv_cache_bytes_per_token = double(kDeepseekV3CacheValuesPerToken * sizeof(float));
   } else {
@@ -114,6 +135,28 @@ ModelInfo model_info(const ModelConfig& c, const Checkpoint& checkpoint) {
   return info;
 }
 
+// "Full (ratio 2), Engram": what V4.1's layer does.
+std::string v41_layer_role(const ModelConfig& c, int64_t layer) {
+  std::string role;
+  switch (c.v41_role(layer)) {
+    case V41Role::Window:
+      role = "window";
+      break;
+    case V41Role::Full:
+      role = fmt::format("Full (ratio {})", c.v4.compress_ratio(layer));
+      break;
+    case V41Role::Reindex:
+      role = fmt::format("Reindex (ratio {})", c.v4.compress_ratio(layer));
+      break;
+    case V41Role::Reuse:
+      role = fmt::format("Reuse (ratio {})", c.v4.compress_ratio(layer));
+      break;
+  }
+  if (layer == c.v41.candidate_source_layer) role += ", candidate source";
+  if (c.v41.engram_index(layer) >= 0) role += ", Engram";
+  return role;
+}
+
 nlohmann::json to_json(const ModelSummary& s, const ModelConfig& c) {
   nlohmann::json j = {{"architecture", c.architecture},
                       {"layers", c.num_hidden_layers},
@@ -132,7 +175,15 @@ nlohmann::json to_json(const ModelSummary& s, const ModelConfig& c) {
                       {"kv_cache_bytes", s.kv_cache_bytes},
                       {"kv_cache_bytes_per_token", s.kv_cache_bytes_per_token},
                       {"kv_cache_values_per_token", s.kv_cache_values_per_token}};
-  if (c.family == ModelFamily::DeepseekV4) {
+  if (c.family == ModelFamily::DeepseekV41) {
+    j["mtp_parameters"] = s.mtp_parameters;
+    j["deepseek_v3_kv_cache_bytes_per_token"] = s.deepseek_v3_kv_cache_bytes_per_token;
+    j["kv_cache_ring_bytes"] = s.kv_cache_ring_bytes;
+    j["engram_parameters"] = s.engram_parameters;
+    nlohmann::json roles = nlohmann::json::array();
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) roles.push_back(v41_layer_role(c, l));
+    j["layer_roles"] = roles;
+  } else if (c.family == ModelFamily::DeepseekV4) {
     j["mtp_parameters"] = s.mtp_parameters;
     j["deepseek_v3_kv_cache_bytes_per_token"] = s.deepseek_v3_kv_cache_bytes_per_token;
   } else {
@@ -171,7 +222,52 @@ std::string v4_layer_kinds(const ModelConfig& c) {
                      hca ? fmt::format(" (ratio {})", fmt::join(hca_ratios, ", ")) : "");
 }
 
+// DeepSeek-V4.1's lines of `inspect`: every layer's role, Engram and the cache as DeepSeek stores it.
+std::string describe_v41(const ModelSummary& s, const ModelConfig& c) {
+  std::string out;
+  auto line = [&](std::string_view key, const std::string& value) { out += fmt::format("{:<34}{}\n", key, value); };
+  const V4Config& v = c.v4;
+  const V41Config& w = c.v41;
+  line("architecture", c.architecture);
+  line("layers", fmt::format("{} and {} DSpark stages", c.num_hidden_layers, v.num_nextn_predict_layers));
+  for (int64_t first = 0; first < c.num_hidden_layers;) {  // runs of layers with one role
+    int64_t last = first;
+    while (last + 1 < c.num_hidden_layers && v41_layer_role(c, last + 1) == v41_layer_role(c, first)) ++last;
+    line(first == last ? fmt::format("  layer {}", first) : fmt::format("  layers {}-{}", first, last),
+         v41_layer_role(c, first));
+    first = last + 1;
+  }
+  line("hidden size / vocab", fmt::format("{} / {}", c.hidden_size, c.vocab_size));
+  line("attention", fmt::format("one shared K=V head of {} for {} query heads, window {}, indexer {} heads x {} "
+                                "top {}, candidate blocks {} x {}",
+                                v.head_dim, c.num_attention_heads, v.sliding_window, v.index_n_heads, v.index_head_dim,
+                                v.index_topk, w.candidate_topk_blocks, w.candidate_block_size));
+  line("hyper-connections", fmt::format("{} streams, {} Sinkhorn iterations", v.hc_mult, v.hc_sinkhorn_iters));
+  line("experts", fmt::format("{} routed (top {}), {} shared, width {}; sqrtsoftplus gate with bias, SwiGLU limit {}",
+                              c.n_routed_experts, c.num_experts_per_tok, c.n_shared_experts, c.moe_intermediate_size,
+                              v.swiglu_limit));
+  if (!w.engram_layers.empty())
+    line("Engram",
+         fmt::format("layers {}; n-grams of 2-{} tokens x {} heads = {} rows of {} per layer and token; {} parameters",
+                     fmt::join(w.engram_layers, ", "), w.engram_max_ngram_size, w.engram_n_heads,
+                     w.engram_rows_per_token(), w.engram_head_dim, count(s.engram_parameters)));
+  line("total parameters", fmt::format("{} ({} without Engram)", count(s.total_parameters),
+                                       count(s.total_parameters - s.engram_parameters)));
+  line("active parameters per token", count(s.active_parameters));
+  line("DSpark stages (not in the counts)", count(s.mtp_parameters));
+  line("weight bytes read per token", bytes(s.active_weight_bytes));
+  for (const auto& [dtype, n] : s.bytes_by_dtype) line(fmt::format("stored {}", dtype), bytes(n));
+  if (s.unused_tensors) line("unused tensors (e.g. vision)", std::to_string(s.unused_tensors));
+  line(fmt::format("KV cache at {} tokens", s.kv_cache_context),
+       fmt::format("{} per sequence, as DeepSeek stores it", bytes(s.kv_cache_bytes)));
+  line("  per token", fmt::format("{:.0f} B of compressed entries and index keys, plus {} of window rings",
+                                  double(s.kv_cache_bytes - s.kv_cache_ring_bytes) / double(s.kv_cache_context),
+                                  bytes(s.kv_cache_ring_bytes)));
+  return out;
+}
+
 std::string describe(const ModelSummary& s, const ModelConfig& c) {
+  if (c.family == ModelFamily::DeepseekV41) return describe_v41(s, c);
   std::string out;
   auto line = [&](std::string_view key, const std::string& value) { out += fmt::format("{:<34}{}\n", key, value); };
   const bool v4 = c.family == ModelFamily::DeepseekV4;

@@ -29,6 +29,8 @@ struct ModelSummary {
   double kv_cache_values_per_token = 0;             // the same in fp32 values
   int64_t naive_kv_cache_values_per_token = 0;      // V2/V3: per-head keys and values, for comparison
   double deepseek_v3_kv_cache_bytes_per_token = 0;  // V4: DeepSeek-V3's cache at the same context, for comparison
+  int64_t kv_cache_ring_bytes = 0;                  // V4.1: the window rings, included in kv_cache_bytes
+  int64_t engram_parameters = 0;                    // V4.1: the Engram tables (in total_parameters)
 };
 
 // With `checkpoint` null (a bare config), byte counts assume BF16 weights (FP8: one byte plus

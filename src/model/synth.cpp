@@ -54,6 +54,7 @@ std::vector<float> random_values(const TensorSpec& spec, uint64_t seed) {
     case TensorRole::HashTable:
       fail("{}: a hash table has no float values", spec.name);
     case TensorRole::Embedding:
+    case TensorRole::EngramTable:
       for (float& v : values) v = sqrt3 * random.uniform();
       break;
     case TensorRole::Linear:
@@ -95,6 +96,7 @@ std::optional<StoredFormat> stored_format(const TensorSpec& spec, const ModelCon
     case TensorRole::HashTable:
       return std::nullopt;
     case TensorRole::Linear:
+    case TensorRole::EngramTable:
       if (dtype == SynthDType::FP8) return official_fp8_format(spec, c);
       return StoredFormat::BF16;
     default:

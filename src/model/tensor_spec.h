@@ -26,6 +26,7 @@ enum class TensorRole {
   HyperMix,           // V4 hyper-connection mixing matrices, F32
   Parameter,          // V4 F32 vectors and tables: hyper-connection bases and scales, ape, attention sinks
   HashTable,          // V4 tid2eid: integer expert ids per token
+  EngramTable,        // V4.1 Engram memory: F8 rows with a ue8m0 scale per 32 columns, read a few rows per token
 };
 
 struct TensorSpec {
@@ -34,7 +35,7 @@ struct TensorSpec {
   TensorRole role;
   int64_t layer = -1;   // -1: not in a layer
   int64_t expert = -1;  // routed expert index, -1 otherwise
-  bool mtp = false;     // part of an MTP module: loaded and checked, not used by the forward pass
+  bool mtp = false;     // part of an MTP module (V4.1: a DSpark stage): loaded and checked, not run
   int64_t uses = 1;     // layers that use it: a pooled expert's (or shared expert's) group of MoE layers
 };
 

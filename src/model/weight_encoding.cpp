@@ -21,12 +21,22 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 }  // namespace
 
 std::optional<StoredFormat> official_fp8_format(const TensorSpec& spec, const ModelConfig& c) {
+  if (spec.role == TensorRole::EngramTable) return StoredFormat::Fp8RowE8M0;
   if (spec.role != TensorRole::Linear) return std::nullopt;
-  if (c.family != ModelFamily::DeepseekV4) return StoredFormat::Fp8ScaleInv;
-  return spec.expert >= 0 && spec.shape[1] % kQuantBlock == 0 ? StoredFormat::Fp4E8M0 : StoredFormat::Fp8E8M0;
+  if (!c.is_v4_like()) return StoredFormat::Fp8ScaleInv;
+  if (spec.expert >= 0 && spec.shape[1] % kQuantBlock == 0) return StoredFormat::Fp4E8M0;
+  return c.family == ModelFamily::DeepseekV41 ? StoredFormat::Fp8E8M0Small : StoredFormat::Fp8E8M0;
 }
 
 void set_official_fp8_config(nlohmann::json* config, ModelFamily family) {
+  if (family == ModelFamily::DeepseekV41) {  // 32x32 ue8m0 blocks, FP4 experts
+    (*config)["quantization_config"] = {{"quant_method", "fp8"},
+                                        {"activation_scheme", "dynamic"},
+                                        {"weight_block_size", {32, 32}},
+                                        {"scale_fmt", "ue8m0"},
+                                        {"expert_dtype", "fp4"}};
+    return;
+  }
   (*config)["quantization_config"] = {
       {"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}, {"weight_block_size", {128, 128}}};
   if (family == ModelFamily::DeepseekV4) {  // ue8m0 scales, FP4 experts

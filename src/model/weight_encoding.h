@@ -25,9 +25,10 @@ enum class StoredFormat {
   Q4_0,  // megamoe's blocks: U8 [rows, cols/32, 34 | 18]
 };
 
-// DeepSeek's official FP8 layout of `spec` in family c: the linear layers FP8 with 128x128 block
-// scales (V2/V3 F32 scale_inv, V4 ue8m0), V4's routed experts FP4 e2m1 (FP8 where their columns are
-// not a whole number of 32-blocks); nullopt for every other tensor (kept in BF16 or F32).
+// DeepSeek's official FP8 layout of `spec` in family c: the linear layers FP8 with block scales
+// (V2/V3 F32 scale_inv per 128x128, V4 ue8m0 per 128x128, V4.1 ue8m0 per 32x32), V4/V4.1's routed
+// experts FP4 e2m1 (FP8 where their columns are not a whole number of 32-blocks), V4.1's Engram
+// tables FP8 rows; nullopt for every other tensor (kept in BF16 or F32).
 std::optional<StoredFormat> official_fp8_format(const TensorSpec& spec, const ModelConfig& c);
 
 // config.json's quantization_config (and V4's expert_dtype) for the official FP8 layout of `family`.

@@ -11,7 +11,7 @@
 namespace megamoe::train {
 
 void check_trainable(const ModelConfig& c) {
-  if (c.family == ModelFamily::DeepseekV4)
+  if (c.is_v4_like())
     fail("'architectures': {} cannot be trained (megamoe trains DeepseekV2ForCausalLM and DeepseekV3ForCausalLM)",
          c.architecture);
   if (c.fp8_weights)
