@@ -44,7 +44,8 @@ bool ExpertExchange::holds(int64_t layer, int64_t expert) const {
 }
 
 void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routing& routing, int64_t n_experts,
-                              const ExpertStore& store, int64_t layer, ExpertLoad* load, float swiglu_limit) const {
+                              const ExpertStore& store, int64_t layer, ExpertLoad* load,
+                              const MlpOptions& options) const {
   const int64_t T = routing.tokens, k = routing.top_k, N = placement_.ranks, me = rank();
   if (N != size()) fail("expert placement for {} ranks, but {} ranks run", N, size());
   if (layer >= placement_.layers() || n_experts != placement_.experts())
@@ -88,12 +89,16 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
       m += s.rows;
     }
     std::vector<MlpJob> jobs;  // all of this rank's experts in one pass of each kind
+    // Every rank holds the whole routing, so each can weigh its own rows (weight_before_down).
+    const std::vector<float> row_weights =
+        options.weight_before_down ? grouped_row_weights(routing, groups) : std::vector<float>();
     m = 0;
     for (const Share& s : mine) {
-      jobs.push_back({rows_y.data() + m * D, rows_x.data() + m * D, s.rows, &store.expert(layer, s.expert)});
+      jobs.push_back({rows_y.data() + m * D, rows_x.data() + m * D, s.rows, &store.expert(layer, s.expert),
+                      row_weights.empty() ? nullptr : row_weights.data() + s.first_row});
       m += s.rows;
     }
-    mlp_forward(jobs, swiglu_limit);
+    mlp_forward(jobs, options);
   }
   // Pack the records by destination rank (a counting sort by owner of the token).
   std::vector<int64_t> send_count(N, 0), dest(my_rows);
@@ -152,7 +157,7 @@ void ExpertExchange::dispatch(float* out, const float* x, int64_t D, const Routi
     if (!result[slot - t0 * k])
       diverged("expert exchange, layer {}: rank {} got no result for token {} choice {} (ranks disagree on routing)",
                layer, me, slot / k, slot % k);
-  combine_routed_rows(out + t0 * D, routing.weights.data(), D, k, t0, t1,
+  combine_routed_rows(out + t0 * D, options.weight_before_down ? nullptr : routing.weights.data(), D, k, t0, t1,
                       [&](int64_t slot) { return result[slot - t0 * k]; });
   timing.combine_seconds += seconds_since(combine_start);
 

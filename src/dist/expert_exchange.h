@@ -34,7 +34,7 @@ class ExpertExchange final : public ExpertParallel {
   // owns its token (tokens split into N contiguous blocks; MPI_Alltoallv), the owner adds them in
   // slot order exactly as dispatch_experts does, and the combined rows are shared (MPI_Allgatherv).
   void dispatch(float* out, const float* x, int64_t D, const Routing& routing, int64_t n_experts,
-                const ExpertStore& store, int64_t layer, ExpertLoad* load, float swiglu_limit) const override;
+                const ExpertStore& store, int64_t layer, ExpertLoad* load, const MlpOptions& options) const override;
 
   const ExpertPlacement& placement() const { return placement_; }
   const ExchangeStats& stats() const { return stats_; }

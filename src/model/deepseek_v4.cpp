@@ -545,7 +545,7 @@ void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const
                  const ExpertStore& experts, int64_t layer, ExpertLoad* load, const ExpertParallel* parallel,
                  V4Activations& a) {
   const int64_t N = int64_t(ids.size()), D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
-  const float limit = float(c.v4.swiglu_limit);
+  const MlpOptions options{.swiglu_limit = float(c.v4.swiglu_limit)};
   matmul(a.router_logits, x, N, w.gate);
   Routing& routing = a.routing;
   if (!w.tid2eid.empty()) {
@@ -555,9 +555,9 @@ void moe_forward(float* out, const float* x, std::span<const int32_t> ids, const
   } else {
     route(&routing, a.router_logits, N, w.bias.data(), router_spec(c));
   }
-  if (w.shared.gate.data) mlp_forward(out, x, N, w.shared, limit);
+  if (w.shared.gate.data) mlp_forward(out, x, N, w.shared, options);
   else std::fill_n(out, N * D, 0.f);
-  dispatch_routed_experts(parallel, out, x, D, routing, E, experts, layer, load, limit);
+  dispatch_routed_experts(parallel, out, x, D, routing, E, experts, layer, load, options);
 }
 
 // The experts layer `next` will probably want, read ahead while this layer computes: a hash layer's

@@ -15,15 +15,15 @@ class ExpertParallel {
   // the experts spread over processes. Every process calls it with the same x and routing (the
   // rest of the model is replicated) and ends with the same out.
   virtual void dispatch(float* out, const float* x, int64_t D, const Routing& routing, int64_t n_experts,
-                        const ExpertStore& store, int64_t layer, ExpertLoad* load, float swiglu_limit) const = 0;
+                        const ExpertStore& store, int64_t layer, ExpertLoad* load, const MlpOptions& options) const = 0;
 };
 
 // dispatch_experts in this process, or through `parallel` when it is set.
 inline void dispatch_routed_experts(const ExpertParallel* parallel, float* out, const float* x, int64_t D,
                                     const Routing& routing, int64_t n_experts, const ExpertStore& store, int64_t layer,
-                                    ExpertLoad* load, float swiglu_limit = 0) {
-  if (parallel) parallel->dispatch(out, x, D, routing, n_experts, store, layer, load, swiglu_limit);
-  else dispatch_experts(out, x, D, routing, n_experts, store, layer, load, swiglu_limit);
+                                    ExpertLoad* load, const MlpOptions& options = {}) {
+  if (parallel) parallel->dispatch(out, x, D, routing, n_experts, store, layer, load, options);
+  else dispatch_experts(out, x, D, routing, n_experts, store, layer, load, options);
 }
 
 }  // namespace megamoe

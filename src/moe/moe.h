@@ -25,9 +25,18 @@ struct Mlp {
 };
 using MlpWeights = Mlp<WeightView>;
 
-// y [T, D] = down(silu(x @ gate^T) * (x @ up^T)) for x [T, D]; swiglu_limit > 0 clamps the
-// products first (DeepSeek-V4, see swiglu()).
-void mlp_forward(float* y, const float* x, int64_t T, const MlpWeights& w, float swiglu_limit = 0);
+// How a family's MLPs compute beyond down(silu(gate(x)) * up(x)).
+struct MlpOptions {
+  float swiglu_limit = 0;  // > 0: the products are clamped first (DeepSeek-V4, see swiglu())
+  // DeepSeek-V4.1 (docs/models.md#4-deepseek-v41): a routed expert's weight scales its hidden
+  // activation before the down product instead of its output, and the down product's input is Q8
+  // round-tripped (ops/round_trip.h).
+  bool weight_before_down = false;
+  bool round_hidden = false;
+};
+
+// y [T, D] = down(silu(x @ gate^T) * (x @ up^T)) for x [T, D], as `options` says.
+void mlp_forward(float* y, const float* x, int64_t T, const MlpWeights& w, const MlpOptions& options = {});
 
 // One MLP applied to its own tokens: y [T, D] = mlp(x [T, D]).
 struct MlpJob {
@@ -35,11 +44,12 @@ struct MlpJob {
   const float* x;
   int64_t T;
   const MlpWeights* weights;
+  const float* row_scale = nullptr;  // [T]: scales each token's hidden activation (weight_before_down)
 };
 // Every job, each as mlp_forward alone gives it, with all jobs' gate/up products in one parallel pass
 // and all down products in a second (a layer's experts: two passes instead of two per expert). A job's
 // y may be its x: every x is read before any y is written.
-void mlp_forward(std::span<const MlpJob> jobs, float swiglu_limit = 0);
+void mlp_forward(std::span<const MlpJob> jobs, const MlpOptions& options = {});
 
 // Which experts each token goes to, and with what weight.
 struct Routing {
@@ -130,9 +140,14 @@ class ExpertLoad {
 // Groups the T*k (token, expert) slots by expert (ExpertGroups), runs each active expert once on
 // its contiguous group, and adds the weighted results back per token.
 // out [T, D] += sum_j weight[t,j] * expert_{e[t,j]}(x[t]).
-// `load` (optional) receives the per-expert token counts; swiglu_limit as in mlp_forward.
+// `load` (optional) receives the per-expert token counts; `options` as in mlp_forward (with
+// weight_before_down the weights scale the hidden activations, and the results add unscaled).
 void dispatch_experts(float* out, const float* x, int64_t D, const Routing& routing, int64_t n_experts,
-                      const ExpertStore& store, int64_t layer, ExpertLoad* load = nullptr, float swiglu_limit = 0);
+                      const ExpertStore& store, int64_t layer, ExpertLoad* load = nullptr,
+                      const MlpOptions& options = {});
+
+// The routing weight of each row of `groups` (expert order): what weight_before_down scales by.
+std::vector<float> grouped_row_weights(const Routing& routing, const ExpertGroups& groups);
 
 template <class Result>
 void combine_routed_rows(float* out, const float* weights, int64_t D, int64_t k, int64_t t_begin, int64_t t_end,
