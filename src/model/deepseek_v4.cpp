@@ -5,6 +5,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "model/hyper_connection.h"
 #include "moe/router.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
@@ -231,94 +232,13 @@ V4LayerCache& layer_cache(const TokenBatch::Sequence& s, int64_t layer) {
   return static_cast<V4Cache*>(s.cache)->layer(layer);
 }
 
-// mix [N, rows] = (X @ fn^T) / rms(X) for the flattened streams X [N, M*D].
-void hc_mix(float* mix, const float* X, int64_t N, const WeightView& fn, double eps) {
-  const int64_t rows = fn.rows, width = fn.cols;
-  matmul(mix, X, N, fn);
-  for (int64_t n = 0; n < N; ++n) {
-    double sum_squares = 0;
-    for (int64_t i = 0; i < width; ++i) sum_squares += double(X[n * width + i]) * X[n * width + i];
-    const double inverse_rms = 1 / std::sqrt(sum_squares / double(width) + eps);
-    for (int64_t r = 0; r < rows; ++r) mix[n * rows + r] = float(mix[n * rows + r] * inverse_rms);
-  }
-}
-
-// h [N, D] = sum_i pre[n, i] X[n, i] over the M streams of X [N, M, D].
-void combine_streams(float* h, const float* pre, const float* X, int64_t N, int64_t M, int64_t D) {
-  std::fill_n(h, N * D, 0.f);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t i = 0; i < M; ++i) {
-      const float p = pre[n * M + i];
-      const float* x = X + (n * M + i) * D;
-      for (int64_t d = 0; d < D; ++d) h[n * D + d] += p * x[d];
-    }
-}
-
-double sigmoid_d(double x) { return 1 / (1 + std::exp(-x)); }
-
-// Before a sublayer: its input h [N, D] from the streams X [N, M, D], and the weights that write
-// its output back: post [N, M] and comb [N, M, M], comb made doubly stochastic by Sinkhorn.
+// Before a sublayer: its input h [N, D] collapsed from the streams X [N, M, D] by this sublayer's
+// own pre, and the weights that write its output back: post [N, M] and comb [N, M, M].
 void hc_pre(float* h, float* post, float* comb, const float* X, int64_t N, const HyperConnection& w,
-            const ModelConfig& c, V4Activations& activations) {
-  const int64_t M = c.v4.hc_mult, D = c.hidden_size, rows = (2 + M) * M;
-  const double eps = c.v4.hc_eps;
-  float* mix = activations.mix;  // [N, (2+M)*M]
-  float* pre = activations.pre;  // [N, M]
-  hc_mix(mix, X, N, w.fn, c.rms_norm_eps);
-  std::vector<double>& a = activations.sinkhorn;  // one token's comb
-  for (int64_t n = 0; n < N; ++n) {
-    const float* m = mix + n * rows;
-    for (int64_t i = 0; i < M; ++i) {
-      pre[n * M + i] = float(sigmoid_d(double(m[i]) * w.scale[0] + w.base[i]) + eps);
-      post[n * M + i] = float(2 * sigmoid_d(double(m[M + i]) * w.scale[1] + w.base[M + i]));
-    }
-    for (int64_t i = 0; i < M; ++i) {  // softmax of each row, + eps
-      double* row = a.data() + i * M;
-      double top = -INFINITY, sum = 0;
-      for (int64_t j = 0; j < M; ++j) {
-        row[j] = double(m[2 * M + i * M + j]) * w.scale[2] + w.base[2 * M + i * M + j];
-        top = std::max(top, row[j]);
-      }
-      for (int64_t j = 0; j < M; ++j) sum += row[j] = std::exp(row[j] - top);
-      for (int64_t j = 0; j < M; ++j) row[j] = row[j] / sum + eps;
-    }
-    auto normalize_columns = [&] {
-      for (int64_t j = 0; j < M; ++j) {
-        double sum = 0;
-        for (int64_t i = 0; i < M; ++i) sum += a[i * M + j];
-        for (int64_t i = 0; i < M; ++i) a[i * M + j] /= sum + eps;
-      }
-    };
-    normalize_columns();
-    for (int64_t iter = 1; iter < c.v4.hc_sinkhorn_iters; ++iter) {
-      for (int64_t i = 0; i < M; ++i) {
-        double sum = 0;
-        for (int64_t j = 0; j < M; ++j) sum += a[i * M + j];
-        for (int64_t j = 0; j < M; ++j) a[i * M + j] /= sum + eps;
-      }
-      normalize_columns();
-    }
-    for (int64_t k = 0; k < M * M; ++k) comb[n * M * M + k] = float(a[k]);
-  }
-  combine_streams(h, pre, X, N, M, D);
-}
-
-// After a sublayer with output y [N, D]: X_j <- post_j * y + sum_i comb[i, j] X_i. old [M, D]: working memory.
-void hc_post(float* X, const float* y, const float* post, const float* comb, int64_t N, int64_t M, int64_t D,
-             float* old) {
-  for (int64_t n = 0; n < N; ++n) {
-    float* streams = X + n * M * D;
-    std::copy_n(streams, M * D, old);
-    for (int64_t j = 0; j < M; ++j) {
-      float* out = streams + j * D;
-      const float p = post[n * M + j];
-      for (int64_t d = 0; d < D; ++d) out[d] = p * y[n * D + d];
-      for (int64_t i = 0; i < M; ++i) {
-        const float weight = comb[(n * M + i) * M + j];
-        for (int64_t d = 0; d < D; ++d) out[d] += weight * old[i * D + d];
-      }
-    }
-  }
+            const ModelConfig& c, V4Activations& a) {
+  hc_mix(a.mix, X, N, w.fn, c.rms_norm_eps);
+  hc_weights(a.pre, post, comb, a.mix, N, w, c.v4, a.sinkhorn);
+  combine_streams(h, a.pre, X, N, c.v4.hc_mult, c.hidden_size);
 }
 
 // x [n] / sqrt(mean(x^2) + eps), in place (the per-head query normalization: no weight).
@@ -621,9 +541,7 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
   for (int64_t r = 0; r < R; ++r)
     std::copy_n(streams + batch.logit_rows[r] * M * D, M * D, a.final_streams + r * M * D);
   hc_mix(a.final_mix, a.final_streams, R, weights_.hc_head.fn, c.rms_norm_eps);
-  for (int64_t i = 0; i < R * M; ++i)
-    a.final_pre[i] = float(
-        sigmoid_d(double(a.final_mix[i]) * weights_.hc_head.scale[0] + weights_.hc_head.base[i % M]) + c.v4.hc_eps);
+  hc_head_weights(a.final_pre, a.final_mix, R, weights_.hc_head, c.v4);
   combine_streams(a.final_rows, a.final_pre, a.final_streams, R, M, D);
   rms_norm(a.final_rows, a.final_rows, weights_.norm.data(), R, D, eps);
   tap("final_norm", -1, a.final_rows, R, D);
