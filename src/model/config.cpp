@@ -270,7 +270,14 @@ void parse_v41(const ConfigReader& r, ModelConfig& c) {
   V4Config& v = c.v4;
   V41Config& w = c.v41;
   const int64_t L = c.num_hidden_layers, dr = c.qk_rope_head_dim;
-  if (v.head_dim % 32) r.invalid("head_dim", fmt::format("{} must be a multiple of 32 (FP8 key blocks)", v.head_dim));
+  // Every Q8-rounded activation is a whole number of blocks of 32.
+  for (const auto& [key, value] :
+       {std::pair{"head_dim", v.head_dim}, std::pair{"hidden_size", c.hidden_size},
+        std::pair{"q_lora_rank", *c.q_lora_rank}, std::pair{"moe_intermediate_size", c.moe_intermediate_size}})
+    if (value % 32) r.invalid(key, fmt::format("{} must be a multiple of 32 (the Q8 round trip's blocks)", value));
+  if (v.o_groups * v.o_lora_rank % 32)
+    r.invalid("o_lora_rank", fmt::format("o_groups x o_lora_rank ({}) must be a multiple of 32 (Q8 blocks)",
+                                         v.o_groups * v.o_lora_rank));
   if (r.has("num_hash_layers") && r.integer("num_hash_layers") != 0)
     r.invalid("num_hash_layers", "DeepSeek-V4.1 has no hash-routed layers");
   const auto layer_list = [&](const char* key) {

@@ -6,13 +6,20 @@
 #pragma once
 #include <fmt/format.h>
 
+#include <filesystem>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "io/checkpoint.h"
 #include "model/config.h"
+#include "model/deepseek_model.h"
 #include "model/deepseek_v4.h"
+#include "model/engram.h"
 #include "model/tensor_spec.h"
 #include "moe/moe.h"
+#include "ops/rope.h"
 
 namespace megamoe {
 
@@ -195,5 +202,57 @@ void for_each_tensor(const ModelConfig& c, V41Tensors<H>* w, const Visit& visit)
   top.values("norm.weight", {D}, TensorRole::Norm, &w->norm);
   top.matrix("head.weight", V, D, TensorRole::Head, &w->head);
 }
+
+// One sequence's state (docs/models.md#v41-incremental-decode): per layer a ring of the latest
+// window keys; per Full layer the compressed entries, the index keys and the rows of the group not yet
+// complete; the Engram classes of every position. Everything is kept by position, so it can forget
+// back to any length up to kRewindSlack tokens ago (or everything).
+class V41Cache final : public SequenceCache {
+ public:
+  static constexpr int64_t kRewindSlack = 16;
+  struct Layer {
+    int64_t window_ring = 0;        // window keys kept: W + kRewindSlack, slot = position % window_ring
+    std::vector<float> window;      // [window_ring, hd]
+    int64_t group_ring = 0;         // Full layers of ratio > 1: rows kept, slot = position % group_ring
+    std::vector<float> group_rows;  // [group_ring, 2 * hd]: Wkv x | Wgate x
+    std::vector<float> entries;     // Full layers: [capacity / r, hd]
+    std::vector<float> index_keys;  // Full layers: [capacity / r, dI]
+  };
+  V41Cache(const ModelConfig& c, int64_t capacity);
+  int64_t bytes() const override;
+  bool can_truncate(int64_t length) const override;
+  Layer& layer(int64_t L) { return layers_[L]; }
+  std::vector<int32_t>& classes() { return classes_; }  // [capacity] Engram class of each position
+
+  static int64_t values(const ModelConfig& c, int64_t capacity);  // fp32 values of a cache of `capacity`
+
+ private:
+  std::vector<Layer> layers_;
+  std::vector<int32_t> classes_;
+};
+
+struct V41Activations;
+
+class DeepseekV41Model final : public DeepseekModel {
+ public:
+  // Binds every tensor (DSpark stages included, unused) and, for Engram, derives the token map from
+  // the tokenizer.json beside the checkpoint.
+  DeepseekV41Model(std::unique_ptr<Checkpoint> checkpoint, ModelConfig config);
+  ~DeepseekV41Model() override;
+
+  std::unique_ptr<SequenceCache> new_cache(int64_t capacity) const override;
+  int64_t cache_bytes_per_token() const override;
+  int64_t cache_bytes(int64_t capacity) const override;
+  void forward(float* logits, std::span<const SequenceStep> batch) const override;
+
+ private:
+  V41Weights weights_;
+  Rope window_rope_;                    // window-only layers: rope_theta, no YaRN
+  Rope compressed_rope_;                // compressed layers: compress_rope_theta with YaRN
+  std::vector<int32_t> token_classes_;  // [vocab] Engram class of each token (Engram models)
+  int32_t pad_class_ = 0;
+  std::unique_ptr<EngramHashing> engram_;  // Engram models
+  std::unique_ptr<V41Activations> activations_;
+};
 
 }  // namespace megamoe

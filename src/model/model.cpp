@@ -24,10 +24,7 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency re
     case ModelFamily::DeepseekV4:
       return std::make_unique<DeepseekV4Model>(std::move(checkpoint), std::move(config));
     case ModelFamily::DeepseekV41:
-      fail(
-          "{}: DeepseekV41ForCausalLM checkpoints can be inspected, synthesized and quantized; megamoe does not run "
-          "them yet",
-          (dir / "config.json").string());
+      return std::make_unique<DeepseekV41Model>(std::move(checkpoint), std::move(config));
   }
   fail("internal error: no model for the family of {}", config.architecture);
 }
