@@ -206,8 +206,11 @@ DeepseekV41Model::DeepseekV41Model(std::unique_ptr<Checkpoint> checkpoint, Model
     if (c.v41.engram_pad_token_id >= int64_t(classes.of_token.size()))
       fail("{}: 'engram_pad_token_id' {} is not a token of the tokenizer ({} tokens)", tokenizer_path.string(),
            c.v41.engram_pad_token_id, classes.of_token.size());
+    pad_class_ = classes.of_token[size_t(c.v41.engram_pad_token_id)];
+    // Ids past the tokenizer (the embedding's padding rows) never occur in text; they get the pad
+    // class, so that random-token benchmarks and greedy decoding over the whole vocabulary run.
     token_classes_ = classes.of_token;
-    pad_class_ = token_classes_[size_t(c.v41.engram_pad_token_id)];
+    token_classes_.resize(size_t(std::max<int64_t>(c.vocab_size, int64_t(token_classes_.size()))), pad_class_);
     engram_ = std::make_unique<EngramHashing>(c, classes.count);
   }
 }
@@ -524,13 +527,9 @@ void DeepseekV41Model::forward(float* logits, std::span<const SequenceStep> step
   a.place(c, batch);
 
   if (engram_)  // the classes of the new tokens, which the n-grams of this batch and later ones read
-    for (int64_t n = 0; n < N; ++n) {
-      const int32_t id = batch.ids[n];
-      if (id >= int32_t(token_classes_.size()))
-        fail("token id {} is not in tokenizer.json ({} tokens), so Engram has no class for it", id,
-             token_classes_.size());
-      cache_of(batch, batch.tokens[n].sequence).classes()[size_t(batch.tokens[n].position)] = token_classes_[id];
-    }
+    for (int64_t n = 0; n < N; ++n)
+      cache_of(batch, batch.tokens[n].sequence).classes()[size_t(batch.tokens[n].position)] =
+          token_classes_[size_t(batch.ids[n])];
   for (int64_t n = 0; n < N; ++n) {  // every stream starts as the embedding; the first collapse takes stream 0
     dequantize_row(a.x + n * D, weights_.embed, batch.ids[n]);
     for (int64_t i = 0; i < M; ++i) std::copy_n(a.x + n * D, D, a.streams + (n * M + i) * D);
