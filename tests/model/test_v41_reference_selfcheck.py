@@ -3,6 +3,7 @@ hand-made values, the checkpoint codecs on known bytes, the Engram token map, pr
 against the released values, whole-prompt logits against the reference's own token-by-token decoder
 on every tiny config written in the official layout, the upstream index_k decode quirk, and that the
 features the tiny configs exist for really change the logits."""
+import collections
 import copy
 import json
 import math
@@ -105,6 +106,18 @@ class RoundTrips(unittest.TestCase):
         self.assertEqual(v41.top_k([0.0, 2.0, 0.0, 0.0], 2), [0, 1])  # exact tie: the lower index, not counted
         self.assertEqual(v41.top_k([1.0, -math.inf, 0.5], 3), [0, 2])  # -inf is never selected
         self.assertEqual(v41.near_ties, 3)
+
+    def test_near_ties_record_their_position(self):
+        v41._reset_near_ties()
+        rows = torch.stack([padded([448.0, 1.07], 32), padded([448.0, 1.0625], 32)])
+        q8(rows, torch.tensor([5, 7]))  # the tie is in the row of position 7
+        self.assertEqual(dict(v41.near_tie_positions), {7: 1})
+        v41.top_k([3.0, 1.0, 3.0 - 1e-7], 1, 4)
+        v41.candidate_entries([3.0, 1.0, 3.0 - 1e-7, 0.0], 4, 1, 2, 9)  # block 3 pinned, blocks 0 / 2 cut
+        q8(padded([448.0, 1.0625], 32))  # without positions: 0, the conservative answer
+        self.assertEqual(dict(v41.near_tie_positions), {0: 1, 4: 1, 7: 1, 9: 1})
+        self.assertEqual(v41.first_tie_position(), 0)
+        self.assertEqual(sum(v41.near_tie_positions.values()), v41.near_ties)
 
 
 class CheckpointCodecs(unittest.TestCase):
@@ -324,6 +337,50 @@ class PrefillAndDecoding(unittest.TestCase):
                 first = min(p for p in range(len(tokens)) if (p + 1) // 2 > ref.t.index_topk)
                 self.assertLess(max(error[:first]), 1e-12)
                 self.assertGreater(max(error[first:]), 1e-3)
+
+    def test_compressed_entry_ties_are_at_the_first_query_that_sees_them(self):
+        ref = v41.Reference.from_dir(self.dirs["v41-roles-engram"][0])
+        l = 1  # kv source, ratio 2, index source
+        c = torch.zeros(2, ref.t.hd, dtype=torch.float64)
+        c[1, :2] = f64([6.0, 0.75])  # not rotated (the rope dims are the last ones); 0.75: an e2m1 midpoint
+        v41._reset_near_ties()
+        ref.finish_groups(l, c, torch.tensor([0, 2]))  # groups 0 and 1: tokens 0-1 and 2-3
+        self.assertEqual(v41.near_tie_kinds["q4e4"], 1)
+        self.assertEqual(set(v41.near_tie_positions), {3})
+
+    def test_first_tie_position(self):
+        """The logits before the first tie position depend on no near tie: a prompt of only those
+        tokens has no near tie and the same logits; every prefix has exactly the full prompt's ties
+        at positions below its length; a prompt without near ties reports None."""
+        for name in CONFIGS:
+            with self.subTest(config=name):
+                d = self.dirs[name][0]
+                for seed in range(16):
+                    tokens = prompt(name, seed)
+                    full, first = v41.logits_and_first_tie(d, tokens)
+                    self.assertEqual(first is None, v41.near_ties == 0)
+                    if first:
+                        break
+                else:
+                    self.fail("no prompt with a near tie after position 0")
+                self.assertTrue(0 < first < len(tokens))
+                self.assertEqual(sum(v41.near_tie_positions.values()), v41.near_ties)
+                positions = collections.Counter(v41.near_tie_positions)
+                for n in sorted({first, first + 1, (first + len(tokens)) // 2}):
+                    prefix, prefix_first = v41.logits_and_first_tie(d, tokens[:n])
+                    np.testing.assert_array_equal(prefix, full[:n])
+                    self.assertEqual(v41.near_tie_positions, collections.Counter(
+                        {p: c for p, c in positions.items() if p < n}))
+                    if n == first:
+                        self.assertIsNone(prefix_first)
+                for seed in range(16):
+                    tokens = prompt(name, seed, 16)
+                    _, first = v41.logits_and_first_tie(d, tokens)
+                    self.assertEqual(first is None, v41.near_ties == 0)
+                    if first is None:
+                        break
+                else:
+                    self.fail("every prompt had a near tie")
 
     def test_plain_layout_and_module_api(self):
         name = "v41-roles-engram"

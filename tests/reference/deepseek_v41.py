@@ -60,6 +60,12 @@ Decisions where the spec leaves room:
   |score| of that query (a score near zero from a relu input near zero counts). Exact ties at a cut are
   not counted: they are decided by the index (the spec's "choose lowest index"), the same in fp32.
   Router top-k, a relu input near zero inside an exact tie and the Engram sign(dot) are not counted.
+  Each counted tie also records the earliest position whose logits it can change (`near_tie_positions`,
+  a Counter position -> ties; `logits_and_first_tie` gives the smallest): a per-token rounding (Q8 of a
+  linear's input row, window keys, indexer queries, expert hidden rows, Engram rows) its token's
+  position; a compressed entry or index key of group g (ratio r) (g+1) r - 1, the first query that sees
+  it; a top-k cut (indexer selection, candidate blocks) its query's position. A round trip or top-k
+  called without positions (outside a forward) records 0, the conservative answer.
 - Tensor names: spec 1.4's modules with `.weight` / `.scale` (`attn.wq_a.weight`, `attn.compressor.norm.weight`,
   `attn.indexer.k_norm.weight`, `engram.wkv.scale`, ...); bare parameters without (`hc_attn_fn`,
   `attn.attn_sink`, `ffn.gate.bias`, `engram.q_weight`, `engram.k_weight`).
@@ -83,6 +89,7 @@ import safetensors_np
 NEAR_TIE = 1e-6
 near_ties = 0
 near_tie_kinds = collections.Counter()  # the same by kind: q8, q4e8, q4e4 (grid), *_scale, top_k
+near_tie_positions = collections.Counter()  # the same by earliest affected position
 
 E4M3_GRID = torch.from_numpy(safetensors_np.E4M3_VALUES[:0x7F].astype(np.float64))  # 0 .. 448, codes 0..0x7E
 E2M1_GRID = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6], dtype=torch.float64)       # codes 0..7
@@ -95,18 +102,36 @@ ARCHITECTURE = "DeepseekV41ForCausalLM"
 
 # ---- the quantization round trips of spec 3.7 (exact) ----
 
-def _count(mask, kind):
+def _reset_near_ties():
+    global near_ties
+    near_ties = 0
+    near_tie_kinds.clear()
+    near_tie_positions.clear()
+
+
+def _count(mask, kind, positions=None):
+    """Counts the True entries of `mask`; `positions` (one per row of mask's first dimension, e.g. a
+    tensor [T]) gives each row's earliest affected position, None: position 0."""
     global near_ties
     count = int(mask.sum())
     near_ties += count
     if count:
         near_tie_kinds[kind] += count
+        if positions is None:
+            near_tie_positions[0] += count
+        else:
+            positions = torch.as_tensor(positions).reshape(-1)
+            per_row = mask.reshape(mask.shape[0], -1).sum(-1) if mask.dim() else mask.reshape(1)
+            if per_row.shape[0] != positions.shape[0]:
+                raise ValueError(f"{positions.shape[0]} tie positions for {per_row.shape[0]} rows")
+            for row in per_row.nonzero().flatten().tolist():
+                near_tie_positions[int(positions[row])] += int(per_row[row])
 
 
-def round_to_grid(v, grid, count=None):
+def round_to_grid(v, grid, count=None, positions=None):
     """Nearest value of `grid` (magnitudes, increasing, index = code) to v elementwise, ties to the
     even code, saturating at the largest value; sign kept. Counts values within NEAR_TIE (relative)
-    of a midpoint under the kind `count` (None: not counted)."""
+    of a midpoint under the kind `count` (None: not counted), at the `positions` of v's rows."""
     mids = (grid[1:] + grid[:-1]) / 2
     magnitude = v.abs()
     index = torch.searchsorted(mids, magnitude.contiguous())  # mids[index-1] < |v| <= mids[index]
@@ -114,7 +139,7 @@ def round_to_grid(v, grid, count=None):
     upper, lower = mids[index.clamp(max=last)], mids[(index - 1).clamp(min=0)]
     distance = torch.minimum((magnitude - upper).abs(), (magnitude - lower).abs())
     if count:
-        _count(distance <= NEAR_TIE * magnitude, count)
+        _count(distance <= NEAR_TIE * magnitude, count, positions)
     tie = (index <= last) & (magnitude == upper)
     code = torch.where(tie & (index % 2 == 1), index + 1, index)
     rounded = grid[code]
@@ -127,37 +152,38 @@ def _blocks(x, size):
     return x.reshape(*x.shape[:-1], x.shape[-1] // size, size)
 
 
-def _power_of_two_scale(a, factor, floor, kind):
+def _power_of_two_scale(a, factor, floor, kind, positions=None):
     """2^ceil(log2(fp32(a * factor))) per block, counting products near a power of two."""
     product = (a * factor).float().double()
     mantissa, exponent = torch.frexp(product)  # product = m 2^e, m in [0.5, 1)
     near = ((mantissa - 0.5 <= 0.5 * NEAR_TIE) | (1 - mantissa <= NEAR_TIE)) & (mantissa != 0.5) & (a > floor)
-    _count(near, kind)
+    _count(near, kind, positions)
     return torch.ldexp(torch.ones_like(product), exponent - (mantissa == 0.5).long())
 
 
-def q8(x):
-    """Blocks of 32: s = 2^ceil(log2 fp32(a fp32(1/448))), a = max(max|x|, 1e-4); e4m3(x/s) s."""
+def q8(x, positions=None):
+    """Blocks of 32: s = 2^ceil(log2 fp32(a fp32(1/448))), a = max(max|x|, 1e-4); e4m3(x/s) s.
+    `positions`: the earliest affected position of each row of x (x.shape[0] of them) for near ties."""
     blocks = _blocks(x, 32)
     a = blocks.abs().amax(-1, keepdim=True).clamp(min=Q8_FLOOR)
-    scale = _power_of_two_scale(a, F32_INV448, Q8_FLOOR, "q8_scale")
-    return (round_to_grid(blocks / scale, E4M3_GRID, "q8") * scale).reshape(x.shape)
+    scale = _power_of_two_scale(a, F32_INV448, Q8_FLOOR, "q8_scale", positions)
+    return (round_to_grid(blocks / scale, E4M3_GRID, "q8", positions) * scale).reshape(x.shape)
 
 
-def q4e8(x):
+def q4e8(x, positions=None):
     """Blocks of 32: s = 2^ceil(log2 fp32(a fp32(1/6))), a = max(max|x|, 6 2^-126); e2m1(clip(x/s)) s."""
     blocks = _blocks(x, 32)
     a = blocks.abs().amax(-1, keepdim=True).clamp(min=Q4E8_FLOOR)
-    scale = _power_of_two_scale(a, F32_INV6, Q4E8_FLOOR, "q4e8_scale")
-    return (round_to_grid((blocks / scale).clamp(-6, 6), E2M1_GRID, "q4e8") * scale).reshape(x.shape)
+    scale = _power_of_two_scale(a, F32_INV6, Q4E8_FLOOR, "q4e8_scale", positions)
+    return (round_to_grid((blocks / scale).clamp(-6, 6), E2M1_GRID, "q4e8", positions) * scale).reshape(x.shape)
 
 
-def q4e4(x):
+def q4e4(x, positions=None):
     """Blocks of 16: s = e4m3(a/6), a = max(max|x|, 6 2^-9); e2m1(clip(x/s, +-6)) s."""
     blocks = _blocks(x, 16)
     a = blocks.abs().amax(-1, keepdim=True).clamp(min=Q4E4_FLOOR)
-    scale = round_to_grid(a / 6, E4M3_GRID, "q4e4_scale")
-    return (round_to_grid((blocks / scale).clamp(-6, 6), E2M1_GRID, "q4e4") * scale).reshape(x.shape)
+    scale = round_to_grid(a / 6, E4M3_GRID, "q4e4_scale", positions)
+    return (round_to_grid((blocks / scale).clamp(-6, 6), E2M1_GRID, "q4e4", positions) * scale).reshape(x.shape)
 
 
 # ---- small pieces ----
@@ -195,28 +221,30 @@ def rope(x, positions, freqs, inverse=False):
     return torch.cat([head, turned], dim=-1)
 
 
-def top_k(scores, k):
+def top_k(scores, k, position=None):
     """Indices (ascending) of the k largest scores that are not -inf, exact ties to the lower index.
     A cut whose two scores are finite, different and within NEAR_TIE of max(|a|, |b|, the largest
-    finite |score| of the vector) counts as a near tie (an exact tie is decided by the index alone)."""
+    finite |score| of the vector) counts as a near tie (an exact tie is decided by the index alone)
+    at `position`, the query's."""
     values = [float(s) for s in scores]
     ranked = sorted(((s, i) for i, s in enumerate(values) if s != -math.inf), key=lambda t: (-t[0], t[1]))
     if 0 < k < len(ranked):
         a, b = ranked[k - 1][0], ranked[k][0]
         scale = max([abs(s) for s in values if math.isfinite(s)] + [0.0])
         if math.isfinite(a) and math.isfinite(b) and a != b and a - b <= NEAR_TIE * scale:
-            _count(torch.ones(1), "top_k")
+            _count(torch.ones(1), "top_k", None if position is None else [position])
     return sorted(i for _, i in ranked[:max(k, 0)])
 
 
-def candidate_entries(scores, n_visible, block_size, n_blocks):
+def candidate_entries(scores, n_visible, block_size, n_blocks, position=None):
     """The candidate mask (a set of entry indices) from one query's entry scores (length >= n_visible,
-    -inf past n_visible): blocks scored by their best entry, the block of entry n_visible-1 pinned."""
+    -inf past n_visible): blocks scored by their best entry, the block of entry n_visible-1 pinned.
+    `position`: the query's, for near ties."""
     blocks = -(-len(scores) // block_size)
     block_scores = [max(float(s) for s in scores[b * block_size:(b + 1) * block_size]) for b in range(blocks)]
     if n_visible > 0:
         block_scores[(n_visible - 1) // block_size] = math.inf
-    chosen = top_k(block_scores, n_blocks)
+    chosen = top_k(block_scores, n_blocks, position)
     return {t for b in chosen for t in range(b * block_size, min((b + 1) * block_size, len(scores)))}
 
 
@@ -777,6 +805,7 @@ class Reference:
         t = self.t
         self.freqs = [t.freqs(l) for l in range(t.L)]
         self.engram = None
+        self.row_positions = None  # the position of each row of the activations (set per forward / step)
         if t.engram_layers:
             if tokenizer_path is None or not os.path.exists(tokenizer_path):
                 raise ValueError(f"Engram layers need tokenizer.json (not found: {tokenizer_path})")
@@ -867,12 +896,12 @@ class Reference:
         """(q [T, H, hd] roped, Q8(qr) [T, q_lora_rank], window keys [T, hd]) of attention inputs x;
         Q8(x) and Q8(qr) are computed once and feed every linear that reads them."""
         t, p = self.t, f"layers.{l}.attn."
-        xq = q8(x)
+        xq = q8(x, positions)
         qr = self.norm(self.linear(xq, p + "wq_a.weight"), p + "q_norm.weight")
-        qrq = q8(qr)
+        qrq = q8(qr, positions)
         q = self.linear(qrq, p + "wq_b.weight").view(x.shape[0], t.H, t.hd)
         kv = self.norm(self.linear(xq, p + "wkv.weight"), p + "kv_norm.weight")
-        return rope(q, positions, self.freqs[l]), qrq, q8(rope(kv, positions, self.freqs[l]))
+        return rope(q, positions, self.freqs[l]), qrq, q8(rope(kv, positions, self.freqs[l]), positions)
 
     def compressor_rows(self, l, x):
         """(A = Wkv x, B = Wgate x or None) per token, unrounded inputs."""
@@ -885,19 +914,22 @@ class Reference:
         return self.norm(c, f"layers.{l}.attn.compressor.norm.weight")
 
     def finish_groups(self, l, c, first_positions):
-        """(compressed entries Q4e4 [n, hd], index keys Q4e8 [n, ID] or None) from c [n, hd]."""
+        """(compressed entries Q4e4 [n, hd], index keys Q4e8 [n, ID] or None) from c [n, hd]; a group's
+        near ties are at its last token's position, the first that sees it."""
         p = f"layers.{l}.attn."
-        entries = q4e4(rope(c, first_positions, self.freqs[l]))
+        first_positions = torch.as_tensor(first_positions)
+        seen = first_positions + self.t.ratios[l] - 1
+        entries = q4e4(rope(c, first_positions, self.freqs[l]), seen)
         if l not in self.t.index_sources:
             return entries, None
         k = self.norm(self.linear(c, p + "indexer.wk.weight"), p + "indexer.k_norm.weight")
-        return entries, q4e8(rope(k, first_positions, self.freqs[l]))
+        return entries, q4e8(rope(k, first_positions, self.freqs[l]), seen)
 
     def index_queries(self, l, x, qrq, positions):
         """(qI [T, IH, ID], wI [T, IH]) from x and Q8(qr)."""
         t, p = self.t, f"layers.{l}.attn.indexer."
         qi = self.linear(qrq, p + "wq_b.weight").view(x.shape[0], t.IH, t.ID)
-        qi = q4e8(rope(qi, positions, self.freqs[l]))
+        qi = q4e8(rope(qi, positions, self.freqs[l]), positions)
         w = self.linear(x, p + "weights_proj.weight") * t.ID ** -0.5 * t.IH ** -0.5
         return qi, w
 
@@ -923,7 +955,7 @@ class Reference:
         groups = o.reshape(T, t.G, -1)
         wo_a = self.tensor(p + "wo_a.weight").view(t.G, t.R, -1)
         low = torch.einsum("tgi,gri->tgr", groups, wo_a).reshape(T, t.G * t.R)
-        return self.linear(q8(low), p + "wo_b.weight")
+        return self.linear(q8(low, self.row_positions), p + "wo_b.weight")
 
     # ---- MoE (spec 3.5) ----
 
@@ -935,7 +967,8 @@ class Reference:
 
     def moe(self, l, x):
         t, p = self.t, f"layers.{l}.ffn."
-        xq = q8(x)
+        positions = self.row_positions
+        xq = q8(x, positions)
         s = torch.sqrt(torch.logaddexp(self.linear(x, p + "gate.weight"), torch.zeros((), dtype=torch.float64)))
         choice = s + self.tensor(p + "gate.bias")
         experts = torch.sort(choice, dim=-1, descending=True, stable=True).indices[:, :t.k]
@@ -945,9 +978,10 @@ class Reference:
         for e in sorted(set(experts.flatten().tolist())):
             rows, slots = (experts == e).nonzero(as_tuple=True)
             h = weights[rows, slots, None] * self.swiglu(xq[rows], f"{p}experts.{e}.")
-            out[rows] += self.linear(q8(h), f"{p}experts.{e}.w2.weight")
+            out[rows] += self.linear(q8(h, None if positions is None else positions[rows]), f"{p}experts.{e}.w2.weight")
         if t.n_shared:
-            out = out + self.linear(q8(self.swiglu(xq, p + "shared_experts.")), p + "shared_experts.w2.weight")
+            shared = q8(self.swiglu(xq, p + "shared_experts."), positions)
+            out = out + self.linear(shared, p + "shared_experts.w2.weight")
         return out
 
     # ---- Engram (spec 3.6) ----
@@ -957,7 +991,7 @@ class Reference:
         t, p = self.t, f"layers.{l}.engram."
         T = X.shape[0]
         e = self.tensor(p + "embed.weight")[torch.as_tensor(rows, dtype=torch.long)].reshape(T, -1)
-        kv = self.linear(q8(e), p + "wkv.weight")
+        kv = self.linear(q8(e, self.row_positions), p + "wkv.weight")
         K, V = kv[:, :t.hc * t.D].view(T, t.hc, t.D), kv[:, t.hc * t.D:]
         qk = self.tensor(p + "q_weight") * self.tensor(p + "k_weight")  # [hc, D]
         dot = (X * qk[None] * K).sum(-1) / (torch.sqrt(X.pow(2).mean(-1) + t.eps) *
@@ -972,6 +1006,13 @@ class Reference:
 
     def forward(self, tokens, record=lambda *a: None):
         tokens = [int(x) for x in tokens]
+        self.row_positions = torch.arange(len(tokens))
+        try:
+            return self._forward(tokens, record)
+        finally:
+            self.row_positions = None
+
+    def _forward(self, tokens, record):
         t = self.t
         X, a = self.embed(tokens)
         rows = None
@@ -1030,11 +1071,12 @@ class Reference:
         if l == t.candidate:
             mask = torch.zeros(T, n, dtype=torch.bool)
             for p in range(T):
-                mask[p, sorted(candidate_entries(scores[p].tolist(), (p + 1) // r, t.block_size, t.n_blocks))] = True
+                chosen = candidate_entries(scores[p].tolist(), (p + 1) // r, t.block_size, t.n_blocks, p)
+                mask[p, sorted(chosen)] = True
             slots["mask"] = mask
         k = min(t.index_topk, n)
         for p in range(T):
-            selected[p, top_k(scores[p].tolist(), k)] = True
+            selected[p, top_k(scores[p].tolist(), k, p)] = True
         return selected
 
 
@@ -1058,7 +1100,14 @@ class Decoder:
 
     def step(self, token):
         """float64 logits [V] of the next position."""
-        ref, t, token = self.ref, self.t, int(token)
+        self.ref.row_positions = torch.tensor([self.position])
+        try:
+            return self._step(int(token))
+        finally:
+            self.ref.row_positions = None
+
+    def _step(self, token):
+        ref, t = self.ref, self.t
         X, a = ref.embed([token])
         if ref.engram:
             cls = ref.token_class(token)
@@ -1120,8 +1169,8 @@ class Decoder:
             mask = self.slots["mask"]
             scores = [s if i in mask else -math.inf for i, s in enumerate(scores)]
         if l == t.candidate:
-            self.slots["mask"] = candidate_entries(scores, n, t.block_size, t.n_blocks)
-        return top_k(scores, min(t.index_topk, n))
+            self.slots["mask"] = candidate_entries(scores, n, t.block_size, t.n_blocks, p)
+        return top_k(scores, min(t.index_topk, n), p)
 
 
 # ---- checkpoints for tests: random weights in the official layout ----
@@ -1286,19 +1335,28 @@ def logits(model_dir, tokens):
 
 def logits_and_near_ties(model_dir, tokens):
     """(logits, how many rounding / top-k decisions lay within NEAR_TIE of a boundary)."""
-    global near_ties
-    near_ties = 0
-    near_tie_kinds.clear()
+    _reset_near_ties()
     result = logits(model_dir, tokens)
     return result, near_ties
+
+
+def first_tie_position():
+    """The smallest earliest-affected position of the near ties counted since the last reset, or None."""
+    return min(near_tie_positions) if near_tie_positions else None
+
+
+def logits_and_first_tie(model_dir, tokens):
+    """(float32 logits [T, vocab], the first position whose logits a near tie can change, or None when
+    the forward had none): the logits before that position do not depend on any near tie."""
+    _reset_near_ties()
+    result = logits(model_dir, tokens)
+    return result, first_tie_position()
 
 
 def taps(model_dir, tokens):
     """({(name, layer): float64 array [T, width]}, near ties): engram_out, attn_in, attn_out, ffn_in,
     ffn_out, streams per layer and final_norm (layer -1)."""
-    global near_ties
-    near_ties = 0
-    near_tie_kinds.clear()
+    _reset_near_ties()
     recorded = {}
     Reference.from_dir(model_dir).forward(list(tokens), lambda name, layer, x: recorded.__setitem__((name, layer), x))
     return {key: value.numpy() for key, value in recorded.items()}, near_ties
