@@ -334,6 +334,7 @@ void parse_v41(const ConfigReader& r, ModelConfig& c) {
     selection |= w.is_index_source(l);
     if (!selection) r.invalid("index_source_layer_ids", fmt::format("compressed layer {} has no indexer before it", l));
   }
+  w.published_index_keys = r.boolean("megamoe_published_index_keys", false);
   w.candidate_source_layer = r.integer("candidate_source_layer_id", -1);
   if (w.candidate_source_layer >= 0) {
     if (!w.is_index_source(w.candidate_source_layer))

@@ -76,6 +76,10 @@ struct V41Config {
   int64_t dspark_block_size = 0, dspark_noise_token_id = 0, dspark_markov_rank = 0;
   int64_t dspark_n_routed_experts = 0, dspark_num_experts_per_tok = 0;
   std::vector<int64_t> dspark_target_layers;
+  // megamoe's switch (text_config key megamoe_published_index_keys): index layers score the keys of
+  // the last Full layer that emitted an entry, as DeepSeek's published decode does, instead of the
+  // prefill's (docs/models.md#v41-incremental-decode).
+  bool published_index_keys = false;
 
   bool is_kv_source(int64_t layer) const;
   bool is_index_source(int64_t layer) const;

@@ -360,6 +360,19 @@ void compress(const float* x, const TokenBatch& batch, int64_t layer, const V41A
   }
 }
 
+// Where DeepSeek's published decode finds the index keys an index layer scores at position p
+// (docs/models.md#v41-incremental-decode): the shared slot holds the keys of the last Full layer
+// that emitted an entry, in this step (layers up to `layer`) or an earlier one. Returns that layer
+// and how many of its entries existed then; {layer, 0} when none had emitted.
+std::pair<int64_t, int64_t> published_keys_layer(const ModelConfig& c, int64_t layer, int64_t p) {
+  for (int64_t step = p; step >= 0; --step)
+    for (int64_t l = step == p ? layer : c.num_hidden_layers - 1; l >= 0; --l) {
+      const int64_t r = c.v4.compress_ratio(l);
+      if (c.v41.is_kv_source(l) && (step + 1) % r == 0) return {l, (step + 1) / r};
+    }
+  return {layer, 0};
+}
+
 // An index layer: each query scores the visible index keys of the last Full layer and picks the
 // entries its attention (and the Reuse layers after it) will see, within the candidate source's
 // blocks when one came before.
@@ -378,7 +391,12 @@ void index_entries(const float* x, const TokenBatch& batch, int64_t layer, int64
   parallel_for<Schedule::Dynamic>(N, N > 1, [&](int64_t n) {
     V41Activations::ThreadLists& lists = a.mine();
     const int64_t p = batch.tokens[n].position, visible = (p + 1) / r;
-    const float* keys = cache_of(batch, batch.tokens[n].sequence).layer(keys_layer).index_keys.data();
+    const V41Cache::Layer& source =
+        cache_of(batch, batch.tokens[n].sequence)
+            .layer(s41.published_index_keys ? published_keys_layer(c, layer, p).first : keys_layer);
+    const int64_t available =  // published keys may cover fewer entries than this layer sees
+        s41.published_index_keys ? published_keys_layer(c, layer, p).second : visible;
+    const float* keys = source.index_keys.data();
     for (int64_t h = 0; h < IH; ++h) {
       float* query = a.index_q + (n * IH + h) * dI;
       rope.apply(query + dI - dr, p);
@@ -387,6 +405,10 @@ void index_entries(const float* x, const TokenBatch& batch, int64_t layer, int64
     std::vector<float>& scores = lists.scores;  // I[p, t] = sum_h w_h relu(q_h . k_t)
     scores.assign(size_t(visible), 0.f);
     for (int64_t t = 0; t < visible; ++t) {
+      if (t >= available) {
+        scores[t] = -INFINITY;
+        continue;
+      }
       float score = 0;
       for (int64_t h = 0; h < IH; ++h)
         score +=
@@ -518,6 +540,39 @@ void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, co
 }  // namespace
 
 void DeepseekV41Model::forward(float* logits, std::span<const SequenceStep> steps) const {
+  const bool several =
+      std::any_of(steps.begin(), steps.end(), [](const SequenceStep& s) { return s.tokens.size() > 1; });
+  if (!config_.v41.published_index_keys || !several) return forward_batch(logits, steps);
+  // The published decode can make an early layer score index keys a later layer wrote in the
+  // previous step, which a multi-token pass has not computed yet: run it token by token.
+  const int64_t V = config_.vocab_size;
+  std::vector<int64_t> first_row;  // each step's first output row
+  int64_t rows = 0, longest = 0;
+  for (const SequenceStep& s : steps) {
+    first_row.push_back(rows);
+    rows += s.all_logits ? int64_t(s.tokens.size()) : 1;
+    longest = std::max(longest, int64_t(s.tokens.size()));
+  }
+  std::vector<float> step_logits(steps.size() * size_t(V));
+  for (int64_t t = 0; t < longest; ++t) {
+    std::vector<SequenceStep> one;
+    std::vector<size_t> of;  // which step each of `one` continues
+    for (size_t b = 0; b < steps.size(); ++b)
+      if (t < int64_t(steps[b].tokens.size())) {
+        one.push_back({steps[b].cache, steps[b].tokens.subspan(size_t(t), 1), false});
+        of.push_back(b);
+      }
+    forward_batch(step_logits.data(), one);
+    for (size_t i = 0; i < one.size(); ++i) {
+      const SequenceStep& s = steps[of[i]];
+      const int64_t T = int64_t(s.tokens.size());
+      if (s.all_logits || t == T - 1)
+        std::copy_n(step_logits.data() + i * size_t(V), V, logits + (first_row[of[i]] + (s.all_logits ? t : 0)) * V);
+    }
+  }
+}
+
+void DeepseekV41Model::forward_batch(float* logits, std::span<const SequenceStep> steps) const {
   const ForwardPass pass(*this);
   const TokenBatch& batch = flatten<V41Cache>(steps);
   const ModelConfig& c = config_;

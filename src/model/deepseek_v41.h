@@ -246,6 +246,7 @@ class DeepseekV41Model final : public DeepseekModel {
   void forward(float* logits, std::span<const SequenceStep> batch) const override;
 
  private:
+  void forward_batch(float* logits, std::span<const SequenceStep> batch) const;
   V41Weights weights_;
   Rope window_rope_;                    // window-only layers: rope_theta, no YaRN
   Rope compressed_rope_;                // compressed layers: compress_rope_theta with YaRN

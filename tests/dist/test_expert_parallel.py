@@ -15,9 +15,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from harness import load_json, megamoe_logits, random_tokens, relative_max_error, run_megamoe, synth  # noqa: E402
 
 TOLERANCE = 1e-5
-# (name, config, dtype): V3 with a bias gate and pools of shared experts, V2 greedy, V4 hash routing.
+# (name, config, dtype): V3 with a bias gate and pools of shared experts, V2 greedy, V4 hash routing,
+# V4.1 (routing weights applied before w2, which every rank applies to its own rows).
 MODELS = [("v3", "v3-noaux-yarn", "fp8"), ("v3-pool", "v3-pool-shared", "bf16"),
-          ("v2", "v2-lite-greedy", "bf16"), ("v4", "v4-window-hash", "fp8")]
+          ("v2", "v2-lite-greedy", "bf16"), ("v4", "v4-window-hash", "fp8"), ("v41", "v41-mtp-r1", "fp8")]
 
 
 class ExpertParallelTest(unittest.TestCase):
@@ -44,7 +45,8 @@ class ExpertParallelTest(unittest.TestCase):
 
     def test_logits_equal_the_single_process(self):
         for name, model in self.models.items():
-            vocab = load_json(os.path.join(model, "config.json"))["vocab_size"]
+            config = load_json(os.path.join(model, "config.json"))
+            vocab = config.get("text_config", config)["vocab_size"]  # V4.1 keeps it under text_config
             tokens = random_tokens(vocab, 11, seed=5)
             single = megamoe_logits(model, tokens, self.path("single.npy"))
             for ranks, flags in ((2, ()), (3, ()), (3, ("--chunk-size", 4))):
