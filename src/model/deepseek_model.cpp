@@ -16,6 +16,16 @@ void DeepseekModel::serve_experts(std::vector<std::span<const MlpWeights>> exper
   experts_ = std::make_unique<InMemoryExpertStore>(std::move(experts));
 }
 
+V4Ropes V4Ropes::make(const ModelConfig& c) {
+  std::optional<YarnScaling> yarn;
+  if (c.yarn)
+    yarn = YarnScaling{c.yarn->factor, double(c.yarn->original_max_position_embeddings), c.yarn->beta_fast,
+                       c.yarn->beta_slow};
+  V4Ropes ropes{Rope::make(c.qk_rope_head_dim, c.rope_theta, std::nullopt), {}};
+  if (c.v4.compress_rope_theta > 0) ropes.compressed = Rope::make(c.qk_rope_head_dim, c.v4.compress_rope_theta, yarn);
+  return ropes;
+}
+
 std::pair<StreamingExpertStore*, int64_t> DeepseekModel::stream_experts() {
   auto store = std::make_unique<StreamingExpertStore>(*checkpoint_, expert_spans_);
   StreamingExpertStore* streaming = store.get();

@@ -14,6 +14,7 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "moe/moe.h"
+#include "ops/rope.h"
 
 namespace megamoe {
 
@@ -38,6 +39,30 @@ struct TokenBatch {
   template <class Cache>
   Cache& cache(int64_t sequence) const {
     return static_cast<Cache&>(*sequences[sequence].cache);
+  }
+};
+
+// A cache that keeps recent state in rings by position (V4, V4.1): it can forget back to any length
+// up to kRewindSlack tokens ago, or everything (positions before a ring's oldest are gone; nothing
+// is needed to start again from 0).
+class RingCache : public SequenceCache {
+ public:
+  static constexpr int64_t kRewindSlack = 16;
+  bool can_truncate(int64_t length) const override {
+    return length == 0 || (length > 0 && length <= this->length() && this->length() - length <= kRewindSlack);
+  }
+
+ protected:
+  using SequenceCache::SequenceCache;
+};
+
+// The rotary embeddings of V4-family layers (docs/models.md#v4-rope): window-only layers rope_theta
+// without YaRN, compressed layers compress_rope_theta with YaRN on the frequencies only.
+struct V4Ropes {
+  Rope window, compressed;
+  static V4Ropes make(const ModelConfig& c);
+  const Rope& of_layer(const ModelConfig& c, int64_t layer) const {
+    return c.v4.compress_ratio(layer) ? compressed : window;
   }
 };
 

@@ -50,7 +50,7 @@ int64_t compressor_values(const CompressorCache& s) { return int64_t(s.rows.size
 
 }  // namespace
 
-V4Cache::V4Cache(const ModelConfig& c, int64_t capacity) : SequenceCache(capacity) {
+V4Cache::V4Cache(const ModelConfig& c, int64_t capacity) : RingCache(capacity) {
   const V4Config& v = c.v4;
   layers_.resize(c.num_hidden_layers);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
@@ -82,11 +82,6 @@ int64_t V4Cache::bytes() const {
   return n * int64_t(sizeof(float));
 }
 
-bool V4Cache::can_truncate(int64_t length) const {
-  // Positions before the ring's oldest are gone; nothing is needed to start again from 0.
-  return length == 0 || (length > 0 && length <= this->length() && this->length() - length <= kRewindSlack);
-}
-
 // ---- loading ----
 
 DeepseekV4Model::DeepseekV4Model(std::unique_ptr<Checkpoint> checkpoint, ModelConfig config)
@@ -105,13 +100,7 @@ DeepseekV4Model::DeepseekV4Model(std::unique_ptr<Checkpoint> checkpoint, ModelCo
   for (const V4BlockWeights& layer : weights_.layers) experts.emplace_back(layer.ffn.experts);
   serve_experts(std::move(experts));
 
-  // V4 applies YaRN to the frequencies only: no cos/sin magnitude, no softmax factor.
-  std::optional<YarnScaling> yarn;
-  if (c.yarn)
-    yarn = YarnScaling{c.yarn->factor, double(c.yarn->original_max_position_embeddings), c.yarn->beta_fast,
-                       c.yarn->beta_slow};
-  window_rope_ = Rope::make(c.qk_rope_head_dim, c.rope_theta, std::nullopt);
-  if (c.v4.compress_rope_theta > 0) compressed_rope_ = Rope::make(c.qk_rope_head_dim, c.v4.compress_rope_theta, yarn);
+  ropes_ = V4Ropes::make(c);
 }
 
 DeepseekV4Model::~DeepseekV4Model() = default;
@@ -517,7 +506,7 @@ void DeepseekV4Model::forward(float* logits, std::span<const SequenceStep> steps
   }
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const V4BlockWeights& block = weights_.layers[L];
-    const Rope& rope = c.v4.compress_ratio(L) ? compressed_rope_ : window_rope_;
+    const Rope& rope = ropes_.of_layer(c, L);
     hc_pre(h, post, comb, streams, N, block.hc_attn, c, a);
     tap("attn_in", L, h, N, D);
     rms_norm(x, h, block.attn_norm.data(), N, D, eps);

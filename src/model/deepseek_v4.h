@@ -145,16 +145,18 @@ class V4TensorLister {
     matrix(p + "w3.weight", width, D, TensorRole::Linear, &m->up, expert);
   }
 
-  void block(int64_t ratio, bool hash, V4BlockTensors<H>* b) const {
+  // What every block of the V4 family lists first (V4.1's too): its norms, hyper-connections and
+  // the attention's own projections.
+  template <class Block>
+  void block_core(Block* b) const {
     const V4Config& v = c_.v4;
     const int64_t D = c_.hidden_size, heads = c_.num_attention_heads, hd = v.head_dim, M = v.hc_mult;
-    const int64_t q_rank = *c_.q_lora_rank, G = v.o_groups, R = v.o_lora_rank, E = c_.n_routed_experts;
+    const int64_t q_rank = *c_.q_lora_rank, G = v.o_groups, R = v.o_lora_rank;
     values("attn_norm.weight", {D}, TensorRole::Norm, &b->attn_norm);
     values("ffn_norm.weight", {D}, TensorRole::Norm, &b->ffn_norm);
     hyper_connection("hc_attn", (2 + M) * M, 3, &b->hc_attn);
     hyper_connection("hc_ffn", (2 + M) * M, 3, &b->hc_ffn);
-
-    V4AttentionTensors<H>& a = b->attn;
+    auto& a = b->attn;
     values("attn.attn_sink", {heads}, TensorRole::Parameter, &a.sink);
     matrix("attn.wq_a.weight", q_rank, D, TensorRole::Linear, &a.wq_a);
     values("attn.q_norm.weight", {q_rank}, TensorRole::Norm, &a.q_norm);
@@ -163,6 +165,13 @@ class V4TensorLister {
     values("attn.kv_norm.weight", {hd}, TensorRole::Norm, &a.kv_norm);
     matrix("attn.wo_a.weight", G * R, heads * hd / G, TensorRole::Linear, &a.wo_a);
     matrix("attn.wo_b.weight", D, G * R, TensorRole::Linear, &a.wo_b);
+  }
+
+  void block(int64_t ratio, bool hash, V4BlockTensors<H>* b) const {
+    const V4Config& v = c_.v4;
+    const int64_t D = c_.hidden_size, hd = v.head_dim, q_rank = *c_.q_lora_rank, E = c_.n_routed_experts;
+    block_core(b);
+    V4AttentionTensors<H>& a = b->attn;
     if (ratio) compressor("attn.compressor.", hd, ratio, &a.compressor);
     if (ratio == 4) {
       matrix("attn.indexer.wq_b.weight", v.index_n_heads * v.index_head_dim, q_rank, TensorRole::Linear, &a.index_wq_b);
@@ -240,12 +249,10 @@ struct V4LayerCache {
 // each compressor's partial windows. Its size grows by hd/r (+ dI/4 for CSA) values per token and
 // layer, plus a fixed ring; every value is stored by position, so it can forget back to any length
 // up to kRewindSlack tokens ago (or everything).
-class V4Cache final : public SequenceCache {
+class V4Cache final : public RingCache {
  public:
-  static constexpr int64_t kRewindSlack = 16;
   V4Cache(const ModelConfig& c, int64_t capacity);
   int64_t bytes() const override;
-  bool can_truncate(int64_t length) const override;
   V4LayerCache& layer(int64_t L) { return layers_[L]; }
 
   // fp32 values a cache of `capacity` tokens holds (what bytes() will report / 4).
@@ -271,8 +278,7 @@ class DeepseekV4Model final : public DeepseekModel {
 
  private:
   V4Weights weights_;
-  Rope window_rope_;                            // window-only layers: rope_theta, no YaRN
-  Rope compressed_rope_;                        // compressed layers: compress_rope_theta with YaRN
+  V4Ropes ropes_;
   std::unique_ptr<V4Activations> activations_;  // the forward pass's working memory
 };
 

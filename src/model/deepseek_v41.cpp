@@ -113,7 +113,7 @@ struct V41Activations {
 
 // ---- the cache ----
 
-V41Cache::V41Cache(const ModelConfig& c, int64_t capacity) : SequenceCache(capacity) {
+V41Cache::V41Cache(const ModelConfig& c, int64_t capacity) : RingCache(capacity) {
   const V4Config& v = c.v4;
   layers_.resize(c.num_hidden_layers);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
@@ -152,10 +152,6 @@ int64_t V41Cache::bytes() const {
   return n * int64_t(sizeof(float));
 }
 
-bool V41Cache::can_truncate(int64_t length) const {
-  return length == 0 || (length > 0 && length <= this->length() && this->length() - length <= kRewindSlack);
-}
-
 // ---- loading ----
 
 DeepseekV41Model::DeepseekV41Model(std::unique_ptr<Checkpoint> checkpoint, ModelConfig config)
@@ -188,12 +184,7 @@ DeepseekV41Model::DeepseekV41Model(std::unique_ptr<Checkpoint> checkpoint, Model
   for (const V41BlockTensors<WeightHandles>& layer : weights_.layers) experts.emplace_back(layer.ffn.experts);
   serve_experts(std::move(experts));
 
-  std::optional<YarnScaling> yarn;  // frequencies only, on compressed layers (docs/models.md#rope-and-yarn)
-  if (c.yarn)
-    yarn = YarnScaling{c.yarn->factor, double(c.yarn->original_max_position_embeddings), c.yarn->beta_fast,
-                       c.yarn->beta_slow};
-  window_rope_ = Rope::make(c.qk_rope_head_dim, c.rope_theta, std::nullopt);
-  if (c.v4.compress_rope_theta > 0) compressed_rope_ = Rope::make(c.qk_rope_head_dim, c.v4.compress_rope_theta, yarn);
+  ropes_ = V4Ropes::make(c);
 
   if (!c.v41.engram_layers.empty()) {
     const std::filesystem::path tokenizer_path = ckpt.dir() / "tokenizer.json";
@@ -606,7 +597,7 @@ void DeepseekV41Model::forward_batch(float* logits, std::span<const SequenceStep
       engram_forward(a.streams, batch, engram, block.engram, c, *engram_, pad_class_, a);
       tap("engram_out", L, a.streams, N, M * D);
     }
-    const Rope& rope = c.v4.compress_ratio(L) ? compressed_rope_ : window_rope_;
+    const Rope& rope = ropes_.of_layer(c, L);
     sublayer_input(block.hc_attn, block.attn_norm.data());
     tap("attn_in", L, a.h, N, D);
     attention_forward(a.y, a.x, batch, L, c, block.attn, rope, a);

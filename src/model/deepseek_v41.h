@@ -104,7 +104,7 @@ class V41TensorLister : public V4TensorLister<H, Visit> {
  public:
   using Base = V4TensorLister<H, Visit>;
   using Base::Base;
-  using Base::hyper_connection;
+  using Base::block_core;
   using Base::matrix;
   using Base::mlp;
   using Base::values;
@@ -112,25 +112,11 @@ class V41TensorLister : public V4TensorLister<H, Visit> {
   // A backbone layer (Engram included), or with `stage` >= 0 a DSpark stage's block.
   void block(const ModelConfig& c, int64_t layer, int64_t stage, V41BlockTensors<H>* b) const {
     const V4Config& v = c.v4;
-    const int64_t D = c.hidden_size, heads = c.num_attention_heads, hd = v.head_dim, M = v.hc_mult;
-    const int64_t q_rank = *c.q_lora_rank, G = v.o_groups, R = v.o_lora_rank;
+    const int64_t D = c.hidden_size, hd = v.head_dim, q_rank = *c.q_lora_rank, dI = v.index_head_dim;
     const int64_t E = stage >= 0 ? c.v41.dspark_n_routed_experts : c.n_routed_experts;
     if (stage < 0 && c.v41.engram_index(layer) >= 0) engram(c, c.v41.engram_index(layer), &b->engram);
-    values("attn_norm.weight", {D}, TensorRole::Norm, &b->attn_norm);
-    values("ffn_norm.weight", {D}, TensorRole::Norm, &b->ffn_norm);
-    hyper_connection("hc_attn", (2 + M) * M, 3, &b->hc_attn);
-    hyper_connection("hc_ffn", (2 + M) * M, 3, &b->hc_ffn);
-
+    block_core(b);
     V41AttentionTensors<H>& a = b->attn;
-    values("attn.attn_sink", {heads}, TensorRole::Parameter, &a.sink);
-    matrix("attn.wq_a.weight", q_rank, D, TensorRole::Linear, &a.wq_a);
-    values("attn.q_norm.weight", {q_rank}, TensorRole::Norm, &a.q_norm);
-    matrix("attn.wq_b.weight", heads * hd, q_rank, TensorRole::Linear, &a.wq_b);
-    matrix("attn.wkv.weight", hd, D, TensorRole::Linear, &a.wkv);
-    values("attn.kv_norm.weight", {hd}, TensorRole::Norm, &a.kv_norm);
-    matrix("attn.wo_a.weight", G * R, heads * hd / G, TensorRole::Linear, &a.wo_a);
-    matrix("attn.wo_b.weight", D, G * R, TensorRole::Linear, &a.wo_b);
-    const int64_t dI = v.index_head_dim;
     if (stage < 0 && c.v41.is_kv_source(layer)) {
       matrix("attn.compressor.wkv.weight", hd, D, TensorRole::UnquantizedLinear, &a.compressor_wkv);
       if (v.compress_ratio(layer) > 1)
@@ -207,9 +193,8 @@ void for_each_tensor(const ModelConfig& c, V41Tensors<H>* w, const Visit& visit)
 // window keys; per Full layer the compressed entries, the index keys and the rows of the group not yet
 // complete; the Engram classes of every position. Everything is kept by position, so it can forget
 // back to any length up to kRewindSlack tokens ago (or everything).
-class V41Cache final : public SequenceCache {
+class V41Cache final : public RingCache {
  public:
-  static constexpr int64_t kRewindSlack = 16;
   struct Layer {
     int64_t window_ring = 0;        // window keys kept: W + kRewindSlack, slot = position % window_ring
     std::vector<float> window;      // [window_ring, hd]
@@ -220,7 +205,6 @@ class V41Cache final : public SequenceCache {
   };
   V41Cache(const ModelConfig& c, int64_t capacity);
   int64_t bytes() const override;
-  bool can_truncate(int64_t length) const override;
   Layer& layer(int64_t L) { return layers_[L]; }
   std::vector<int32_t>& classes() { return classes_; }  // [capacity] Engram class of each position
 
@@ -248,8 +232,7 @@ class DeepseekV41Model final : public DeepseekModel {
  private:
   void forward_batch(float* logits, std::span<const SequenceStep> batch) const;
   V41Weights weights_;
-  Rope window_rope_;                    // window-only layers: rope_theta, no YaRN
-  Rope compressed_rope_;                // compressed layers: compress_rope_theta with YaRN
+  V4Ropes ropes_;
   std::vector<int32_t> token_classes_;  // [vocab] Engram class of each token (Engram models)
   int32_t pad_class_ = 0;
   std::unique_ptr<EngramHashing> engram_;  // Engram models
