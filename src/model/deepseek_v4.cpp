@@ -130,16 +130,7 @@ int64_t DeepseekV4Model::cache_bytes_per_token() const {
 // The working memory of a forward pass (gemma.cpp's Activations), carved from one block the model
 // keeps from call to call: a decode step runs every layer hundreds of times a second, and fresh
 // buffers would cost page faults, zeroing and heap trimming each time.
-struct V4Activations {
-  float* streams;                      // [N, M, D] the hyper-connection residual streams
-  float* h;                            // [N, D] a sublayer's input mixed from the streams
-  float* x;                            // [N, D] h normalized
-  float* y;                            // [N, D] a sublayer's output
-  float* post;                         // [N, M] how y joins each stream
-  float* comb;                         // [N, M, M] how the streams mix
-  float* mix;                          // [N, (2+M)*M] hc_pre's mixes
-  float* pre;                          // [N, M]
-  float* old_streams;                  // [M, D] one token's streams before hc_post
+struct V4Activations : StreamActivations {
   float* compressed;                   // [N, c*d] a compressor's kv projections (c*d at most 2*max(hd, dI))
   float* gates;                        // [N, c*d] its gate scores
   float* qr;                           // [N, q_lora_rank]
@@ -153,11 +144,7 @@ struct V4Activations {
   float* low_rank;                     // [N, G, o_lora_rank]
   float* router_logits;                // [N, E]
   float* next_normed;                  // [N, D] the next layer's router input, for prefetching
-  float* final_streams;                // [R, M, D] the logit rows' streams
   float* final_mix;                    // [R, M]
-  float* final_pre;                    // [R, M]
-  float* final_rows;                   // [R, D]
-  std::vector<double> sinkhorn;        // [M, M] one token's comb
   std::vector<int32_t> table_experts;  // [N, k] a hash layer's choices
   Routing routing;
   struct Window {
@@ -181,15 +168,7 @@ struct V4Activations {
     const int64_t G = v.o_groups, lr = v.o_lora_rank;
     arena.count();
     for (int pass = 0; pass < 2; ++pass) {
-      streams = arena.take(N * M * D);
-      h = arena.take(N * D);
-      x = arena.take(N * D);
-      y = arena.take(N * D);
-      post = arena.take(N * M);
-      comb = arena.take(N * M * M);
-      mix = arena.take(N * (2 + M) * M);
-      pre = arena.take(N * M);
-      old_streams = arena.take(M * D);
+      place_streams(arena, c, N, R);
       compressed = arena.take(N * 2 * std::max(hd, dI));
       gates = arena.take(N * 2 * std::max(hd, dI));
       qr = arena.take(N * c.q_lora_rank.value_or(0));
@@ -203,13 +182,9 @@ struct V4Activations {
       low_rank = arena.take(N * G * lr);
       router_logits = arena.take(N * c.n_routed_experts);
       next_normed = arena.take(N * D);
-      final_streams = arena.take(R * M * D);
       final_mix = arena.take(R * M);
-      final_pre = arena.take(R * M);
-      final_rows = arena.take(R * D);
       if (pass == 0) arena.allocate();
     }
-    sinkhorn.resize(size_t(M * M));
     threads.resize(size_t(omp_get_max_threads()));
   }
   ThreadLists& mine() { return threads[size_t(omp_get_thread_num())]; }

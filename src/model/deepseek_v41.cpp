@@ -31,12 +31,10 @@ int64_t last_layer(int64_t layer, const Predicate& is) {
 
 }  // namespace
 
-// The working memory of a forward pass, carved from one block the model keeps (as V3Activations).
-struct V41Activations {
-  float *streams, *h, *x, *y;           // [N, M, D] the streams; [N, D] a sublayer's input h, x = norm(h), output y
-  float *pre, *post, *comb, *mix;       // [N, M], [N, M], [N, M, M], [N, (2+M)*M]
+// The working memory of a forward pass, carved from one block the model keeps (as V3Activations):
+// the streams' arrays (StreamActivations), then the attention's, Engram's and the MoE's.
+struct V41Activations : StreamActivations {
   float* collapse;                      // [N, M] the previous sublayer's pre: the next collapse's weights
-  float* old_streams;                   // [M, D]
   float* xq;                            // [N, D] x Q8-rounded: the input of the FP8 products
   float *qr, *qrq;                      // [N, q_lora_rank] the query latent, and Q8-rounded
   float *q, *kv, *o;                    // [N, H, hd], [N, hd] window keys, [N, H, hd]
@@ -46,8 +44,6 @@ struct V41Activations {
   float *group_in, *group_out, *low_rank;
   float *engram_e, *engram_kv;  // [N, rows * ehd], [N, (M+1) * D]
   float* router_logits;         // [N, E]
-  float *final_streams, *final_pre, *final_rows;
-  std::vector<double> sinkhorn;
   Routing routing;
   std::vector<std::vector<int32_t>> selection;   // [N] the entries the last index layer picked
   std::vector<std::vector<uint8_t>> candidates;  // [N] per entry block: kept by the candidate source
@@ -71,16 +67,8 @@ struct V41Activations {
     const int64_t H = c.num_attention_heads, hd = v.head_dim, IH = v.index_n_heads, dI = v.index_head_dim;
     arena.count();
     for (int pass = 0; pass < 2; ++pass) {
-      streams = arena.take(N * M * D);
-      h = arena.take(N * D);
-      x = arena.take(N * D);
-      y = arena.take(N * D);
-      pre = arena.take(N * M);
-      post = arena.take(N * M);
-      comb = arena.take(N * M * M);
-      mix = arena.take(N * (2 + M) * M);
+      place_streams(arena, c, N, R);
       collapse = arena.take(N * M);
-      old_streams = arena.take(M * D);
       xq = arena.take(N * D);
       qr = arena.take(N * *c.q_lora_rank);
       qrq = arena.take(N * *c.q_lora_rank);
@@ -99,9 +87,6 @@ struct V41Activations {
       engram_e = arena.take(N * w.engram_rows_per_token() * w.engram_head_dim);
       engram_kv = arena.take(N * (M + 1) * D);
       router_logits = arena.take(N * c.n_routed_experts);
-      final_streams = arena.take(R * M * D);
-      final_pre = arena.take(R * M);
-      final_rows = arena.take(R * D);
       if (pass == 0) arena.allocate();
     }
     selection.resize(size_t(N));

@@ -12,6 +12,23 @@ double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 
 }  // namespace
 
+void StreamActivations::place_streams(FloatArena& arena, const ModelConfig& c, int64_t N, int64_t R) {
+  const int64_t D = c.hidden_size, M = c.v4.hc_mult;
+  streams = arena.take(N * M * D);
+  h = arena.take(N * D);
+  x = arena.take(N * D);
+  y = arena.take(N * D);
+  pre = arena.take(N * M);
+  post = arena.take(N * M);
+  comb = arena.take(N * M * M);
+  mix = arena.take(N * (2 + M) * M);
+  old_streams = arena.take(M * D);
+  final_streams = arena.take(R * M * D);
+  final_pre = arena.take(R * M);
+  final_rows = arena.take(R * D);
+  sinkhorn.resize(size_t(M * M));
+}
+
 // mix [N, rows] = (X @ fn^T) / rms(X) for the flattened streams X [N, M*D].
 void hc_mix(float* mix, const float* X, int64_t N, const WeightView& fn, double eps) {
   const int64_t rows = fn.rows, width = fn.cols;

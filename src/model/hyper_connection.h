@@ -6,8 +6,29 @@
 
 #include "model/config.h"
 #include "model/deepseek_v4.h"
+#include "util/arena.h"
 
 namespace megamoe {
+
+// The hyper-connection arrays of a forward pass, which V4's and V4.1's Activations derive from.
+struct StreamActivations {
+  float* streams;                // [N, M, D] the residual streams
+  float* h;                      // [N, D] a sublayer's input collapsed from the streams
+  float* x;                      // [N, D] h normalized
+  float* y;                      // [N, D] a sublayer's output
+  float* pre;                    // [N, M] how the streams collapse
+  float* post;                   // [N, M] how y joins each stream
+  float* comb;                   // [N, M, M] how the streams mix
+  float* mix;                    // [N, (2+M)*M] the weights' inputs
+  float* old_streams;            // [M, D] one token's streams before hc_post
+  float* final_streams;          // [R, M, D] the streams of the rows whose logits are wanted
+  float* final_pre;              // [R, M]
+  float* final_rows;             // [R, D]
+  std::vector<double> sinkhorn;  // [M, M] one token's comb
+
+  // Takes the arrays for N tokens, R of them with logits, in both passes of the family's place().
+  void place_streams(FloatArena& arena, const ModelConfig& c, int64_t N, int64_t R);
+};
 
 // mix [N, rows] = (X @ fn^T) / rms(X) for the flattened streams X [N, M*D].
 void hc_mix(float* mix, const float* X, int64_t N, const WeightView& fn, double eps);
