@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "distributed_options.h"
+#include "io/row_cache.h"
 #include "memory_options.h"
 #include "model/model.h"
 #include "numerics_option.h"
@@ -69,9 +70,10 @@ void register_bench(CLI::App& app) {
     const int64_t P = o->prompt_tokens, G = o->gen_tokens, V = model->vocab_size();
     if (P + G > model->max_context())
       fail("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", P + G, model->max_context());
-    const StreamingExpertStore* streaming =
-        apply_memory_options(model.get(), o->memory, o->model, model->cache_bytes(P + G));
+    const StreamingStores stores = apply_memory_options(model.get(), o->memory, o->model, model->cache_bytes(P + G));
+    const StreamingExpertStore* streaming = stores.experts;
     ExpertCacheStats decode_stats;  // summed over the runs' decode phases
+    RowCacheStats table_stats;
     std::mt19937 rng(1);
     std::vector<int32_t> prompt(P);
     for (int32_t& t : prompt) t = int32_t(rng() % uint32_t(V));
@@ -87,6 +89,7 @@ void register_bench(CLI::App& app) {
       model->forward(logits.data(), std::span(&prefill, 1));
       prefill_rates.push_back(double(P) / std::chrono::duration<double>(Clock::now() - start).count());
       if (streaming) streaming->reset_stats();
+      if (stores.tables) stores.tables->reset_stats();
       start = Clock::now();
       for (int64_t g = 0; g < G; ++g) {  // greedy, as a user's decode would run
         const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -98,6 +101,10 @@ void register_bench(CLI::App& app) {
         const ExpertCacheStats s = streaming->stats();
         decode_stats.lookups += s.lookups, decode_stats.hits += s.hits, decode_stats.prefetch_hits += s.prefetch_hits;
         decode_stats.prefetched += s.prefetched, decode_stats.bytes_read += s.bytes_read, decode_stats.reads += s.reads;
+      }
+      if (stores.tables) {
+        const RowCacheStats s = stores.tables->stats();
+        table_stats.lookups += s.lookups, table_stats.hits += s.hits, table_stats.bytes_read += s.bytes_read;
       }
     }
     const int64_t peak_rss = peak_rss_bytes();  // before the bandwidth probe's buffer
@@ -116,6 +123,7 @@ void register_bench(CLI::App& app) {
         {"prefill_tokens_per_s", prefill},
         {"decode_tokens_per_s", decode},
         {"active_weight_bytes_per_token", info.active_weight_bytes_per_token},
+        {"engram_bytes_per_token", info.table_bytes_per_token},
         {"weight_bytes", info.weight_bytes},
         {"kv_cache_bytes", cache_bytes},
         {"bandwidth_gb_s", bandwidth},
@@ -139,6 +147,13 @@ void register_bench(CLI::App& app) {
           {"decode_bytes_read_per_token", double(decode_stats.bytes_read) / decoded},
           {"decode_reads_per_token", double(decode_stats.reads) / decoded},
       };
+    if (stores.tables)
+      result["engram_cache"] = {
+          {"slots", stores.tables->slots()},
+          {"row_bytes", stores.tables->row_bytes()},
+          {"decode_hit_rate", table_stats.hit_rate()},
+          {"decode_bytes_read_per_token", double(table_stats.bytes_read) / decoded},
+      };
     if (o->json) {
       std::printf("%s\n", result.dump(2).c_str());
       return;
@@ -154,6 +169,14 @@ void register_bench(CLI::App& app) {
       std::printf("weights  read into memory in %.2f s, %.1f MB of the process in huge pages\n", load_seconds,
                   huge_pages / 1e6);
     else std::printf("weights  mapped from the files in %.2f s\n", load_seconds);
+    if (info.table_bytes_per_token && !stores.tables)
+      std::printf("engram   %.1f KB of table rows per token (no row cache)\n", info.table_bytes_per_token / 1e3);
+    if (stores.tables)
+      std::printf(
+          "engram   %.1f KB of table rows per token; %lld cached rows: decode hit rate %.1f%%, %.1f KB read from "
+          "disk per token\n",
+          info.table_bytes_per_token / 1e3, (long long)stores.tables->slots(), 100 * table_stats.hit_rate(),
+          double(table_stats.bytes_read) / decoded / 1e3);
     if (streaming)
       std::printf(
           "experts  %d cache slots of %.2f MB: decode hit rate %.1f%% (%.1f%% prefetched), %.2f MB read "

@@ -23,10 +23,10 @@ void add_memory_options(CLI::App* cmd, MemoryOptions* options);
 // --mmap, no transparent huge pages, or not enough available memory.
 Residency weight_residency(const MemoryOptions& options, const std::string& model_dir);
 
-// With a budget: streams the experts of `model` within it, `kv_bytes` of it kept for KV caches,
-// and returns the store (for its statistics). Without: warns when the model exceeds the available
-// memory and returns null.
-StreamingExpertStore* apply_memory_options(Model* model, const MemoryOptions& options, const std::string& model_dir,
-                                           int64_t kv_bytes);
+// With a budget: streams the experts of `model` within it (and reads its Engram tables by rows),
+// `kv_bytes` of it kept for KV caches, and returns the caches (for their statistics). Without:
+// warns when the model exceeds the available memory and returns none.
+StreamingStores apply_memory_options(Model* model, const MemoryOptions& options, const std::string& model_dir,
+                                     int64_t kv_bytes);
 
 }  // namespace megamoe::cli

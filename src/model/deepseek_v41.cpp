@@ -56,6 +56,7 @@ struct V41Activations : StreamActivations {
     std::vector<float> scores, block_scores;
     std::vector<int32_t> chosen;
     std::vector<int64_t> rows;
+    std::vector<std::byte> table_row;  // an Engram row read through the row cache
   };
   std::vector<ThreadLists> threads;
   FloatArena arena;
@@ -193,6 +194,19 @@ DeepseekV41Model::DeepseekV41Model(std::unique_ptr<Checkpoint> checkpoint, Model
 
 DeepseekV41Model::~DeepseekV41Model() = default;
 
+const RowCache* DeepseekV41Model::cache_table_rows(int64_t bytes) {
+  std::vector<RowCache::Table> tables;
+  for (int64_t L : config_.v41.engram_layers) {
+    const WeightView& table = weights_.layers[L].engram.table;
+    RowCache::Table& parts = tables.emplace_back();
+    parts.push_back({table.data, table.cols * int64_t(dtype_size(table.dtype))});
+    if (table.scale_e8m0) parts.push_back({table.scale_e8m0, table.cols / kQuantBlock});
+  }
+  if (tables.empty()) return nullptr;
+  engram_rows_ = std::make_unique<RowCache>(*checkpoint_, std::move(tables), bytes);
+  return engram_rows_.get();
+}
+
 std::unique_ptr<SequenceCache> DeepseekV41Model::new_cache(int64_t capacity) const {
   return std::make_unique<V41Cache>(config_, capacity);
 }
@@ -216,18 +230,31 @@ namespace {
 
 V41Cache& cache_of(const TokenBatch& batch, int64_t sequence) { return batch.cache<V41Cache>(sequence); }
 
-// One row of an Engram table as fp32: F8 codes times 2^(e - 127) per 32 columns, or a float row.
-void engram_row(float* out, const WeightView& table, int64_t row) {
-  if (table.dtype != DType::F8_E4M3) return dequantize_row(out, table, row);
-  const auto* codes = static_cast<const uint8_t*>(table.data) + row * table.cols;
-  const uint8_t* scales = table.scale_e8m0 + row * (table.cols / kQuantBlock);
+// Row `row` of Engram table `index` as fp32: F8 codes times 2^(e - 127) per 32 columns (or a float
+// row), from the mapping or, when the tables stay on disk, through the row cache.
+void engram_row(float* out, const WeightView& table, int64_t index, int64_t row, const RowCache* cache,
+                std::vector<std::byte>& buffer) {
+  const bool f8 = table.dtype == DType::F8_E4M3;
+  const int64_t row_bytes = table.cols * int64_t(dtype_size(table.dtype));
+  const auto* bytes = static_cast<const std::byte*>(table.data) + row * row_bytes;
+  const uint8_t* scales = f8 ? table.scale_e8m0 + row * (table.cols / kQuantBlock) : nullptr;
+  if (cache) {
+    buffer.resize(size_t(cache->row_bytes()));
+    cache->read(index, row, buffer.data());
+    bytes = buffer.data();
+    scales = reinterpret_cast<const uint8_t*>(buffer.data() + row_bytes);  // the scale part follows
+  }
+  if (!f8)
+    return dequantize_row(out, WeightView{.dtype = table.dtype, .rows = 1, .cols = table.cols, .data = bytes}, 0);
+  const auto* codes = reinterpret_cast<const uint8_t*>(bytes);
   for (int64_t j = 0; j < table.cols; ++j) out[j] = fp8_e4m3_to_f32(codes[j]) * e8m0_to_f32(scales[j / kQuantBlock]);
 }
 
 // Engram (docs/models.md#engram): each stream gains the table rows of the token's n-grams, projected
 // to a value and gated by the stream's agreement with a projected key. X [N, M, D] in place.
 void engram_forward(float* X, const TokenBatch& batch, int64_t index, const EngramTensors<WeightHandles>& w,
-                    const ModelConfig& c, const EngramHashing& hashing, int32_t pad_class, V41Activations& a) {
+                    const ModelConfig& c, const EngramHashing& hashing, const RowCache* cache, int32_t pad_class,
+                    V41Activations& a) {
   const V41Config& v = c.v41;
   const int64_t N = batch.size(), D = c.hidden_size, M = c.v4.hc_mult, n_gram = v.engram_max_ngram_size;
   const int64_t rows = v.engram_rows_per_token(), width = rows * v.engram_head_dim;
@@ -241,7 +268,8 @@ void engram_forward(float* X, const TokenBatch& batch, int64_t index, const Engr
     for (int64_t s = 0; s < n_gram; ++s) grams[s] = token.position - s >= 0 ? classes[token.position - s] : pad_class;
     hashing.rows(index, std::span(grams).first(size_t(n_gram)), grams.data() + n_gram);
     float* e = a.engram_e + n * width;
-    for (int64_t r = 0; r < rows; ++r) engram_row(e + r * v.engram_head_dim, w.table, grams[n_gram + r]);
+    for (int64_t r = 0; r < rows; ++r)
+      engram_row(e + r * v.engram_head_dim, w.table, index, grams[n_gram + r], cache, lists.table_row);
     q8_round_trip(e, width);
   });
   matmul(a.engram_kv, a.engram_e, N, w.wkv);  // [N, (M+1)*D]: a key per stream | the value
@@ -579,7 +607,7 @@ void DeepseekV41Model::forward_batch(float* logits, std::span<const SequenceStep
     const V41BlockTensors<WeightHandles>& block = weights_.layers[L];
     const int64_t engram = c.v41.engram_index(L);
     if (engram >= 0) {
-      engram_forward(a.streams, batch, engram, block.engram, c, *engram_, pad_class_, a);
+      engram_forward(a.streams, batch, engram, block.engram, c, *engram_, engram_rows_.get(), pad_class_, a);
       tap("engram_out", L, a.streams, N, M * D);
     }
     const Rope& rope = ropes_.of_layer(c, L);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "io/checkpoint.h"
+#include "io/row_cache.h"
 #include "model/config.h"
 #include "model/deepseek_model.h"
 #include "model/deepseek_v4.h"
@@ -228,6 +229,7 @@ class DeepseekV41Model final : public DeepseekModel {
   int64_t cache_bytes_per_token() const override;
   int64_t cache_bytes(int64_t capacity) const override;
   void forward(float* logits, std::span<const SequenceStep> batch) const override;
+  const RowCache* cache_table_rows(int64_t bytes) override;
 
  private:
   void forward_batch(float* logits, std::span<const SequenceStep> batch) const;
@@ -236,6 +238,7 @@ class DeepseekV41Model final : public DeepseekModel {
   std::vector<int32_t> token_classes_;  // [vocab] Engram class of each token (Engram models)
   int32_t pad_class_ = 0;
   std::unique_ptr<EngramHashing> engram_;  // Engram models
+  std::unique_ptr<RowCache> engram_rows_;  // the tables read through a cache (--memory-budget); null: mapped
   std::unique_ptr<V41Activations> activations_;
 };
 

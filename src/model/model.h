@@ -19,6 +19,7 @@
 namespace megamoe {
 
 class StreamingExpertStore;
+class RowCache;
 
 // One sequence's attention state (family-specific layout), with room for `capacity` tokens.
 class SequenceCache {
@@ -74,6 +75,8 @@ struct ModelInfo {
   std::optional<int32_t> bos_token_id, eos_token_id;
   int64_t weight_bytes = 0;                   // every weight the forward pass uses, as stored
   int64_t active_weight_bytes_per_token = 0;  // what decoding one token reads (expected share of experts)
+  int64_t table_bytes = 0;                    // of weight_bytes: tables read a few rows per token (V4.1's Engram)
+  int64_t table_bytes_per_token = 0;          // of active_weight_bytes_per_token: the rows of those tables
 };
 
 class Model {
@@ -104,6 +107,9 @@ class Model {
   // (moe/expert_cache.h; model/expert_streaming.h sizes it) and returns it with the experts one
   // token uses per layer; {nullptr, 0} where the family cannot.
   virtual std::pair<StreamingExpertStore*, int64_t> stream_experts() { return {nullptr, 0}; }
+  // Reads the tables of info().table_bytes through a row cache of `bytes` (pread, io/row_cache.h)
+  // instead of the mapping and returns it; null where the model has no such tables.
+  virtual const RowCache* cache_table_rows(int64_t /*bytes*/) { return nullptr; }
 
  protected:
   void tap(std::string_view name, int64_t layer, const float* rows, int64_t n, int64_t width) const {

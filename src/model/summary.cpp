@@ -83,7 +83,11 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
     int64_t bytes = stored_bytes(spec, c, checkpoint) * spec.uses;
     if (spec.role == TensorRole::Embedding || spec.role == TensorRole::HashTable)
       bytes = bytes / spec.shape[0];  // one row per token
-    if (spec.role == TensorRole::EngramTable) bytes = bytes / spec.shape[0] * c.v41.engram_rows_per_token();
+    if (spec.role == TensorRole::EngramTable) {
+      s.engram_bytes += bytes;
+      bytes = bytes / spec.shape[0] * c.v41.engram_rows_per_token();
+      s.engram_bytes_per_token += bytes;
+    }
     if (spec.expert >= 0) bytes = bytes * c.num_experts_per_tok / c.n_routed_experts;  // expected share
     s.active_weight_bytes += bytes;
   });
@@ -100,7 +104,7 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
     }
   s.kv_cache_context = context > 0 ? context : c.max_position_embeddings;
   if (c.family == ModelFamily::DeepseekV41) {
-    // As DeepSeek stores it (spec'd sizes; megamoe does not run V4.1 yet): per kv source and 1/r of a
+    // As DeepSeek stores it (megamoe's cache keeps fp32): per kv source and 1/r of a
     // token, an FP4 entry with e4m3 scales per 16 and an FP4 index key with ue8m0 scales per 32;
     // per layer and DSpark stage a ring of `window` FP8 keys with ue8m0 scales per 32.
     const V4Config& v = c.v4;
@@ -132,6 +136,8 @@ ModelInfo model_info(const ModelConfig& c, const Checkpoint& checkpoint) {
   const ModelSummary summary = summarize(c, &checkpoint);
   info.active_weight_bytes_per_token = summary.active_weight_bytes;
   for (const auto& [dtype, bytes] : summary.bytes_by_dtype) info.weight_bytes += bytes;
+  info.table_bytes = summary.engram_bytes;
+  info.table_bytes_per_token = summary.engram_bytes_per_token;
   return info;
 }
 

@@ -1,8 +1,5 @@
 #include "moe/expert_cache.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -21,13 +18,8 @@ constexpr int64_t kMergeGap = 4096;
 }  // namespace
 
 StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint,
-                                           std::vector<std::span<const MlpWeights>> experts) {
-  for (const auto& file : checkpoint.files()) {
-    const int fd = ::open(file->path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail("{}: cannot open: {}", file->path().string(), std::strerror(errno));
-    fds_.push_back(fd);
-    file_bytes_.push_back(file->bytes());
-  }
+                                           std::vector<std::span<const MlpWeights>> experts)
+    : reads_(checkpoint) {
   // Every tensor by its first byte, to size the ranges the views point at.
   std::map<const std::byte*, int64_t> tensor_bytes;
   for (const TensorInfo* tensor : checkpoint.tensors()) tensor_bytes[tensor->data] = int64_t(tensor->nbytes);
@@ -49,13 +41,12 @@ StreamingExpertStore::StreamingExpertStore(const Checkpoint& checkpoint,
              {w->data, static_cast<const void*>(w->scale_inv), static_cast<const void*>(w->scale_e8m0)}) {
           const auto* bytes = static_cast<const std::byte*>(p);
           if (!bytes) continue;
-          for (size_t f = 0; f < file_bytes_.size(); ++f) {
-            if (bytes < file_bytes_[f].data() || bytes >= file_bytes_[f].data() + file_bytes_[f].size()) continue;
-            // Outside any mapping (a realigned or decoded copy): resident already, left as is.
-            const auto size = tensor_bytes.find(bytes);
-            if (size == tensor_bytes.end()) fail("expert weight at an unknown place in {}", checkpoint.dir().string());
-            entry.runs.push_back({int(f), bytes - file_bytes_[f].data(), size->second, 0});
-          }
+          // Outside any mapping (a realigned or decoded copy): resident already, left as is.
+          const std::optional<CheckpointReads::Place> place = reads_.place(bytes);
+          if (!place) continue;
+          const auto size = tensor_bytes.find(bytes);
+          if (size == tensor_bytes.end()) fail("expert weight at an unknown place in {}", checkpoint.dir().string());
+          entry.runs.push_back({place->file, place->offset, size->second, 0});
         }
       std::sort(entry.runs.begin(), entry.runs.end(),
                 [](const Run& a, const Run& b) { return std::tie(a.file, a.offset) < std::tie(b.file, b.offset); });
@@ -89,7 +80,6 @@ StreamingExpertStore::~StreamingExpertStore() {
   }
   wanted_.notify_all();
   if (prefetch_thread_.joinable()) prefetch_thread_.join();
-  for (int fd : fds_) ::close(fd);
 }
 
 void StreamingExpertStore::allocate(int64_t slots, bool prefetch, bool frequency) {
@@ -113,7 +103,7 @@ MlpWeights StreamingExpertStore::rebased(int64_t entry, std::byte* slot) const {
   auto move = [&](const void* p) -> const std::byte* {
     const auto* bytes = static_cast<const std::byte*>(p);
     for (const Run& run : e.runs) {
-      const std::byte* start = file_bytes_[run.file].data() + run.offset;
+      const std::byte* start = reads_.mapped({run.file, run.offset});
       if (bytes >= start && bytes < start + run.bytes) return slot + run.slot_offset + (bytes - start);
     }
     return bytes;  // null, or resident outside the mapping
@@ -131,16 +121,7 @@ void StreamingExpertStore::load(int64_t slot, int64_t entry) const {
   std::byte* base = slot_data_ + slot * slot_bytes_;
   int64_t reads = 0, bytes = 0;
   for (const Run& run : entries_[entry].runs) {
-    for (int64_t done = 0; done < run.bytes;) {
-      const ssize_t n =
-          ::pread(fds_[run.file], base + run.slot_offset + done, size_t(run.bytes - done), off_t(run.offset + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0)
-        fail("cannot read an expert at byte {} of checkpoint file {}: {}", run.offset + done, run.file,
-             n < 0 ? std::strerror(errno) : "unexpected end of file");
-      done += n;
-      ++reads;
-    }
+    reads += reads_.read({run.file, run.offset}, run.bytes, base + run.slot_offset);
     bytes += run.bytes;
   }
   std::lock_guard lock(mutex_);

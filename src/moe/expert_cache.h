@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "io/checkpoint.h"
+#include "io/checkpoint_reads.h"
 #include "moe/moe.h"
 
 namespace megamoe {
@@ -76,9 +77,8 @@ class StreamingExpertStore final : public ExpertStore {
   MlpWeights rebased(int64_t entry, std::byte* slot) const;
   void prefetch_loop() const;
 
-  std::vector<int> fds_;                                // one per checkpoint file
-  std::vector<std::span<const std::byte>> file_bytes_;  // each file's bytes, to locate views
-  std::vector<int64_t> layer_base_;                     // first entry of each layer (-1: dense)
+  CheckpointReads reads_;
+  std::vector<int64_t> layer_base_;  // first entry of each layer (-1: dense)
   std::vector<Entry> entries_;
   int64_t slot_bytes_ = 0, streamed_bytes_ = 0;
 

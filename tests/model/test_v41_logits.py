@@ -18,7 +18,9 @@ can affect (deepseek_v41.logits_and_first_tie), and those positions must be most
 """
 import json
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 import unittest
 
@@ -165,6 +167,70 @@ class V41Layout(V41Models):
         self.assertAlmostEqual(per_token, 890, delta=0.5)
         self.assertEqual(summary["layer_roles"][20], "Full (ratio 1), candidate source")
         self.assertEqual(summary["layer_roles"][14], "Full (ratio 2), Engram")
+
+
+class V41EngramTablesOnDisk(unittest.TestCase):
+    """With --memory-budget the Engram tables are read by rows through a small cache counted in the
+    budget: a model whose tables are four times the budget runs within it, with the same logits."""
+    BUDGET = 40 << 20
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-v41-engram-")
+        config = harness.load_json(harness.config_path("v41-roles-engram"))
+        t = config["text_config"]
+        t["engram_head_dim"], t["engram_vocab_size"] = 256, 80000  # rows of 264 bytes, ~640,000 of them
+        primes = deepseek_v41.primes_per_layer(len(t["engram_layer_ids"]), t["engram_max_ngram_size"],
+                                               t["engram_n_heads"], t["engram_vocab_size"])
+        t["engram_num_embeddings"] = [sum(p) for p in primes]
+        config_path = os.path.join(cls.tmp.name, "config.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        cls.model = os.path.join(cls.tmp.name, "model")
+        harness.synth(config_path, "fp8", 5, cls.model)
+        with open(os.path.join(cls.model, "tokenizer.json"), "w") as f:
+            json.dump(deepseek_v41.byte_level_tokenizer(), f)
+        cls.rows_per_token = len(t["engram_layer_ids"]) * (t["engram_max_ngram_size"] - 1) * t["engram_n_heads"]
+        cls.tokens = harness.random_tokens(300, 48, 9)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def run_timed(self, *args):
+        result = subprocess.run(["/usr/bin/time", "-v", harness.megamoe_binary(), *map(str, args)],
+                                capture_output=True, text=True, timeout=300)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) * 1024
+
+    def test_tables_several_times_the_budget_run_within_it(self):
+        tables = os.path.getsize(os.path.join(self.model, "model.safetensors"))
+        self.assertGreater(tables, 4 * self.BUDGET)
+        whole, budgeted = (os.path.join(self.tmp.name, n) for n in ("whole.npy", "budget.npy"))
+        tokens = ",".join(map(str, self.tokens))
+        self.run_timed("logits", "--model", self.model, "--tokens", tokens, "--output", whole, "--mmap")
+        peak = self.run_timed("logits", "--model", self.model, "--tokens", tokens, "--output", budgeted,
+                              "--memory-budget", f"{self.BUDGET >> 20}MiB")
+        self.assertLessEqual(peak, self.BUDGET)
+        np.testing.assert_array_equal(np.load(budgeted), np.load(whole))
+        peak = self.run_timed("generate", "--model", self.model, "--prompt-ids", tokens, "--max-tokens", 16,
+                              "--memory-budget", f"{self.BUDGET >> 20}MiB")
+        self.assertLessEqual(peak, self.BUDGET)
+
+    def test_bench_reports_engram_bytes_per_token(self):
+        report = json.loads(harness.run_megamoe("bench", "--model", self.model, "--prompt-tokens", 16,
+                                                "--gen-tokens", 8, "--runs", 1, "--json",
+                                                "--memory-budget", f"{self.BUDGET >> 20}MiB"))
+        self.assertEqual(report["engram_bytes_per_token"], self.rows_per_token * (256 + 256 // 32))
+        cache = report["engram_cache"]
+        self.assertEqual(cache["row_bytes"], 256 + 256 // 32)
+        self.assertGreater(cache["slots"], 1000)
+        self.assertGreater(cache["decode_bytes_read_per_token"], 0)  # read from the files, not the mapping
+        self.assertLessEqual(cache["decode_bytes_read_per_token"], self.rows_per_token * 264)
+        mapped = json.loads(harness.run_megamoe("bench", "--model", self.model, "--prompt-tokens", 16,
+                                                "--gen-tokens", 8, "--runs", 1, "--json"))
+        self.assertEqual(mapped["engram_bytes_per_token"], report["engram_bytes_per_token"])
+        self.assertNotIn("engram_cache", mapped)
 
 
 class V41BadCheckpoints(V41Models):
