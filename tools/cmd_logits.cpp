@@ -45,6 +45,7 @@ void register_logits(CLI::App& app) {
   struct Options {
     std::string model, tokens, output, taps;
     int64_t chunk_size = 0;
+    bool last = false;
     dist::DistributedOptions distributed;
     MemoryOptions memory;
   };
@@ -56,6 +57,10 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--chunk-size", options->chunk_size,
                   "Feed the tokens this many at a time through the KV cache (default: all at once)")
       ->check(CLI::PositiveNumber);
+  cmd->add_flag("--last", options->last,
+                "Write only the last position's logits [1, vocab], each chunk asking for its last row alone as a "
+                "prompt's prefill does (DeepSeek-V4.1 then skips the decoder layers' work at positions no later "
+                "one can see)");
   cmd->add_option("--taps", options->taps,
                   "Also write the named intermediate activations (attn_out, ffn_out, ... per layer) as .npy files "
                   "into this directory");
@@ -68,16 +73,18 @@ void register_logits(CLI::App& app) {
                                                  weight_residency(options->memory, options->model));
     const int64_t T = int64_t(tokens.size()), V = model->vocab_size();
     apply_memory_options(model.get(), options->memory, options->model, model->cache_bytes(T));
-    std::vector<float> logits(T * V);  // [T, V]
+    const int64_t rows = options->last ? 1 : T;
+    std::vector<float> logits(rows * V);  // [rows, V]
     const int64_t chunk = options->chunk_size > 0 ? options->chunk_size : T;
     NpyTaps taps;
     if (!options->taps.empty()) model->set_activation_taps(&taps);
     const auto cache = model->new_cache(T);
     for (int64_t first = 0; first < T; first += chunk) {
-      const SequenceStep step{cache.get(), std::span(tokens).subspan(first, std::min(chunk, T - first)), true};
-      model->forward(logits.data() + first * V, std::span(&step, 1));
+      const SequenceStep step{cache.get(), std::span(tokens).subspan(first, std::min(chunk, T - first)),
+                              !options->last};
+      model->forward(logits.data() + (options->last ? 0 : first * V), std::span(&step, 1));
     }
-    const int64_t shape[] = {T, V};
+    const int64_t shape[] = {rows, V};
     write_npy(options->output, logits, shape);
     if (!options->taps.empty()) taps.write(options->taps);
   });

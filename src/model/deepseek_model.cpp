@@ -53,7 +53,7 @@ void DeepseekModel::flatten(std::span<const SequenceStep> steps, bool (*made_her
     if (T == 0) fail("sequence {}: no tokens to run", b);
     if (start + T > step.cache->capacity())
       fail("sequence {}: {} tokens do not fit in a cache of {} with {} used", b, T, step.cache->capacity(), start);
-    batch.sequences.push_back({step.cache, start, batch.size(), T});
+    batch.sequences.push_back({step.cache, start, batch.size(), T, start, step.all_logits});
     for (int64_t t = 0; t < T; ++t) {
       const int32_t token = step.tokens[t];
       if (token < 0 || token >= config_.vocab_size)

@@ -21,9 +21,13 @@ namespace megamoe {
 // A forward batch flattened: the new tokens of every sequence in order, N in all.
 struct TokenBatch {
   // One sequence's share: its new tokens are rows first..first+count-1, at positions start..start+count-1.
+  // Positions before `cached` are in the cache from earlier passes; a family may drop a sequence's
+  // first rows for its later layers (start > cached there: those positions are not computed).
   struct Sequence {
     SequenceCache* cache;
     int64_t start, first, count;
+    int64_t cached;
+    bool all_logits;  // every row's logits are wanted, not only the last
     int64_t end() const { return start + count; }
     int64_t row(int64_t position) const { return first + position - start; }  // start <= position < end()
   };

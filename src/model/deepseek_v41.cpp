@@ -479,8 +479,11 @@ void attention_forward(float* out, const float* x, const TokenBatch& batch, int6
     const V41Cache::Layer& own = cache.layer(layer);
     std::vector<const float*>& keys = lists.keys;
     keys.clear();
-    for (int64_t p = std::max<int64_t>(0, t - W + 1); p <= t; ++p)
-      keys.push_back(p >= s.start ? a.kv + s.row(p) * hd : own.window.data() + p % own.window_ring * hd);
+    for (int64_t p = std::max<int64_t>(0, t - W + 1); p <= t; ++p) {
+      if (p >= s.start) keys.push_back(a.kv + s.row(p) * hd);
+      else if (p < s.cached) keys.push_back(own.window.data() + p % own.window_ring * hd);
+      // else: dropped before this layer (narrow_to_reach); only rows whose output is unused see that
+    }
     if (r) {
       const float* entries = cache.layer(entries_layer).entries.data();
       for (int32_t e : a.selection[n]) keys.push_back(entries + e * hd);
@@ -541,6 +544,49 @@ void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, co
   dispatch_routed_experts(parallel, out, a.xq, D, a.routing, c.n_routed_experts, experts, layer, load, routed);
 }
 
+// The encoder-decoder shortcut (docs/models.md#v41-prefill): a layer after the last kv source
+// writes nothing other positions read but its window keys, so of a sequence that wants only its last
+// logits, `layer` must compute just the positions the window rings keep for the next pass and,
+// through the windows of the layers after it, the last position sees. Keeps those rows of `batch`
+// and of the pass's arrays (moved down in place); the first W - 1 kept rows of each sequence attend
+// a partial window, and their outputs are among the rows the next layer drops.
+void narrow_to_reach(TokenBatch& batch, int64_t layer, const ModelConfig& c, V41Activations& a) {
+  const int64_t W = c.v4.sliding_window, M = c.v4.hc_mult, D = c.hidden_size;
+  const int64_t later_layers = c.num_hidden_layers - 1 - layer;
+  const auto first_needed = [&](int64_t s) {
+    const TokenBatch::Sequence& seq = batch.sequences[s];
+    if (seq.all_logits) return seq.start;
+    const int64_t reach = batch.cache<V41Cache>(s).layer(layer).window_ring + later_layers * (W - 1);
+    return std::max(seq.start, seq.end() - reach);
+  };
+  bool drops = false;
+  for (int64_t s = 0; s < int64_t(batch.sequences.size()); ++s) drops |= first_needed(s) > batch.sequences[s].start;
+  if (!drops) return;
+  int64_t kept = 0;
+  batch.logit_rows.clear();
+  for (int64_t s = 0; s < int64_t(batch.sequences.size()); ++s) {
+    TokenBatch::Sequence& seq = batch.sequences[s];
+    const int64_t from = first_needed(s), first = kept;
+    for (int64_t p = from; p < seq.end(); ++p, ++kept) {
+      const int64_t row = seq.row(p);
+      if (row != kept) {  // row > kept: the rows stay in order
+        std::copy_n(a.streams + row * M * D, M * D, a.streams + kept * M * D);
+        std::copy_n(a.collapse + row * M, M, a.collapse + kept * M);
+        std::swap(a.selection[row], a.selection[kept]);
+        std::swap(a.candidates[row], a.candidates[kept]);
+        batch.tokens[kept] = batch.tokens[row];
+        batch.ids[kept] = batch.ids[row];
+      }
+      if (seq.all_logits || p == seq.end() - 1) batch.logit_rows.push_back(kept);
+    }
+    seq.count = seq.end() - from;
+    seq.start = from;
+    seq.first = first;
+  }
+  batch.tokens.resize(size_t(kept));
+  batch.ids.resize(size_t(kept));
+}
+
 }  // namespace
 
 void DeepseekV41Model::forward(float* logits, std::span<const SequenceStep> steps) const {
@@ -580,7 +626,8 @@ void DeepseekV41Model::forward_batch(float* logits, std::span<const SequenceStep
   const ForwardPass pass(*this);
   const TokenBatch& batch = flatten<V41Cache>(steps);
   const ModelConfig& c = config_;
-  const int64_t N = batch.size(), D = c.hidden_size, M = c.v4.hc_mult;
+  const int64_t D = c.hidden_size, M = c.v4.hc_mult;
+  int64_t N = batch.size();
   const float eps = float(c.rms_norm_eps);
   V41Activations& a = *activations_;
   a.place(c, batch);
@@ -603,17 +650,28 @@ void DeepseekV41Model::forward_batch(float* logits, std::span<const SequenceStep
     std::copy_n(a.pre, N * M, a.collapse);
     rms_norm(a.x, a.h, norm, N, D, eps);
   };
+  // The layers after the last kv source run on fewer rows: narrowed_ holds the batch they see
+  // (not with taps, which record every position).
+  const TokenBatch* rows = &batch;
+  const std::vector<int64_t>& sources = c.v41.kv_source_layers;
+  const int64_t decoder_from = sources.empty() ? 0 : *std::max_element(sources.begin(), sources.end()) + 1;
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const V41BlockTensors<WeightHandles>& block = weights_.layers[L];
+    if (L >= decoder_from && !taps_) {
+      if (rows == &batch) narrowed_ = batch;
+      narrow_to_reach(narrowed_, L, c, a);
+      rows = &narrowed_;
+      N = rows->size();
+    }
     const int64_t engram = c.v41.engram_index(L);
     if (engram >= 0) {
-      engram_forward(a.streams, batch, engram, block.engram, c, *engram_, engram_rows_.get(), pad_class_, a);
+      engram_forward(a.streams, *rows, engram, block.engram, c, *engram_, engram_rows_.get(), pad_class_, a);
       tap("engram_out", L, a.streams, N, M * D);
     }
     const Rope& rope = ropes_.of_layer(c, L);
     sublayer_input(block.hc_attn, block.attn_norm.data());
     tap("attn_in", L, a.h, N, D);
-    attention_forward(a.y, a.x, batch, L, c, block.attn, rope, a);
+    attention_forward(a.y, a.x, *rows, L, c, block.attn, rope, a);
     tap("attn_out", L, a.y, N, D);
     hc_post(a.streams, a.y, a.post, a.comb, N, M, D, a.old_streams);
     sublayer_input(block.hc_ffn, block.ffn_norm.data());
@@ -626,10 +684,10 @@ void DeepseekV41Model::forward_batch(float* logits, std::span<const SequenceStep
   for (const TokenBatch::Sequence& s : batch.sequences) s.cache->advance(s.count);
 
   // Head: the streams collapsed by the last FFN's pre, normalized, projected.
-  const int64_t R = int64_t(batch.logit_rows.size());
+  const int64_t R = int64_t(rows->logit_rows.size());
   for (int64_t r = 0; r < R; ++r) {
-    std::copy_n(a.streams + batch.logit_rows[r] * M * D, M * D, a.final_streams + r * M * D);
-    std::copy_n(a.collapse + batch.logit_rows[r] * M, M, a.final_pre + r * M);
+    std::copy_n(a.streams + rows->logit_rows[r] * M * D, M * D, a.final_streams + r * M * D);
+    std::copy_n(a.collapse + rows->logit_rows[r] * M, M, a.final_pre + r * M);
   }
   combine_streams(a.final_rows, a.final_pre, a.final_streams, R, M, D);
   rms_norm(a.final_rows, a.final_rows, weights_.norm.data(), R, D, eps);

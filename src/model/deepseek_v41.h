@@ -240,6 +240,7 @@ class DeepseekV41Model final : public DeepseekModel {
   std::unique_ptr<EngramHashing> engram_;  // Engram models
   std::unique_ptr<RowCache> engram_rows_;  // the tables read through a cache (--memory-budget); null: mapped
   std::unique_ptr<V41Activations> activations_;
+  mutable TokenBatch narrowed_;  // the running pass's rows for the layers after the last kv source
 };
 
 }  // namespace megamoe

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -62,7 +63,9 @@ std::vector<std::vector<int64_t>> expert_pools(const ModelConfig& c) {
 ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64_t context) {
   ModelSummary s;
   std::set<std::string> used;
-  int64_t active_unrouted = 0;          // every tensor but the routed experts, once per layer that uses it
+  int64_t active_unrouted = 0;  // every tensor but the routed experts, once per layer that uses it
+  std::vector<int64_t> layer_active(size_t(c.num_hidden_layers), 0);  // the same per layer (V4.1's prefill)
+  int64_t head = 0;
   std::map<std::string, DType> blocks;  // megamoe's U8 block tensors: counted as Q8_0 / Q4_0
   for_each_tensor(c, [&](const TensorSpec& spec) {
     int64_t n = 1;
@@ -77,8 +80,12 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
     if (spec.role == TensorRole::EngramTable) s.engram_parameters += n;
     s.total_parameters += n;  // an expert pool's tensors are listed, and counted, once
     if (spec.expert >= 0) s.routed_expert_parameters += n;
-    else if (spec.role == TensorRole::EngramTable) active_unrouted += c.v41.engram_rows_per_token() * spec.shape[1];
-    else active_unrouted += n * spec.uses;
+    const int64_t active = spec.expert >= 0                       ? 0
+                           : spec.role == TensorRole::EngramTable ? c.v41.engram_rows_per_token() * spec.shape[1]
+                                                                  : n * spec.uses;
+    active_unrouted += active;
+    if (spec.layer >= 0) layer_active[size_t(spec.layer)] += active;
+    if (spec.role == TensorRole::Head) head += n;
     if (spec.role == TensorRole::Embedding) s.embedding_parameters += n;
     int64_t bytes = stored_bytes(spec, c, checkpoint) * spec.uses;
     if (spec.role == TensorRole::Embedding || spec.role == TensorRole::HashTable)
@@ -104,6 +111,17 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
     }
   s.kv_cache_context = context > 0 ? context : c.max_position_embeddings;
   if (c.family == ModelFamily::DeepseekV41) {
+    // A prompt of P tokens: the head runs once, and each layer after the last kv source on the
+    // positions within reach of the window rings and the last position (docs/models.md#v41-prefill).
+    const double P = double(s.kv_cache_context);
+    const int64_t W = c.v4.sliding_window, last = c.num_hidden_layers - 1;
+    const std::vector<int64_t>& sources = c.v41.kv_source_layers;
+    double prefill = double(s.active_parameters) - double(head) * (1 - 1 / P);
+    for (int64_t L = sources.empty() ? 0 : *std::max_element(sources.begin(), sources.end()) + 1; L <= last; ++L) {
+      const double computed = std::min(P, double(W + RingCache::kRewindSlack + (last - L) * (W - 1)));
+      prefill -= double(layer_active[size_t(L)] + c.num_experts_per_tok * expert_size) * (1 - computed / P);
+    }
+    s.prefill_active_parameters = prefill;
     // As DeepSeek stores it (megamoe's cache keeps fp32): per kv source and 1/r of a
     // token, an FP4 entry with e4m3 scales per 16 and an FP4 index key with ue8m0 scales per 32;
     // per layer and DSpark stage a ring of `window` FP8 keys with ue8m0 scales per 32.
@@ -186,6 +204,7 @@ nlohmann::json to_json(const ModelSummary& s, const ModelConfig& c) {
     j["deepseek_v3_kv_cache_bytes_per_token"] = s.deepseek_v3_kv_cache_bytes_per_token;
     j["kv_cache_ring_bytes"] = s.kv_cache_ring_bytes;
     j["engram_parameters"] = s.engram_parameters;
+    j["prefill_active_parameters"] = s.prefill_active_parameters;
     nlohmann::json roles = nlohmann::json::array();
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) roles.push_back(v41_layer_role(c, l));
     j["layer_roles"] = roles;
@@ -260,6 +279,9 @@ std::string describe_v41(const ModelSummary& s, const ModelConfig& c) {
   line("total parameters", fmt::format("{} ({} without Engram)", count(s.total_parameters),
                                        count(s.total_parameters - s.engram_parameters)));
   line("active parameters per token", count(s.active_parameters));
+  line(fmt::format("  in a {}-token prefill", s.kv_cache_context),
+       fmt::format("{} (decoder layers only where a later position sees them; the head once)",
+                   count(int64_t(s.prefill_active_parameters))));
   line("DSpark stages (not in the counts)", count(s.mtp_parameters));
   line("weight bytes read per token", bytes(s.active_weight_bytes));
   for (const auto& [dtype, n] : s.bytes_by_dtype) line(fmt::format("stored {}", dtype), bytes(n));

@@ -31,6 +31,7 @@ struct ModelSummary {
   double deepseek_v3_kv_cache_bytes_per_token = 0;  // V4: DeepSeek-V3's cache at the same context, for comparison
   int64_t kv_cache_ring_bytes = 0;                  // V4.1: the window rings, included in kv_cache_bytes
   int64_t engram_parameters = 0;                    // V4.1: the Engram tables (in total_parameters)
+  double prefill_active_parameters = 0;             // V4.1: per prompt token, a prompt of kv_cache_context tokens
   int64_t engram_bytes = 0;                         // V4.1: the tables as stored, scales included
   int64_t engram_bytes_per_token = 0;               // V4.1: the rows one token reads (in active_weight_bytes)
 };

@@ -137,6 +137,38 @@ class V41Logits(V41Models):
         np.testing.assert_array_equal(streamed, self.logits(model, tokens))
 
 
+class V41PrefillShortcut(V41Models):
+    """A prompt whose last logits alone are wanted skips, in the layers after the last kv source, the
+    positions no later position sees through their windows (docs/models.md#v41-prefill): the same
+    last logits as the full computation, bit for bit, and the same decode after it."""
+
+    def last_logits(self, model, tokens, *extra):
+        out = os.path.join(self.tmp.name, "last.npy")
+        return harness.megamoe_logits(model, tokens, out, "--numerics", "exact", "--last", *extra)
+
+    def test_last_logits_equal_the_full_computation(self):
+        for name, model in self.models.items():
+            tokens = self.tokens(INCREMENTAL_TOKENS, 5)
+            full = self.logits(model, tokens)
+            for chunk in (None, 50, 23):
+                with self.subTest(config=name, chunk=chunk):
+                    extra = ["--chunk-size", chunk] if chunk else []
+                    np.testing.assert_array_equal(self.last_logits(model, tokens, *extra)[0], full[-1])
+
+    def test_decoding_after_the_shortcut_equals_decoding_after_the_full_prompt(self):
+        for name, model in self.models.items():
+            with self.subTest(config=name):
+                prompt = self.tokens(INCREMENTAL_TOKENS, 6)
+                out = harness.run_megamoe("generate", "--model", model, "--prompt-ids", ",".join(map(str, prompt)),
+                                          "--max-tokens", 6, "--ignore-eos", "--print-ids", "--numerics", "exact")
+                generated = [int(t) for t in out.replace(",", " ").split()]
+                self.assertEqual(len(generated), 6, out)
+                full = self.logits(model, prompt + generated)
+                # generate picks only ids the tokenizer can print (the model's vocabulary is larger)
+                chosen = np.argmax(full[len(prompt) - 1:-1, :self.token_count], axis=1)
+                self.assertEqual(list(chosen), generated)
+
+
 class V41Layout(V41Models):
     def test_synth_writes_the_official_layout(self):
         """Names, shapes and dtypes of every tensor equal the reference's list (written from the spec)."""
@@ -167,6 +199,8 @@ class V41Layout(V41Models):
         self.assertAlmostEqual(per_token, 890, delta=0.5)
         self.assertEqual(summary["layer_roles"][20], "Full (ratio 1), candidate source")
         self.assertEqual(summary["layer_roles"][14], "Full (ratio 2), Engram")
+        # The decoder layers (21-39) run a 65536-token prompt only within their windows' reach.
+        self.assertAlmostEqual(summary["prefill_active_parameters"], 9.08e9, delta=0.01e9)
 
 
 class V41EngramTablesOnDisk(unittest.TestCase):
