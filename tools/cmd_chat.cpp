@@ -22,7 +22,7 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 
 void register_chat(CLI::App& app) {
   struct Options : GenerationOptions {
-    std::string system;
+    std::string system, reasoning_effort;
     bool thinking = false;
   };
   auto options = std::make_shared<Options>();
@@ -30,15 +30,27 @@ void register_chat(CLI::App& app) {
       app.add_subcommand("chat", "Chat with a model in the terminal (Ctrl-D or /exit to leave, /reset to start over)");
   add_generation_options(cmd, options.get(), 512);
   cmd->add_option("--system", options->system, "System prompt");
-  cmd->add_flag("--thinking", options->thinking, "DeepSeek-V4: thinking mode (the model reasons before it answers)");
+  cmd->add_flag("--thinking", options->thinking,
+                "DeepSeek-V4 and V4.1: thinking mode (the model reasons before it answers)");
+  cmd->add_option("--reasoning-effort", options->reasoning_effort,
+                  "With --thinking: V4 high or max; V4.1 a number from 1 to 100, or low (50), high (75, the "
+                  "default), max (100)");
   cmd->callback([options] {
     GenerationSetup setup = load_for_generation(*options, true);
     const Tokenizer& tokenizer = *setup.tokenizer;
     const bool interactive = isatty(STDIN_FILENO);
-    // DeepSeek-V4 has its own prompt format (chat_format_v4.h); the others use the tokenizer's template.
-    const bool v4 = uses_deepseek_v4_prompt(setup.model->info().architecture);
+    // DeepSeek-V4 and V4.1 have their own prompt format (chat_format_v4.h); the others use the
+    // tokenizer's template.
+    const std::optional<V4Dialect> dialect = deepseek_v4_prompt_dialect(setup.model->info().architecture);
+    const bool v4 = dialect.has_value();
     V4PromptOptions v4_options;
+    v4_options.dialect = dialect.value_or(V4Dialect::V4);
     v4_options.thinking = options->thinking;
+    v4_options.reasoning_effort = options->reasoning_effort;
+    if (!v4 && !options->reasoning_effort.empty())
+      fail("--reasoning-effort: {} takes its chat template's prompt, which has no reasoning effort",
+           setup.model->info().architecture);
+    if (v4) render_deepseek_v4_prompt(nlohmann::ordered_json::array(), v4_options);  // checks the effort now
     nlohmann::ordered_json messages = nlohmann::ordered_json::array();
     if (!options->system.empty()) messages.push_back({{"role", "system"}, {"content", options->system}});
     const size_t first_turn = messages.size();
@@ -52,7 +64,7 @@ void register_chat(CLI::App& app) {
     // The answer as the next prompt shows it: V4 keeps its reasoning apart (and drops it later).
     auto answer_message = [&](const std::string& text) {
       if (!v4) return nlohmann::ordered_json{{"role", "assistant"}, {"content", text}};
-      const V4Completion answer = parse_deepseek_v4_completion(text, options->thinking);
+      const V4Completion answer = parse_deepseek_v4_completion(text, options->thinking, v4_options.dialect);
       return nlohmann::ordered_json{
           {"role", "assistant"}, {"content", answer.content}, {"reasoning_content", answer.reasoning_content}};
     };

@@ -88,7 +88,7 @@ class HttpServer {
                  options.model_name,
                  options.defaults,
                  options.limits.max_batch,
-                 uses_deepseek_v4_prompt(setup.model->info().architecture),
+                 deepseek_v4_prompt_dialect(setup.model->info().architecture),
                  options.thinking},
         started_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
                      .count()) {

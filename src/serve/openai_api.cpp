@@ -101,11 +101,25 @@ std::vector<int32_t> completion_prompt(const Body& body, const ApiContext& conte
   bad_field("prompt", "must be a string or a non-empty array of token ids (one prompt per request)");
 }
 
-// A string switch of a V4 request, mapped to what the encoder takes: OpenAI's and DeepSeek's
-// reasoning_effort words (DeepSeek maps low and medium to high, xhigh to max); "none" is chat mode.
-std::string reasoning_effort(const Body& value, const std::string& name) {
+// A reasoning_effort of a V4 request, mapped to what the encoder takes: OpenAI's and DeepSeek's
+// words ("none" is chat mode). V4 has two efforts (DeepSeek maps low and medium to high, xhigh to
+// max); V4.1 takes 1-100 and three tiers, low 50, high 75 and max 100 (minimal is low, medium
+// high, xhigh max).
+std::string reasoning_effort(const Body& value, const std::string& name, V4Dialect dialect) {
+  if (dialect == V4Dialect::V41 && value.is_number_integer()) {
+    const int64_t effort = value.get<int64_t>();
+    if (effort < 1 || effort > 100)
+      bad_field(name, "must be from 1 to 100, or none, minimal, low, medium, high, xhigh, max");
+    return std::to_string(effort);
+  }
   const std::string effort = value.is_string() ? value.get<std::string>() : "";
   if (effort == "none") return "";
+  if (dialect == V4Dialect::V41) {
+    if (effort == "minimal" || effort == "low") return "low";
+    if (effort == "medium" || effort == "high") return "high";
+    if (effort == "xhigh" || effort == "max") return "max";
+    bad_field(name, "must be from 1 to 100, or none, minimal, low, medium, high, xhigh, max");
+  }
   if (effort == "minimal" || effort == "low" || effort == "medium" || effort == "high") return "high";
   if (effort == "xhigh" || effort == "max") return "max";
   bad_field(name, "must be one of none, minimal, low, medium, high, xhigh, max");
@@ -117,6 +131,7 @@ std::string reasoning_effort(const Body& value, const std::string& name) {
 // (any effort but "none" thinks); switches that disagree are refused, naming the later one.
 V4PromptOptions v4_prompt_options(const Body& body, const ApiContext& context) {
   V4PromptOptions options;
+  options.dialect = *context.deepseek_v4;
   std::optional<bool> thinking;
   std::string chosen_by, effort_by;  // the fields that set thinking and reasoning_effort
   auto choose = [&](bool value, const std::string& name) {
@@ -127,7 +142,7 @@ V4PromptOptions v4_prompt_options(const Body& body, const ApiContext& context) {
     chosen_by = name;
   };
   auto choose_effort = [&](const Body& value, const std::string& name) {
-    const std::string effort = reasoning_effort(value, name);
+    const std::string effort = reasoning_effort(value, name, options.dialect);
     if (!options.reasoning_effort.empty() && !effort.empty() && effort != options.reasoning_effort)
       bad_field(name, fmt::format("asks for effort \"{}\", but '{}' for \"{}\"", effort, effort_by,
                                   options.reasoning_effort));
@@ -179,7 +194,8 @@ V4PromptOptions v4_prompt_options(const Body& body, const ApiContext& context) {
   return options;
 }
 
-std::vector<int32_t> chat_prompt(AnswerFormat* answer, const Body& body, const ApiContext& context) {
+std::vector<int32_t> chat_prompt(AnswerFormat* answer, V4Dialect* dialect, const Body& body,
+                                 const ApiContext& context) {
   const Body* messages = field(body, "messages");
   if (!messages) bad_field("messages", "is required");
   if (!context.setup.tokenizer)
@@ -191,6 +207,7 @@ std::vector<int32_t> chat_prompt(AnswerFormat* answer, const Body& body, const A
     });
   const V4PromptOptions options = v4_prompt_options(body, context);
   *answer = options.thinking ? AnswerFormat::DeepseekV4Thinking : AnswerFormat::DeepseekV4;
+  *dialect = options.dialect;
   return as_bad_request("messages", [&] { return tokenizer.encode(render_deepseek_v4_prompt(*messages, options)); });
 }
 
@@ -259,11 +276,11 @@ json v4_message(const V4Completion& answer, AnswerFormat format) {
 
 // What `streamed` gained with `delta`, as a V4 delta message: the new part of the parse of the
 // settled text (all of it once the choice has finished).
-json v4_delta(StreamedAnswer& streamed, const ChoiceDelta& delta, AnswerFormat format) {
+json v4_delta(StreamedAnswer& streamed, const ChoiceDelta& delta, AnswerFormat format, V4Dialect dialect) {
   streamed.text += delta.text;
   std::string_view text = streamed.text;
-  if (delta.finish == FinishReason::Running) text = text.substr(0, settled_deepseek_v4_length(text));
-  const V4Completion answer = parse_deepseek_v4_completion(text, thinking(format));
+  if (delta.finish == FinishReason::Running) text = text.substr(0, settled_deepseek_v4_length(text, dialect));
+  const V4Completion answer = parse_deepseek_v4_completion(text, thinking(format), dialect);
   json message = json::object();
   auto add = [&](const char* key, const std::string& part, size_t& sent) {
     if (part.size() <= sent) return;
@@ -300,7 +317,7 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view text, const ApiCont
   request.endpoint = endpoint;
   GenerationRequest& generation = request.generation;
   generation.prompt = endpoint == Endpoint::Completions ? completion_prompt(body, context)
-                                                        : chat_prompt(&request.answer, body, context);
+                                                        : chat_prompt(&request.answer, &request.dialect, body, context);
   const int64_t P = int64_t(generation.prompt.size()), context_length = context.setup.max_context;
   if (P >= context_length)
     throw ApiError(400,
@@ -361,7 +378,8 @@ ResponseHead new_response_head(const ApiRequest& request, const std::string& mod
           std::chrono::duration_cast<std::chrono::seconds>(now).count(),
           model_name,
           request.return_token_ids,
-          request.answer};
+          request.answer,
+          request.dialect};
 }
 
 json usage_json(int64_t prompt_tokens, std::span<const ChoiceDelta> choices) {
@@ -382,7 +400,7 @@ json completion_json(const ResponseHead& head, std::span<const ChoiceDelta> choi
     } else if (head.answer == AnswerFormat::Text) {
       choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
     } else {
-      const V4Completion answer = parse_deepseek_v4_completion(choices[i].text, thinking(head.answer));
+      const V4Completion answer = parse_deepseek_v4_completion(choices[i].text, thinking(head.answer), head.dialect);
       choice["message"] = v4_message(answer, head.answer);
       choice["finish_reason"] = finish_json(choices[i].finish, !answer.tool_calls.empty());
     }
@@ -398,7 +416,7 @@ json chunk_json(const ResponseHead& head, int64_t index, const ChoiceDelta& delt
                 StreamedAnswer& streamed) {
   json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_json(delta.finish)}};
   if (head.endpoint == Endpoint::ChatCompletions && head.answer != AnswerFormat::Text) {
-    json message = v4_delta(streamed, delta, head.answer);
+    json message = v4_delta(streamed, delta, head.answer, head.dialect);
     if (first) message["role"] = "assistant";
     if (first && !message.contains("content") && !message.contains("reasoning_content")) message["content"] = "";
     choice["delta"] = std::move(message);

@@ -1,6 +1,6 @@
 // The OpenAI API as JSON: reading and validating the bodies of /v1/completions and
 // /v1/chat/completions into a GenerationRequest (chat in the model's prompt format: DeepSeek-V3's
-// template, or DeepSeek-V4's encoder with thinking mode and tools), and writing completions,
+// template, or DeepSeek-V4's and V4.1's encoder with thinking mode and tools), and writing completions,
 // stream chunks, model lists and errors the way OpenAI does, so its SDKs parse them (V4 answers
 // split into reasoning_content, content and tool_calls). No I/O here (see http_server.h).
 #pragma once
@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "runtime/generation.h"
+#include "tokenizer/chat_format_v4.h"
 #include "serve/scheduler.h"
 #include "util/error.h"
 
@@ -40,11 +41,11 @@ nlohmann::json error_json(const ApiError& error);
 // What reading a request needs to know of the server.
 struct ApiContext {
   const GenerationSetup& setup;
-  std::string model_name;         // the one model served
-  GenerationParams defaults;      // for the fields a request leaves out
-  int64_t max_choices = 1;        // n at most: the batch size, else a request could never run
-  bool deepseek_v4 = false;       // chat renders with render_deepseek_v4_prompt
-  bool default_thinking = false;  // V4 chat: thinking mode for the requests that do not choose
+  std::string model_name;                // the one model served
+  GenerationParams defaults;             // for the fields a request leaves out
+  int64_t max_choices = 1;               // n at most: the batch size, else a request could never run
+  std::optional<V4Dialect> deepseek_v4;  // chat renders with render_deepseek_v4_prompt in this dialect
+  bool default_thinking = false;         // V4 chat: thinking mode for the requests that do not choose
 };
 
 struct ApiRequest {
@@ -54,6 +55,7 @@ struct ApiRequest {
   bool include_usage = false;     // stream_options.include_usage: a last chunk with the usage
   bool return_token_ids = false;  // choices carry their token ids too (always for a model without tokenizer)
   AnswerFormat answer = AnswerFormat::Text;
+  V4Dialect dialect = V4Dialect::V4;  // of a DeepseekV4 answer
 };
 
 // Throws ApiError (4xx) naming the field at fault: malformed JSON, a missing or mistyped field, an
@@ -71,6 +73,7 @@ struct ResponseHead {
   std::string model;
   bool token_ids = false;  // choices carry "token_ids", the answer "prompt_token_ids"
   AnswerFormat answer = AnswerFormat::Text;
+  V4Dialect dialect = V4Dialect::V4;
 };
 ResponseHead new_response_head(const ApiRequest& request, const std::string& model_name);
 

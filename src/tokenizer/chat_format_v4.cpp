@@ -1,6 +1,7 @@
 #include "tokenizer/chat_format_v4.h"
 
 #include <algorithm>
+#include <charconv>
 #include <map>
 
 #include "util/error.h"
@@ -14,8 +15,20 @@ constexpr std::string_view kBos = "<｜begin▁of▁sentence｜>", kEos = "<｜e
 constexpr std::string_view kUser = "<｜User｜>", kAssistant = "<｜Assistant｜>";
 constexpr std::string_view kLatestReminder = "<｜latest_reminder｜>";
 constexpr std::string_view kThinkStart = "<think>", kThinkEnd = "</think>";
+constexpr std::string_view kSystem = "<｜System｜>";
+constexpr std::string_view kImage = "<｜deepseek_image｜>";
 constexpr std::string_view kDsml = "｜DSML｜";
-constexpr std::string_view kToolCallsStart = "\n\n<｜DSML｜tool_calls>";
+
+// The DSML tag names: V4.1 puts a space before each (and renames tool_calls).
+struct DsmlTags {
+  std::string_view calls, invoke, parameter;
+};
+const DsmlTags& tags_of(V4Dialect dialect) {
+  static constexpr DsmlTags kV4{"tool_calls", "invoke", "parameter"}, kV41{" calls", " invoke", " parameter"};
+  return dialect == V4Dialect::V41 ? kV41 : kV4;
+}
+// "\n\n<｜DSML｜tool_calls>": where the tool calls begin after an answer's content.
+std::string tool_calls_start(V4Dialect dialect) { return fmt::format("\n\n<{}{}>", kDsml, tags_of(dialect).calls); }
 
 const std::map<std::string, std::string, std::less<>> kTaskTokens = {
     {"action", "<｜action｜>"}, {"query", "<｜query｜>"}, {"authority", "<｜authority｜>"},
@@ -28,39 +41,41 @@ constexpr std::string_view kReasoningEffortMax =
     "Explicitly write out your entire deliberation process, documenting every intermediate step, considered "
     "alternative, and rejected hypothesis to ensure absolutely no assumption is left unchecked.\n\n";
 
-std::string tools_section(const Json& tools) {
+std::string tools_section(const Json& tools, V4Dialect dialect) {
   std::string schemas;
   for (const Json& tool : tools) {
     if (!tool.is_object() || !tool.contains("function")) fail("tools: each tool needs a \"function\" object");
     if (!schemas.empty()) schemas += '\n';
     schemas += python_json_dumps(tool["function"]);
   }
-  return "## Tools\n\n"
-         "You have access to a set of tools to help answer the user's question. You can invoke tools by writing a "
-         "\"<｜DSML｜tool_calls>\" block like the following:\n\n"
-         "<｜DSML｜tool_calls>\n"
-         "<｜DSML｜invoke name=\"$TOOL_NAME\">\n"
-         "<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>\n"
-         "...\n"
-         "</｜DSML｜invoke>\n"
-         "<｜DSML｜invoke name=\"$TOOL_NAME2\">\n"
-         "...\n"
-         "</｜DSML｜invoke>\n"
-         "</｜DSML｜tool_calls>\n\n"
-         "String parameters should be specified as is and set `string=\"true\"`. For all other types (numbers, "
-         "booleans, arrays, objects), pass the value in JSON format and set `string=\"false\"`.\n\n"
-         "If thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning inside "
-         "<think>...</think> BEFORE any tool calls or final response.\n\n"
-         "Otherwise, output directly after </think> with tool calls or final response.\n\n"
-         "### Available Tool Schemas\n\n" +
-         schemas +
-         "\n\nYou MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.\n";
+  const DsmlTags& t = tags_of(dialect);
+  return fmt::format(
+      "## Tools\n\n"
+      "You have access to a set of tools to help answer the user's question. You can invoke tools by writing a "
+      "\"<{0}{1}>\" block like the following:\n\n"
+      "<{0}{1}>\n"
+      "<{0}{2} name=\"$TOOL_NAME\">\n"
+      "<{0}{3} name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</{0}{3}>\n"
+      "...\n"
+      "</{0}{2}>\n"
+      "<{0}{2} name=\"$TOOL_NAME2\">\n"
+      "...\n"
+      "</{0}{2}>\n"
+      "</{0}{1}>\n\n"
+      "String parameters should be specified as is and set `string=\"true\"`. For all other types (numbers, "
+      "booleans, arrays, objects), pass the value in JSON format and set `string=\"false\"`.\n\n"
+      "If thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning inside "
+      "<think>...</think> BEFORE any tool calls or final response.\n\n"
+      "Otherwise, output directly after </think> with tool calls or final response.\n\n"
+      "### Available Tool Schemas\n\n"
+      "{4}\n\nYou MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.\n",
+      kDsml, t.calls, t.invoke, t.parameter, schemas);
 }
 
 // "\n\n## Tools ..." and "\n\n## Response Format ..." of a system or developer message.
-std::string message_extras(const Json& m) {
+std::string message_extras(const Json& m, V4Dialect dialect) {
   std::string out;
-  if (m.contains("tools") && !m["tools"].empty()) out += "\n\n" + tools_section(m["tools"]);
+  if (m.contains("tools") && !m["tools"].empty()) out += "\n\n" + tools_section(m["tools"], dialect);
   if (m.contains("response_format") && !m["response_format"].is_null() && !m["response_format"].empty())
     out += "\n\n## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n" +
            python_json_dumps(m["response_format"]);
@@ -75,21 +90,27 @@ std::string text_of(const Json& m, const char* key, const std::string& where) {
 
 bool has_task(const Json& m) { return m.contains("task") && !m["task"].is_null(); }
 
-// A tool call's arguments as DSML parameters: strings as they are, other values as JSON.
-std::string dsml_parameters(const std::string& arguments) {
+// A tool call's arguments as DSML parameters: strings as they are, other values as JSON. V4 passes
+// arguments that are not a JSON object whole, as "arguments"; V4.1's encoder refuses them.
+std::string dsml_parameters(const std::string& arguments, V4Dialect dialect, const std::string& where) {
   Json parsed = Json::parse(arguments, nullptr, false);
-  if (!parsed.is_object()) parsed = Json{{"arguments", arguments}};  // not a JSON object: passed whole
+  if (!parsed.is_object()) {
+    if (dialect == V4Dialect::V41) fail("{}.arguments: must be a JSON object", where);
+    parsed = Json{{"arguments", arguments}};
+  }
+  const std::string_view parameter = tags_of(dialect).parameter;
   std::string out;
   for (const auto& [key, value] : parsed.items()) {
     if (!out.empty()) out += "\n";
-    out += fmt::format("<{}parameter name=\"{}\" string=\"{}\">{}</{}parameter>", kDsml, key,
+    out += fmt::format("<{}{} name=\"{}\" string=\"{}\">{}</{}{}>", kDsml, parameter, key,
                        value.is_string() ? "true" : "false",
-                       value.is_string() ? value.get<std::string>() : python_json_dumps(value), kDsml);
+                       value.is_string() ? value.get<std::string>() : python_json_dumps(value), kDsml, parameter);
   }
   return out;
 }
 
-std::string dsml_tool_calls(const Json& calls, const std::string& where) {
+std::string dsml_tool_calls(const Json& calls, const std::string& where, V4Dialect dialect) {
+  const DsmlTags& t = tags_of(dialect);
   std::string invokes;
   for (size_t k = 0; k < calls.size(); ++k) {
     const std::string at = fmt::format("{}.tool_calls[{}]", where, k);
@@ -98,10 +119,10 @@ std::string dsml_tool_calls(const Json& calls, const std::string& where) {
     const Json& function = calls[k]["function"];
     const std::string name = text_of(function, "name", at + ".function");
     const std::string arguments = text_of(function, "arguments", at + ".function");
-    invokes += fmt::format("{}<{}invoke name=\"{}\">\n{}\n</{}invoke>", k ? "\n" : "", kDsml, name,
-                           dsml_parameters(arguments), kDsml);
+    invokes += fmt::format("{}<{}{} name=\"{}\">\n{}\n</{}{}>", k ? "\n" : "", kDsml, t.invoke, name,
+                           dsml_parameters(arguments, dialect, at + ".function"), kDsml, t.invoke);
   }
-  return fmt::format("\n\n<{}tool_calls>\n{}\n</{}tool_calls>", kDsml, invokes, kDsml);
+  return fmt::format("\n\n<{}{}>\n{}\n</{}{}>", kDsml, t.calls, invokes, kDsml, t.calls);
 }
 
 // Turns "tool" messages into <tool_result> blocks of user turns (V4 has no tool role); user turns
@@ -169,17 +190,22 @@ void sort_tool_results(Json& messages) {
   }
 }
 
-int64_t last_user_index(const Json& messages) {
-  for (int64_t i = int64_t(messages.size()) - 1; i >= 0; --i) {
-    const std::string role = messages[i].value("role", "");
-    if (role == "user" || role == "developer") return i;
-  }
+// Whether message `i` asks for an answer: a user or developer turn, and in V4.1 a system message
+// after the first.
+bool is_user_turn(const Json& messages, int64_t i, V4Dialect dialect) {
+  const std::string role = messages[i].value("role", "");
+  return role == "user" || role == "developer" || (dialect == V4Dialect::V41 && role == "system" && i > 0);
+}
+
+int64_t last_user_index(const Json& messages, V4Dialect dialect) {
+  for (int64_t i = int64_t(messages.size()) - 1; i >= 0; --i)
+    if (is_user_turn(messages, i, dialect)) return i;
   return -1;
 }
 
 // Before the last user turn: assistant turns lose their reasoning, developer turns go.
-Json drop_earlier_thinking(const Json& messages) {
-  const int64_t last_user = last_user_index(messages);
+Json drop_earlier_thinking(const Json& messages, V4Dialect dialect) {
+  const int64_t last_user = last_user_index(messages, dialect);
   Json kept = Json::array();
   for (int64_t i = 0; i < int64_t(messages.size()); ++i) {
     const std::string role = messages[i].value("role", "");
@@ -205,20 +231,44 @@ std::string tool_result_text(const Json& content, const std::string& where) {
   return text;
 }
 
+// V4.1's reasoning effort: 1-100, or the tiers low 50, high 75 (the default), max 100.
+int v41_reasoning_effort(const std::string& effort) {
+  if (effort.empty() || effort == "high") return 75;
+  if (effort == "low") return 50;
+  if (effort == "max") return 100;
+  int value = 0;
+  const auto [end, error] = std::from_chars(effort.data(), effort.data() + effort.size(), value);
+  if (error != std::errc() || end != effort.data() + effort.size() || value < 1 || value > 100)
+    fail("reasoning_effort: \"{}\" is not a number from 1 to 100 or one of low, high, max", effort);
+  return value;
+}
+
 std::string render_message(const Json& messages, int64_t index, const V4PromptOptions& o, bool drop_thinking) {
   const Json& m = messages[index];
   const std::string where = fmt::format("messages[{}]", index);
   const std::string role = m.value("role", "");
-  const int64_t last_user = last_user_index(messages);
+  const V4Dialect dialect = o.dialect;
+  const int64_t last_user = last_user_index(messages, dialect);
   std::string out;
-  if (index == 0 && o.thinking && o.reasoning_effort == "max") out += kReasoningEffortMax;
+  if (dialect == V4Dialect::V4 && index == 0 && o.thinking && o.reasoning_effort == "max") out += kReasoningEffortMax;
+  if (dialect == V4Dialect::V41 && index == 0) {  // the effort line and a first system message share one token
+    const std::string effort =
+        o.thinking ? fmt::format(
+                         "Reasoning Effort: {} (range 1-100, the higher the value, the more thorough the "
+                         "reasoning)\n\n",
+                         v41_reasoning_effort(o.reasoning_effort))
+                   : "";
+    if (!effort.empty() || role == "system") out += kSystem;
+    out += effort;
+  }
 
   if (role == "system") {
-    out += text_of(m, "content", where) + message_extras(m);
+    if (dialect == V4Dialect::V41 && index > 0) out += kSystem;
+    out += text_of(m, "content", where) + message_extras(m, dialect);
   } else if (role == "developer") {
     const std::string content = text_of(m, "content", where);
     if (content.empty()) fail("{}.content: a developer message needs content", where);
-    out += std::string(kUser) + content + message_extras(m);
+    out += std::string(kUser) + content + message_extras(m, dialect);
   } else if (role == "user") {
     out += kUser;
     std::string parts;
@@ -238,7 +288,7 @@ std::string render_message(const Json& messages, int64_t index, const V4PromptOp
     if (o.thinking && !after_task && (!drop_thinking || index > last_user))
       reasoning = text_of(m, "reasoning_content", where) + std::string(kThinkEnd);
     const bool calls = m.contains("tool_calls") && m["tool_calls"].is_array() && !m["tool_calls"].empty();
-    out += reasoning + text_of(m, "content", where) + (calls ? dsml_tool_calls(m["tool_calls"], where) : "");
+    out += reasoning + text_of(m, "content", where) + (calls ? dsml_tool_calls(m["tool_calls"], where, dialect) : "");
     if (!m.value("wo_eos", false)) out += kEos;
   } else {
     fail("{}.role: \"{}\" is not one of system, developer, user, assistant, tool, latest_reminder", where, role);
@@ -256,7 +306,7 @@ std::string render_message(const Json& messages, int64_t index, const V4PromptOp
       fail("{}.task: \"{}\" is not one of action, query, authority, domain, title, read_url", where, task);
     if (task == "action") out += std::string(kAssistant) + std::string(o.thinking ? kThinkStart : kThinkEnd);
     out += token->second;
-  } else if (role == "user" || role == "developer") {
+  } else if (is_user_turn(messages, index, dialect)) {
     out += kAssistant;
     out += o.thinking && (!drop_thinking || index >= last_user) ? kThinkStart : kThinkEnd;
   }
@@ -325,10 +375,10 @@ void dump(std::string& out, const Json& v) {
 }
 
 // Reads one DSML tool call at `pos` (just after "<｜DSML｜invoke"); false if it is unfinished.
-bool parse_invoke(std::string_view text, size_t& pos, ToolCall& call) {
-  const std::string name_open = " name=\"", invoke_end = fmt::format("</{}invoke>", kDsml);
-  const std::string parameter_open = fmt::format("<{}parameter name=\"", kDsml);
-  const std::string parameter_close = fmt::format("</{}parameter>", kDsml);
+bool parse_invoke(std::string_view text, size_t& pos, ToolCall& call, const DsmlTags& t) {
+  const std::string name_open = " name=\"", invoke_end = fmt::format("</{}{}>", kDsml, t.invoke);
+  const std::string parameter_open = fmt::format("<{}{} name=\"", kDsml, t.parameter);
+  const std::string parameter_close = fmt::format("</{}{}>", kDsml, t.parameter);
   if (text.substr(pos, name_open.size()) != name_open) return false;
   const size_t name_end = text.find("\">", pos + name_open.size());
   if (name_end == std::string_view::npos) return false;
@@ -373,8 +423,17 @@ std::string render_deepseek_v4_prompt(const nlohmann::ordered_json& messages_in,
   for (size_t i = 0; i < messages_in.size(); ++i)
     if (!messages_in[i].is_object() || !messages_in[i].contains("role") || !messages_in[i]["role"].is_string())
       fail("messages[{}]: expected an object with a \"role\"", i);
-  if (o.reasoning_effort != "" && o.reasoning_effort != "high" && o.reasoning_effort != "max")
+  if (o.dialect == V4Dialect::V4 && o.reasoning_effort != "" && o.reasoning_effort != "high" &&
+      o.reasoning_effort != "max")
     fail("reasoning_effort: \"{}\" is not one of high, max", o.reasoning_effort);
+  if (o.dialect == V4Dialect::V41) {
+    v41_reasoning_effort(o.reasoning_effort);        // checked in chat mode too, as DeepSeek's encoder does
+    for (size_t i = 0; i < messages_in.size(); ++i)  // images are not text: the literal is refused
+      for (const char* key : {"content", "reasoning_content"})
+        if (messages_in[i].contains(key) && messages_in[i][key].is_string() &&
+            messages_in[i][key].get<std::string>().find(kImage) != std::string::npos)
+          fail("messages[{}].{}: contains the image placeholder {}; megamoe runs text only", i, key, kImage);
+  }
   Json messages = messages_in;
   if (!o.tools.is_null() && !o.tools.empty()) {
     const std::string first_role = messages.empty() ? "" : messages[0].value("role", "");
@@ -386,14 +445,14 @@ std::string render_deepseek_v4_prompt(const nlohmann::ordered_json& messages_in,
   bool drop_thinking = o.drop_thinking;
   for (const Json& m : messages)  // reasoning around tool use stays
     if (m.contains("tools") && !m["tools"].empty()) drop_thinking = false;
-  if (o.thinking && drop_thinking) messages = drop_earlier_thinking(messages);
+  if (o.thinking && drop_thinking) messages = drop_earlier_thinking(messages, o.dialect);
 
   std::string prompt = o.add_bos ? std::string(kBos) : "";
   for (int64_t i = 0; i < int64_t(messages.size()); ++i) prompt += render_message(messages, i, o, drop_thinking);
   return prompt;
 }
 
-V4Completion parse_deepseek_v4_completion(std::string_view text, bool thinking) {
+V4Completion parse_deepseek_v4_completion(std::string_view text, bool thinking, V4Dialect dialect) {
   V4Completion out;
   if (thinking) {
     if (text.starts_with(kThinkStart)) text.remove_prefix(kThinkStart.size());
@@ -406,22 +465,25 @@ V4Completion parse_deepseek_v4_completion(std::string_view text, bool thinking) 
     text.remove_prefix(end + kThinkEnd.size());
   }
   if (const size_t eos = text.find(kEos); eos != std::string_view::npos) text = text.substr(0, eos);
-  const size_t calls = text.find(kToolCallsStart);
+  const std::string calls_start = tool_calls_start(dialect);
+  const size_t calls = text.find(calls_start);
   out.content = std::string(text.substr(0, calls));
   if (calls == std::string_view::npos) return out;
-  const std::string invoke_open = fmt::format("<{}invoke", kDsml);
-  size_t pos = calls + kToolCallsStart.size();
+  const DsmlTags& t = tags_of(dialect);
+  const std::string invoke_open = fmt::format("<{}{}", kDsml, t.invoke);
+  size_t pos = calls + calls_start.size();
   for (size_t next; (next = text.find(invoke_open, pos)) != std::string_view::npos;) {
     pos = next + invoke_open.size();
     ToolCall call;
-    if (!parse_invoke(text, pos, call)) break;
+    if (!parse_invoke(text, pos, call, t)) break;
     out.tool_calls.push_back(std::move(call));
   }
   return out;
 }
 
-size_t settled_deepseek_v4_length(std::string_view text) {
-  constexpr std::string_view markers[] = {kThinkStart, kThinkEnd, kEos, kToolCallsStart};
+size_t settled_deepseek_v4_length(std::string_view text, V4Dialect dialect) {
+  const std::string calls_start = tool_calls_start(dialect);
+  const std::string_view markers[] = {kThinkStart, kThinkEnd, kEos, calls_start};
   size_t longest = 0;
   for (std::string_view marker : markers) longest = std::max(longest, marker.size());
   for (size_t held = std::min(text.size(), longest - 1); held > 0; --held) {
@@ -432,6 +494,10 @@ size_t settled_deepseek_v4_length(std::string_view text) {
   return text.size();
 }
 
-bool uses_deepseek_v4_prompt(std::string_view architecture) { return architecture == "DeepseekV4ForCausalLM"; }
+std::optional<V4Dialect> deepseek_v4_prompt_dialect(std::string_view architecture) {
+  if (architecture == "DeepseekV4ForCausalLM") return V4Dialect::V4;
+  if (architecture == "DeepseekV41ForCausalLM") return V4Dialect::V41;
+  return std::nullopt;
+}
 
 }  // namespace megamoe

@@ -18,6 +18,7 @@ from harness import CONFIG_DIR, load_json, megamoe_binary, run_megamoe, synth  #
 
 V3_CONFIG = os.path.join(CONFIG_DIR, "v3-noaux-yarn.json")
 V4_CONFIG = os.path.join(CONFIG_DIR, "v4-window-hash.json")
+V41_CONFIG = os.path.join(CONFIG_DIR, "v41-roles-engram.json")
 MODEL_NAME = "tiny"
 TIMEOUT = 30  # seconds any one request, start or stop may take
 
@@ -36,7 +37,9 @@ def make_model(directory, with_tokenizer=True, config_path=V3_CONFIG, vocab_size
     that encode as one token each), its vocabulary is exactly the tokenizer's (so every sampled id
     decodes); without, the config's."""
     os.makedirs(directory, exist_ok=True)
-    config = {**load_json(config_path), **config_keys}
+    config = load_json(config_path)
+    settings = config.get("text_config", config)  # V4.1 keeps its settings under text_config
+    settings.update(config_keys)
     if with_tokenizer:
         tokenizer_dir = os.path.join(directory, "tokenizer-training")
         corpus_path = os.path.join(directory, "corpus.txt")
@@ -53,7 +56,7 @@ def make_model(directory, with_tokenizer=True, config_path=V3_CONFIG, vocab_size
                                               "special": False})
         with open(os.path.join(tokenizer_dir, "tokenizer.json"), "w") as f:
             json.dump(tokenizer, f, ensure_ascii=False)
-        config["vocab_size"] = max(ids) + 1
+        settings["vocab_size"] = max(ids) + 1
     synth_config = os.path.join(directory, "config-for-synth.json")
     with open(synth_config, "w") as f:
         json.dump(config, f)

@@ -1,5 +1,6 @@
 // The DeepSeek-V4 prompt encoder against the published vectors in ../shared/testdata (read in
-// place, never copied into the repository), and the parsing of generated answers.
+// place, never copied into the repository), its V4.1 dialect against the outputs of V4.1's
+// published encoder (tests/data/dsv41-chat-encoding), and the parsing of generated answers.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -129,6 +130,57 @@ TEST(ChatFormatV4, CompletionsSplitIntoReasoningContentAndToolCalls) {
   ASSERT_EQ(call.tool_calls.size(), 1u);
   EXPECT_EQ(call.tool_calls[0].name, "get_weather");
   EXPECT_EQ(call.tool_calls[0].arguments, "{\"location\": \"Beijing\", \"days\": 3}");
+}
+
+// ---- the V4.1 dialect ----
+
+TEST(ChatFormatV41, PublishedEncoderVectors) {
+  const fs::path path =
+      fs::path(__FILE__).parent_path().parent_path() / "data" / "dsv41-chat-encoding" / "vectors.json";
+  const Json cases = Json::parse(read_file(path));
+  int rendered = 0, refused = 0;
+  for (const Json& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    V4PromptOptions options;
+    options.dialect = V4Dialect::V41;
+    options.thinking = c["thinking"].get<bool>();
+    options.drop_thinking = c.value("drop_thinking", true);
+    const Json& effort = c["reasoning_effort"];
+    if (effort.is_number_integer()) options.reasoning_effort = std::to_string(effort.get<int>());
+    else if (effort.is_string()) options.reasoning_effort = effort.get<std::string>();
+    if (c.contains("expected")) {
+      EXPECT_EQ(render_deepseek_v4_prompt(c["messages"], options), c["expected"].get<std::string>());
+      ++rendered;
+    } else {
+      EXPECT_THROW(render_deepseek_v4_prompt(c["messages"], options), Error) << c["error"].get<std::string>();
+      ++refused;
+    }
+  }
+  EXPECT_GE(rendered, 20);
+  EXPECT_GE(refused, 5);
+}
+
+TEST(ChatFormatV41, ToolCallsWithSpacedTagsAreParsed) {
+  const std::string text =
+      "Checking.\n\n<｜DSML｜ calls>\n<｜DSML｜ invoke name=\"get_weather\">\n"
+      "<｜DSML｜ parameter name=\"location\" string=\"true\">Beijing</｜DSML｜ parameter>\n"
+      "<｜DSML｜ parameter name=\"days\" string=\"false\">3</｜DSML｜ parameter>\n</｜DSML｜ invoke>\n"
+      "</｜DSML｜ calls><｜end▁of▁sentence｜>";
+  const V4Completion call = parse_deepseek_v4_completion(text, false, V4Dialect::V41);
+  EXPECT_EQ(call.content, "Checking.");
+  ASSERT_EQ(call.tool_calls.size(), 1u);
+  EXPECT_EQ(call.tool_calls[0].name, "get_weather");
+  EXPECT_EQ(call.tool_calls[0].arguments, "{\"location\": \"Beijing\", \"days\": 3}");
+  // V4's parser sees no tool calls in V4.1 markup, and the stream holds back a V4.1 block's start.
+  EXPECT_TRUE(parse_deepseek_v4_completion(text, false, V4Dialect::V4).tool_calls.empty());
+  EXPECT_EQ(settled_deepseek_v4_length("Checking.\n\n<｜DSML｜ ca", V4Dialect::V41), 9u);
+  EXPECT_EQ(settled_deepseek_v4_length("Checking.\n\n<｜DSML｜ ca", V4Dialect::V4), 25u);
+}
+
+TEST(ChatFormatV41, ArchitecturesPickTheirDialect) {
+  EXPECT_EQ(deepseek_v4_prompt_dialect("DeepseekV4ForCausalLM"), V4Dialect::V4);
+  EXPECT_EQ(deepseek_v4_prompt_dialect("DeepseekV41ForCausalLM"), V4Dialect::V41);
+  EXPECT_EQ(deepseek_v4_prompt_dialect("DeepseekV3ForCausalLM"), std::nullopt);
 }
 
 }  // namespace
