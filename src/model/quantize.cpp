@@ -120,6 +120,22 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
       ++summary.kept_tensors;
       return;
     }
+    if (spec.role == TensorRole::EngramTable) {
+      // Read a few rows per token, not multiplied: F8 rows stay as they are in every format (their
+      // scales are per row, not per block); a float table becomes F8 rows only for --dtype fp8.
+      static constexpr DType kTable[] = {DType::F8_E4M3, DType::BF16, DType::F32};
+      const TensorInfo& table = ckpt.require(spec.name, kTable, spec.shape);
+      if (table.dtype == DType::F8_E4M3 || !official_fp8) {
+        tensors.push_back(copy_as_is(&table));
+        if (table.dtype == DType::F8_E4M3) {
+          static constexpr DType kScale[] = {DType::F8_E8M0};
+          const int64_t scale_shape[] = {spec.shape[0], spec.shape[1] / kQuantBlock};
+          tensors.push_back(copy_as_is(&ckpt.require(scale, kScale, scale_shape)));
+        }
+        ++summary.kept_tensors;
+        return;
+      }
+    }
     const WeightView w =
         ckpt.weight(spec.name, spec.shape[0], spec.shape[1], layout, block_format(spec, c.weight_format));
     if (official_fp8) {

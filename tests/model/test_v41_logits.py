@@ -188,6 +188,23 @@ class V41Layout(V41Models):
                     self.assertEqual(list(shape), expected[tensor][1], tensor)
                     self.assertIn(dtype, expected[tensor][0], tensor)
 
+    def test_quantize_keeps_the_engram_tables_and_fp8_changes_nothing(self):
+        model, tokens = self.models["v41-roles-engram"], self.tokens(24, 8)
+        base = self.logits(model, tokens)
+        for dtype in ("fp8", "q8_0", "q4_0"):
+            with self.subTest(dtype=dtype):
+                out = os.path.join(self.tmp.name, f"quantized-{dtype}")
+                shutil.rmtree(out, ignore_errors=True)
+                harness.run_megamoe("quantize", "--model", model, "--dtype", dtype, "--output", out)
+                header, _, _ = safetensors_np.read_header(os.path.join(out, "model.safetensors"))
+                self.assertEqual(header["layers.0.engram.embed.weight"]["dtype"], "F8_E4M3")
+                self.assertEqual(header["layers.0.engram.embed.scale"]["shape"], [4062, 1])
+                logits = self.logits(out, tokens)
+                if dtype == "fp8":  # the official layout again: the same bytes
+                    np.testing.assert_array_equal(logits, base)
+                else:
+                    self.assertTrue(np.all(np.isfinite(logits)))
+
     def test_released_configuration(self):
         released = os.path.join(os.path.dirname(harness.TESTS_DIR), "configs", "deepseek-v41-flash.json")
         summary = json.loads(harness.run_megamoe("inspect", released, "--json", "--context", 65536))
