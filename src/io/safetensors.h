@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "io/file_bytes.h"
 #include "ops/dtype.h"
 
 namespace megamoe {
@@ -27,14 +28,6 @@ struct TensorInfo {
 
   int64_t numel() const;
   std::string shape_string() const;  // "[3, 4]"
-};
-
-class FileBytes;  // a whole file's bytes, read-only
-
-// Where an opened file's bytes live.
-enum class Residency {
-  Mapped,     // mapped from the page cache: opens at once, shared between processes, may exceed memory
-  HugePages,  // read into private huge-page memory: streams faster (util/huge_pages.h), costs a read
 };
 
 class SafetensorsFile {

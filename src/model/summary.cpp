@@ -228,7 +228,7 @@ std::string human(double v, const char* unit, double base) {
   return i == 0 ? fmt::format("{:.0f} {}", v, unit)
                 : fmt::format("{:.2f} {}{}{}", v, prefixes[i], base == 1024 ? "i" : "", unit);
 }
-std::string count(int64_t n) { return fmt::format("{} ({})", n, human(double(n), "", 1000)); }
+std::string count(int64_t n) { return n ? fmt::format("{} ({})", n, human(double(n), "", 1000)) : "0"; }
 std::string bytes(int64_t n) { return human(double(n), "B", 1024); }
 }  // namespace
 
