@@ -93,6 +93,18 @@ class ServeV41(unittest.TestCase):
                 self.assertIn(fragment, answer["error"]["message"])
                 self.assertEqual(answer["error"]["param"], param)
 
+    def test_megamoe_chat_takes_the_effort(self):
+        def chat(*flags):
+            return subprocess.run([h.megamoe_binary(), "chat", "--model", self.model, "--max-tokens", "4", *flags],
+                                  input="the lazy dog\n", capture_output=True, text=True, timeout=120)
+        for flags in ([], ["--thinking"], ["--thinking", "--reasoning-effort", "37"]):
+            with self.subTest(flags=flags):
+                result = chat(*flags)
+                self.assertEqual(result.returncode, 0, result.stderr)
+        result = chat("--thinking", "--reasoning-effort", "101")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("reasoning_effort: \"101\" is not a number from 1 to 100", result.stderr)
+
     def test_concurrent_answers_equal_each_alone(self):
         rng = random.Random(4)
         prompts = [[rng.randrange(3, 300) for _ in range(n)] for n in (3, 90, 41, 130)]
