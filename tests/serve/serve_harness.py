@@ -10,8 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model"))
 from harness import CONFIG_DIR, load_json, megamoe_binary, run_megamoe, synth  # noqa: E402,F401
@@ -186,3 +188,40 @@ def wait_until(condition, timeout=TIMEOUT, interval=0.02):
             return True
         time.sleep(interval)
     return False
+
+
+class ChatModelTest(unittest.TestCase):
+    """A served tiny model of CONFIG (set by each subclass) whose tokenizer has "<think>" and
+    "</think>" as single tokens, with --max-context CONTEXT and --max-batch 4."""
+    CONFIG = None
+    CONTEXT = 4096
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-serve-chat-")
+        cls.model = make_model(cls.tmp.name, config_path=cls.CONFIG, vocab_size=300,
+                               added_tokens=("<think>", "</think>"), max_position_embeddings=cls.CONTEXT)
+        cls.server = Server(cls.model, "--max-context", cls.CONTEXT, "--max-batch", 4)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.tmp.cleanup()
+
+    @classmethod
+    def tokenize(cls, text):
+        return [int(t) for t in subprocess.run([megamoe_binary(), "tokenize", "--tokenizer", cls.model],
+                                               input=text, capture_output=True, text=True,
+                                               check=True).stdout.split()]
+
+    def chat(self, **fields):
+        """The answer of a successful one-token chat request (messages: one user turn unless given)."""
+        body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "the lazy dog"}], "max_tokens": 1,
+                **fields}
+        status, answer = self.server.post("/v1/chat/completions", body)
+        self.assertEqual(status, 200, answer)
+        return answer
+
+    def prompt_ids(self, **fields):
+        return self.chat(return_token_ids=True, **fields)["prompt_token_ids"]
+

@@ -26,33 +26,14 @@ CONTEXT = 4096  # the published conversations take about 2000 tokens of this sma
 USER = [{"role": "user", "content": "the lazy dog"}]
 
 
-class ServeV4(unittest.TestCase):
+class ServeV4(h.ChatModelTest):
+    CONFIG = h.V4_CONFIG
+    CONTEXT = CONTEXT
+
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-serve-v4-")
-        cls.model = h.make_model(cls.tmp.name, config_path=h.V4_CONFIG, vocab_size=300,
-                                 added_tokens=("<think>", "</think>"), max_position_embeddings=CONTEXT)
-        cls.server = h.Server(cls.model, "--max-context", CONTEXT, "--max-batch", 4)
+        super().setUpClass()
         [cls.think_end] = cls.tokenize("</think>")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        cls.tmp.cleanup()
-
-    @classmethod
-    def tokenize(cls, text):
-        return [int(t) for t in subprocess.run([h.megamoe_binary(), "tokenize", "--tokenizer", cls.model],
-                                               input=text, capture_output=True, text=True,
-                                               check=True).stdout.split()]
-
-    def chat(self, **fields):
-        status, answer = self.server.post(CHAT, {"model": MODEL_NAME, "messages": USER, "max_tokens": 1, **fields})
-        self.assertEqual(status, 200, answer)
-        return answer
-
-    def prompt_ids(self, **fields):
-        return self.chat(return_token_ids=True, **fields)["prompt_token_ids"]
 
     def test_prompts_equal_the_published_encoder_outputs(self):
         if not os.path.exists(os.path.join(VECTORS, "README.md")):

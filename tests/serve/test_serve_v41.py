@@ -11,7 +11,6 @@ import json
 import os
 import random
 import subprocess
-import tempfile
 import unittest
 
 import serve_harness as h
@@ -20,34 +19,11 @@ from serve_harness import MODEL_NAME
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "dsv41-chat-encoding",
                        "vectors.json")
 CHAT = "/v1/chat/completions"
-CONTEXT = 4096
 USER = [{"role": "user", "content": "the lazy dog"}]
 
 
-class ServeV41(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-serve-v41-")
-        cls.model = h.make_model(cls.tmp.name, config_path=h.V41_CONFIG, vocab_size=300,
-                                 added_tokens=("<think>", "</think>"), max_position_embeddings=CONTEXT)
-        cls.server = h.Server(cls.model, "--max-context", CONTEXT, "--max-batch", 4)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        cls.tmp.cleanup()
-
-    @classmethod
-    def tokenize(cls, text):
-        return [int(t) for t in subprocess.run([h.megamoe_binary(), "tokenize", "--tokenizer", cls.model],
-                                               input=text, capture_output=True, text=True,
-                                               check=True).stdout.split()]
-
-    def prompt_ids(self, **fields):
-        status, answer = self.server.post(CHAT, {"model": MODEL_NAME, "messages": USER, "max_tokens": 1,
-                                                 "return_token_ids": True, **fields})
-        self.assertEqual(status, 200, answer)
-        return answer["prompt_token_ids"]
+class ServeV41(h.ChatModelTest):
+    CONFIG = h.V41_CONFIG
 
     def test_prompts_equal_the_published_encoder_vectors(self):
         with open(VECTORS, encoding="utf-8") as f:
