@@ -5,6 +5,8 @@
 #
 #   bench/model/run.sh                          # bf16, 512-token prefill, 32 decoded tokens, 3 runs
 #   DTYPE=q8_0 CONFIGS="bench/model/experts-256.json" bench/model/run.sh
+#   DTYPE=fp8 PROMPT_TOKENS=128 TORCH=0 CONFIGS=bench/model/v41-flash-layers.json BENCH_ARGS=--mmap bench/model/run.sh
+#   (then bench/model/project_v41.py projects the figures to the whole 40-layer model)
 # Environment: MEGAMOE (binary, default build/megamoe), DTYPE, CONFIGS, OUT, THREADS ("1 2"),
 # PROMPT_TOKENS, GEN_TOKENS, RUNS, ROUNDS (1: how many times the thread counts alternate, for
 # medians on a noisy machine), TORCH (0 skips the PyTorch reference), TORCH_THREADS (default: the
@@ -21,6 +23,11 @@ uptime
 for config in $CONFIGS; do
   name=$(basename "$config" .json)-$DTYPE
   [ -f "$OUT/$name/config.json" ] || "$MEGAMOE" synth --model-config "$config" --dtype "$DTYPE" --seed 1 --output "$OUT/$name"
+  if grep -q '"engram_layer_ids": \[$' "$config" && [ ! -f "$OUT/$name/tokenizer.json" ]; then
+    # V4.1's Engram layers take their token map from a tokenizer.json: a small one, learnt on the spot
+    "$MEGAMOE" tokenizer train --vocab-size 512 --input /usr/share/common-licenses/GPL-3 --output "$OUT/$name-tokenizer"
+    cp "$OUT/$name-tokenizer/tokenizer.json" "$OUT/$name/"
+  fi
   for round in $(seq "${ROUNDS:-1}"); do
     for threads in ${THREADS:-1 2}; do
       "$MEGAMOE" bench --model "$OUT/$name" --prompt-tokens "${PROMPT_TOKENS:-512}" --gen-tokens "${GEN_TOKENS:-32}" \

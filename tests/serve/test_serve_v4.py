@@ -13,7 +13,6 @@ anywhere, is tested in C++ (tests/unit/test_openai_api.cpp).
 import json
 import os
 import subprocess
-import tempfile
 import unittest
 
 import serve_harness as h
