@@ -10,7 +10,6 @@ anywhere, is tested in C++ (tests/unit/test_openai_api.cpp).
 
     cd tests/serve && MEGAMOE_BIN=/path/to/megamoe /usr/bin/python3 -m unittest -v test_serve_v4
 """
-import json
 import os
 import subprocess
 import unittest
