@@ -268,6 +268,16 @@ class V41EngramTablesOnDisk(unittest.TestCase):
                               "--memory-budget", f"{self.BUDGET >> 20}MiB")
         self.assertLessEqual(peak, self.BUDGET)
 
+    def test_perplexity_within_the_budget_equals_the_mapped_model(self):
+        text = os.path.join(self.tmp.name, "text.txt")
+        with open(text, "w") as f:
+            f.write("the quick brown fox jumps over the lazy dog, again and again, " * 4)
+        results = [json.loads(harness.run_megamoe("perplexity", "--model", self.model, "--text", text, "--json",
+                                                  *extra))
+                   for extra in ([], ["--memory-budget", f"{self.BUDGET >> 20}MiB"])]
+        self.assertEqual(results[0]["perplexity"], results[1]["perplexity"])
+        self.assertGreater(results[0]["scored_tokens"], 100)
+
     def test_bench_reports_engram_bytes_per_token(self):
         report = json.loads(harness.run_megamoe("bench", "--model", self.model, "--prompt-tokens", 16,
                                                 "--gen-tokens", 8, "--runs", 1, "--json",
