@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <memory>
+
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/progress.h"
 
 namespace megamoe {
 namespace {
@@ -28,9 +31,24 @@ std::vector<int64_t> block_tensor_shape(DType format, int64_t rows, int64_t cols
 }
 
 void write_checkpoint(const std::filesystem::path& output, const nlohmann::json& config,
-                      const std::vector<TensorToWrite>& tensors, int shards,
-                      const std::vector<std::filesystem::path>& extra_files) {
+                      const std::vector<TensorToWrite>& tensors_in, int shards,
+                      const std::vector<std::filesystem::path>& extra_files, const std::string& progress_label) {
   if (shards < 1) fail("the number of shards must be at least 1, got {}", shards);
+  std::vector<TensorToWrite> tensors = tensors_in;
+  std::unique_ptr<Progress> progress;
+  int64_t done = 0;
+  if (!progress_label.empty()) {
+    constexpr int64_t kMiB = 1 << 20;
+    int64_t total = 0;
+    for (const TensorToWrite& t : tensors) total += tensor_bytes(t);
+    progress = std::make_unique<Progress>(progress_label, (total + kMiB - 1) / kMiB, "MiB");
+    for (TensorToWrite& t : tensors)
+      t.fill = [fill = std::move(t.fill), bytes = tensor_bytes(t), &done, &progress](std::byte* dst) {
+        fill(dst);
+        done += bytes;
+        progress->update(done / kMiB);
+      };
+  }
   AtomicDirectory dir(output);
   write_json(dir.path() / "config.json", config);
   for (const auto& file : extra_files) std::filesystem::copy_file(file, dir.path() / file.filename());
@@ -60,6 +78,7 @@ void write_checkpoint(const std::filesystem::path& output, const nlohmann::json&
                {{"metadata", {{"total_size", before[n]}}}, {"weight_map", weight_map}});
   }
   dir.commit();
+  if (progress) progress->finish();
 }
 
 }  // namespace megamoe

@@ -15,7 +15,6 @@
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "util/error.h"
-#include "util/progress.h"
 
 namespace megamoe {
 namespace fs = std::filesystem;
@@ -195,17 +194,7 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
   const int64_t shards = options.shard_size > 0 ? (summary.bytes_after + options.shard_size - 1) / options.shard_size
                                                 : int64_t(ckpt.files().size());
   summary.shards = int(std::clamp<int64_t>(shards, 1, std::max<int64_t>(1, int64_t(tensors.size()))));
-  constexpr int64_t kMiB = 1 << 20;
-  Progress progress("quantize", (summary.bytes_after + kMiB - 1) / kMiB, "MiB");
-  int64_t done = 0;
-  for (TensorToWrite& t : tensors)
-    t.fill = [fill = std::move(t.fill), bytes = tensor_bytes(t), &done, &progress](std::byte* dst) {
-      fill(dst);
-      done += bytes;
-      progress.update(done / kMiB);
-    };
-  write_checkpoint(output, config, tensors, summary.shards, extra_files);
-  progress.finish();
+  write_checkpoint(output, config, tensors, summary.shards, extra_files, "quantize");
   return summary;
 }
 

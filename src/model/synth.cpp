@@ -143,7 +143,7 @@ void synth_checkpoint(const std::filesystem::path& output, const nlohmann::json&
   for_each_tensor(model_config, [&](const TensorSpec& spec) {
     add_tensor(&tensors, spec, model_config, options.dtype, options.seed);
   });
-  write_checkpoint(output, config, tensors, options.shards);
+  write_checkpoint(output, config, tensors, options.shards, {}, "synth");
 }
 
 }  // namespace megamoe

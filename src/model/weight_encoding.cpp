@@ -107,17 +107,25 @@ void add_encoded_tensor(std::vector<TensorToWrite>* out, const TensorSpec& spec,
       const int64_t rows = shape[0], cols = shape[1];
       out->push_back({spec.name, DType::I8, {rows, cols / 2}, [=](std::byte* dst) {
                         const std::vector<float> v = values();
-                        std::vector<uint8_t> scales(size_t(cols / kQuantBlock));
-                        for (int64_t r = 0; r < rows; ++r)
-                          quantize_row_fp4(reinterpret_cast<uint8_t*>(dst) + r * cols / 2, scales.data(),
-                                           v.data() + r * cols, cols);
+#pragma omp parallel
+                        {
+                          std::vector<uint8_t> scales(size_t(cols / kQuantBlock));
+#pragma omp for schedule(static)
+                          for (int64_t r = 0; r < rows; ++r)
+                            quantize_row_fp4(reinterpret_cast<uint8_t*>(dst) + r * cols / 2, scales.data(),
+                                             v.data() + r * cols, cols);
+                        }
                       }});
       out->push_back({scale_name, DType::F8_E8M0, {rows, cols / kQuantBlock}, [=](std::byte* dst) {
                         const std::vector<float> v = values();
-                        std::vector<uint8_t> packed(size_t(cols / 2));
-                        for (int64_t r = 0; r < rows; ++r)
-                          quantize_row_fp4(packed.data(), reinterpret_cast<uint8_t*>(dst) + r * cols / kQuantBlock,
-                                           v.data() + r * cols, cols);
+#pragma omp parallel
+                        {
+                          std::vector<uint8_t> packed(size_t(cols / 2));
+#pragma omp for schedule(static)
+                          for (int64_t r = 0; r < rows; ++r)
+                            quantize_row_fp4(packed.data(), reinterpret_cast<uint8_t*>(dst) + r * cols / kQuantBlock,
+                                             v.data() + r * cols, cols);
+                        }
                       }});
       return;
     }
