@@ -1,0 +1,28 @@
+// The block formats of llama.cpp's GGUF files beyond q8_0 and q4_0 (docs/gguf.md#block-formats):
+// the 32-value legacy blocks (Q4_1, Q5_0, Q5_1, IQ4_NL) and the 256-value k-quants (Q2_K .. Q6_K,
+// IQ4_XS), byte for byte as ggml lays them out. These are the slow references every kernel for
+// them is checked against; they reproduce ggml's own dequantization bit for bit
+// (tests/unit/test_ggml_blocks.cpp, against vectors computed by ggml).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace megamoe {
+
+enum class GgmlBlock { Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS };
+
+struct GgmlBlockLayout {
+  std::string_view name;  // ggml's: "Q4_K"
+  int64_t elements;       // values per block: 32 or 256
+  int64_t bytes;          // bytes per block
+};
+GgmlBlockLayout ggml_block_layout(GgmlBlock format);
+std::optional<GgmlBlock> ggml_block_of(std::string_view name);  // "Q4_K" -> Q4_K
+
+// out [n] = the values of n / elements blocks of `format` at `blocks`; n must be a multiple of the
+// block's elements.
+void dequantize_ggml_blocks(GgmlBlock format, const std::byte* blocks, float* out, int64_t n);
+
+}  // namespace megamoe
