@@ -12,8 +12,8 @@
 #include <string_view>
 
 #include "runtime/generation.h"
-#include "tokenizer/chat_format_v4.h"
 #include "serve/scheduler.h"
+#include "tokenizer/chat_format_v4.h"
 #include "util/error.h"
 
 namespace megamoe::serve {
