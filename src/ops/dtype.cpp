@@ -10,7 +10,7 @@ struct DTypeInfo {
   size_t size;        // bytes per block
   int64_t block = 1;  // elements per block; > 1 only for the weight formats, which files never name
 };
-constexpr std::array<DTypeInfo, 15> kDTypes{{
+constexpr std::array<DTypeInfo, 25> kDTypes{{
     {DType::F32, "F32", 4},
     {DType::F16, "F16", 2},
     {DType::BF16, "BF16", 2},
@@ -26,6 +26,16 @@ constexpr std::array<DTypeInfo, 15> kDTypes{{
     {DType::Q8_0, "Q8_0", 34, 32},
     {DType::Q4_0, "Q4_0", 18, 32},
     {DType::F4_E2M1, "F4_E2M1", 1, 2},
+    {DType::Q4_1, "Q4_1", 20, 32},
+    {DType::Q5_0, "Q5_0", 22, 32},
+    {DType::Q5_1, "Q5_1", 24, 32},
+    {DType::Q2_K, "Q2_K", 84, 256},
+    {DType::Q3_K, "Q3_K", 110, 256},
+    {DType::Q4_K, "Q4_K", 144, 256},
+    {DType::Q5_K, "Q5_K", 176, 256},
+    {DType::Q6_K, "Q6_K", 210, 256},
+    {DType::IQ4_NL, "IQ4_NL", 18, 32},
+    {DType::IQ4_XS, "IQ4_XS", 136, 256},
 }};
 }  // namespace
 

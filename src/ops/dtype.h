@@ -13,14 +13,41 @@ namespace megamoe {
 // The safetensors element types, then megamoe's block-quantized weight formats (ops/quant.h), which
 // exist only as WeightView formats: Q8_0 and Q4_0 (llama.cpp's blocks of 32) and F4_E2M1 (FP4 codes
 // packed two per byte, scales in a separate ue8m0 array).
-enum class DType : uint8_t { F32, F16, BF16, F8_E4M3, F8_E8M0, I8, I16, I32, I64, U8, BOOL, F64, Q8_0, Q4_0, F4_E2M1 };
+enum class DType : uint8_t {
+  F32,
+  F16,
+  BF16,
+  F8_E4M3,
+  F8_E8M0,
+  I8,
+  I16,
+  I32,
+  I64,
+  U8,
+  BOOL,
+  F64,
+  Q8_0,
+  Q4_0,
+  F4_E2M1,
+  // llama.cpp's other block formats, as GGUF files store them (ops/ggml_blocks.h)
+  Q4_1,
+  Q5_0,
+  Q5_1,
+  Q2_K,
+  Q3_K,
+  Q4_K,
+  Q5_K,
+  Q6_K,
+  IQ4_NL,
+  IQ4_XS,
+};
 
 // Safetensors spelling ("F32", "BF16", "F8_E4M3", ...); the weight formats are named "Q8_0", "Q4_0",
 // "F4_E2M1" in messages but never parsed from a file.
 std::string_view dtype_name(DType t);
 std::optional<DType> dtype_from_name(std::string_view name);
 // Elements are stored in blocks of dtype_block_size(t) (1 for the safetensors types, 32 for Q8_0/Q4_0,
-// 2 for F4_E2M1) taking dtype_size(t) bytes each, as in ggml.
+// 2 for F4_E2M1, 32 or 256 for the other ggml formats) taking dtype_size(t) bytes each, as in ggml.
 size_t dtype_size(DType t);
 int64_t dtype_block_size(DType t);
 

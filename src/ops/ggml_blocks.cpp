@@ -204,6 +204,11 @@ std::optional<GgmlBlock> ggml_block_of(std::string_view name) {
   return std::nullopt;
 }
 
+std::optional<GgmlBlock> ggml_block_of(DType dtype) {
+  if (dtype < DType::Q4_1) return std::nullopt;  // the DType list follows GgmlBlock from Q4_1 on
+  return GgmlBlock(int(dtype) - int(DType::Q4_1));
+}
+
 void dequantize_ggml_blocks(GgmlBlock format, const std::byte* blocks, float* out, int64_t n) {
   const GgmlBlockLayout layout = ggml_block_layout(format);
   if (n % layout.elements != 0) fail("{} rows take whole blocks of {} values, not {}", layout.name, layout.elements, n);

@@ -9,6 +9,8 @@
 #include <optional>
 #include <string_view>
 
+#include "ops/dtype.h"
+
 namespace megamoe {
 
 enum class GgmlBlock { Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS };
@@ -20,6 +22,7 @@ struct GgmlBlockLayout {
 };
 GgmlBlockLayout ggml_block_layout(GgmlBlock format);
 std::optional<GgmlBlock> ggml_block_of(std::string_view name);  // "Q4_K" -> Q4_K
+std::optional<GgmlBlock> ggml_block_of(DType dtype);            // DType::Q4_K -> Q4_K; nullopt for the others
 
 // out [n] = the values of n / elements blocks of `format` at `blocks`; n must be a multiple of the
 // block's elements.

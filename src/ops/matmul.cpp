@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "ops/ggml_blocks.h"
 #include "ops/quant.h"
 #include "util/error.h"
 
@@ -35,6 +36,15 @@ float weight_element(const WeightView& W, int64_t row, int64_t col) {
       return kE2M1Values[code] * e8m0_to_f32(W.scale_e8m0[i / kQuantBlock]);
     }
     default:
+      if (const std::optional<GgmlBlock> format = ggml_block_of(W.dtype)) {
+        const int64_t block = dtype_block_size(W.dtype);
+        std::vector<float> values(static_cast<size_t>(block));
+        dequantize_ggml_blocks(
+            *format,
+            static_cast<const std::byte*>(W.data) + row * W.row_bytes() + col / block * int64_t(dtype_size(W.dtype)),
+            values.data(), block);
+        return values[size_t(col % block)];
+      }
       fail("weight format {} is not supported by the matrix kernels", dtype_name(W.dtype));
   }
 }

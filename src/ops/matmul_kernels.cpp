@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "ops/elementwise.h"
+#include "ops/ggml_blocks.h"
 #include "ops/matmul.h"
 #include "ops/numerics.h"
 #include "ops/quant.h"
@@ -773,10 +774,34 @@ struct ExactRows {
   }
   float Scale(int64_t, int64_t) const { return 1; }
 };
+// llama.cpp's other block formats (ops/ggml_blocks.h): each tile's rows decoded to fp32 by the
+// scalar reference into the tile's buffer, as ExactRows does. Right for every format and size, not
+// yet fast: their SIMD kernels are to come.
+struct GgmlBlockRows {
+  static constexpr bool kInt8 = false;
+  static constexpr int64_t kScaleCols = 0;
+  GgmlBlock format;
+  const std::byte* data;
+  int64_t row_bytes, block_elements, block_bytes;
+  explicit GgmlBlockRows(const WeightView& W)
+      : format(*ggml_block_of(W.dtype)),
+        data(static_cast<const std::byte*>(W.data)),
+        row_bytes(W.row_bytes()),
+        block_elements(dtype_block_size(W.dtype)),
+        block_bytes(int64_t(dtype_size(W.dtype))) {}
+  // k0 and n are whole blocks (every caller decodes whole rows).
+  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n, bool /*unscaled: no scale apart*/ = false) const {
+    dequantize_ggml_blocks(format, data + row * row_bytes + k0 / block_elements * block_bytes, out, n);
+  }
+  float Scale(int64_t, int64_t) const { return 1; }
+};
+
 template <class Rows>
 constexpr bool kExactRows = false;
 template <class Int8>
 constexpr bool kExactRows<ExactRows<Int8>> = true;
+template <>
+constexpr bool kExactRows<GgmlBlockRows> = true;
 
 // One row tile's sums for tokens [t_begin, t_end) into `out`, C tokens at a time. Edge tiles repeat
 // their last row or token (same work, no extra instantiations) and store only the real ones.
@@ -1027,6 +1052,7 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
     case DType::F4_E2M1:
       return exact ? op(ExactRows<Fp4Rows>(W)) : op(Fp4Rows(W));
     default:
+      if (ggml_block_of(W.dtype)) return op(GgmlBlockRows(W));
       fail("weight format {} is not supported by the matrix kernels", dtype_name(W.dtype));
   }
 }

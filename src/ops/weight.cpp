@@ -1,5 +1,6 @@
 #include "ops/weight.h"
 
+#include "ops/ggml_blocks.h"
 #include "ops/quant.h"
 #include "util/error.h"
 
@@ -50,6 +51,12 @@ void WeightView::check() const {
         fail("{} weight [{}, {}] needs a multiple of {} columns", dtype_name(dtype), rows, cols, kQuantBlock);
       break;
     default:
+      if (ggml_block_of(dtype)) {
+        if (cols % dtype_block_size(dtype) != 0)
+          fail("{} weight [{}, {}] needs a multiple of {} columns", dtype_name(dtype), rows, cols,
+               dtype_block_size(dtype));
+        break;
+      }
       fail("weight format {} is not supported by the matrix kernels", dtype_name(dtype));
   }
 }

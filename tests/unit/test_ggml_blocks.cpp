@@ -5,11 +5,14 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "ops/matmul.h"
 #include "ops/quant.h"
 #include "util/error.h"
 
@@ -66,6 +69,50 @@ TEST(GgmlBlocks, EqualGgmlsDequantizationBitForBit) {
     ++formats;
   }
   EXPECT_EQ(formats, 12);
+}
+
+// The vectors' 6 blocks as a weight of 3 rows of 2 blocks: dequantize_row gives the vectors' values
+// bit for bit, and matmul (every SIMD target, any number of tokens) their products within float
+// rounding.
+TEST(GgmlBlocks, WeightsOfEveryFormatMultiplyOnEveryTarget) {
+  const std::map<std::string, DType> dtypes = {
+      {"Q4_0", DType::Q4_0}, {"Q8_0", DType::Q8_0}, {"Q4_1", DType::Q4_1},     {"Q5_0", DType::Q5_0},
+      {"Q5_1", DType::Q5_1}, {"Q2_K", DType::Q2_K}, {"Q3_K", DType::Q3_K},     {"Q4_K", DType::Q4_K},
+      {"Q5_K", DType::Q5_K}, {"Q6_K", DType::Q6_K}, {"IQ4_NL", DType::IQ4_NL}, {"IQ4_XS", DType::IQ4_XS}};
+  const nlohmann::json all = vectors();
+  for (const auto& [name, v] : all.items()) {
+    SCOPED_TRACE(name);
+    const std::vector<std::byte> blocks = from_hex(v["blocks"].get<std::string>());
+    const std::vector<uint32_t> bits = v["values"].get<std::vector<uint32_t>>();
+    const int64_t rows = 3, cols = int64_t(bits.size()) / rows;
+    const WeightView W{.dtype = dtypes.at(name), .rows = rows, .cols = cols, .data = blocks.data()};
+    EXPECT_EQ(W.row_bytes() * rows, int64_t(blocks.size()));
+    for (const std::string& target : matmul_targets()) {
+      SCOPED_TRACE(target);
+      matmul_use_target(target);
+      std::vector<float> row(static_cast<size_t>(cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        dequantize_row(row.data(), W, r);
+        for (int64_t k = 0; k < cols; ++k)
+          ASSERT_EQ(std::bit_cast<uint32_t>(row[size_t(k)]), bits[size_t(r * cols + k)]);
+      }
+      if (!ggml_block_of(W.dtype)) continue;  // Q8_0, Q4_0: int8 products in fast numerics, tested in test_kernels
+      for (const int64_t T : {1, 3, 9}) {
+        std::vector<float> x(size_t(T * cols)), y(size_t(T * rows)), reference(size_t(T * rows));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 37 % 23) - 11) / 8.f;
+        matmul(y.data(), x.data(), T, W);
+        matmul_reference(reference.data(), x.data(), T, W);
+        for (size_t i = 0; i < y.size(); ++i) {
+          double magnitude = 0;
+          for (int64_t k = 0; k < cols; ++k)
+            magnitude += std::fabs(double(x[i / rows * cols + k]) *
+                                   std::bit_cast<float>(bits[size_t(int64_t(i % rows) * cols + k)]));
+          ASSERT_NEAR(y[i], reference[i], 1e-5 * magnitude + 1e-30) << "T=" << T << " output " << i;
+        }
+      }
+    }
+    matmul_use_target("");
+  }
 }
 
 TEST(GgmlBlocks, RowsOfPartialBlocksAreRefused) {
