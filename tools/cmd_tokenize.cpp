@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "model/gguf_tokenizer.h"
 #include "tokenizer/bpe_trainer.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -83,13 +84,14 @@ void register_tokenize(CLI::App& app) {
     std::string output;
   };
   auto options = std::make_shared<Options>();
-  const char* tokenizer_help = "tokenizer.json, or the directory holding it (and tokenizer_config.json)";
+  const char* tokenizer_help =
+      "tokenizer.json, the directory holding it (and tokenizer_config.json), or a GGUF file (its tokenizer)";
 
   CLI::App* tokenize = app.add_subcommand("tokenize", "Print the token ids of the UTF-8 text on standard input");
   tokenize->add_option("--tokenizer", options->tokenizer, tokenizer_help)->required();
   tokenize->add_flag("--batch", options->batch, "Read JSON Lines of strings; print one line of ids for each");
   tokenize->callback([options] {
-    const Tokenizer tokenizer = Tokenizer::load(options->tokenizer);
+    const Tokenizer tokenizer = load_tokenizer(options->tokenizer);
     if (!options->batch) {
       write_stdout(join_ids(tokenizer.encode(read_stdin())) + "\n");
       return;
@@ -110,7 +112,7 @@ void register_tokenize(CLI::App& app) {
   detokenize->add_flag("--batch", options->batch, "Read lines of ids; print each text as a JSON string line");
   detokenize->add_flag("--skip-special-tokens", options->skip_special, "Leave out special tokens such as BOS/EOS");
   detokenize->callback([options] {
-    const Tokenizer tokenizer = Tokenizer::load(options->tokenizer);
+    const Tokenizer tokenizer = load_tokenizer(options->tokenizer);
     if (!options->batch) {
       write_stdout(tokenizer.decode(parse_ids(read_stdin(), "standard input"), options->skip_special));
       return;
@@ -158,7 +160,7 @@ void register_tokenize(CLI::App& app) {
   chat->add_flag("--ids", options->ids, "Print the prompt's token ids instead of its text");
   chat->add_flag("--batch", options->batch, "Read JSON Lines of message arrays; print one JSON string (or ids) each");
   chat->callback([options] {
-    const Tokenizer tokenizer = Tokenizer::load(options->tokenizer);
+    const Tokenizer tokenizer = load_tokenizer(options->tokenizer);
     auto render = [&](const nlohmann::json& messages, const std::string& where) {
       const std::string prompt =
           tokenizer.apply_chat_template(parse_chat_messages(messages, where), options->add_generation_prompt);

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "distributed_options.h"
+#include "model/gguf_tokenizer.h"
 #include "numerics_option.h"
 #include "util/error.h"
 
@@ -25,8 +26,7 @@ void add_generation_options(CLI::App* cmd, GenerationOptions* o, int64_t default
   o->params.max_tokens = default_max_tokens;
   SamplingParams& s = o->params.sampling;
   cmd->add_option("--model", o->model, "Model directory (Hugging Face layout)")->required();
-  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json or its directory (default: the model's)");
-  cmd->add_option("--max-tokens", o->params.max_tokens, "Most tokens to generate")->capture_default_str();
+  X cmd->add_option("--max-tokens", o->params.max_tokens, "Most tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", s.temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-k", s.top_k, "Sample from the k most likely tokens (0 = all)")->capture_default_str();
   cmd->add_option("--top-p", s.top_p, "Nucleus sampling threshold")->capture_default_str();
@@ -54,7 +54,7 @@ GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_r
   const std::filesystem::path tokenizer_path = std::filesystem::path(o.tokenizer.empty() ? o.model : o.tokenizer);
   const bool has_tokenizer = !o.tokenizer.empty() || std::filesystem::exists(tokenizer_path / "tokenizer.json");
   if (has_tokenizer) {
-    setup.tokenizer = Tokenizer::load(tokenizer_path);
+    setup.tokenizer = load_tokenizer(tokenizer_path);
     if (setup.tokenizer->vocab_size() > setup.model->vocab_size())
       fail("{}: the tokenizer has {} tokens but the model only {}", tokenizer_path.string(),
            setup.tokenizer->vocab_size(), setup.model->vocab_size());
