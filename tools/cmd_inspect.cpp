@@ -14,7 +14,8 @@ namespace {
 
 // A GGUF file's header: its metadata (arrays by element type and length), and its tensors' bytes by
 // ggml type. megamoe does not run GGUF models yet; this shows what a file holds.
-nlohmann::ordered_json gguf_summary(const GgufFile& file) {
+nlohmann::ordered_json gguf_summary(const GgufModel& model) {
+  const GgufFile& file = model.first();
   nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
   for (const GgufKeyValue& k : file.metadata()) {
     if (k.type == GgufValueType::Array)
@@ -25,11 +26,11 @@ nlohmann::ordered_json gguf_summary(const GgufFile& file) {
   }
   std::map<std::string, std::pair<int64_t, int64_t>> by_type;  // name: tensors, bytes
   int64_t bytes = 0;
-  for (const GgufTensor& t : file.tensors()) {
-    auto& [count, type_bytes] = by_type[std::string(ggml_type_info(t.type)->name)];
+  for (const GgufTensor* t : model.tensors()) {
+    auto& [count, type_bytes] = by_type[std::string(ggml_type_info(t->type)->name)];
     ++count;
-    type_bytes += int64_t(t.nbytes);
-    bytes += int64_t(t.nbytes);
+    type_bytes += int64_t(t->nbytes);
+    bytes += int64_t(t->nbytes);
   }
   nlohmann::ordered_json types = nlohmann::ordered_json::object();
   const GgufKeyValue* arch = file.find_key("general.architecture");
@@ -39,7 +40,8 @@ nlohmann::ordered_json gguf_summary(const GgufFile& file) {
           {"version", file.version()},
           {"alignment", file.alignment()},
           {"architecture", architecture},
-          {"tensors", file.tensors().size()},
+          {"parts", model.parts().size()},
+          {"tensors", model.tensors().size()},
           {"tensor_bytes", bytes},
           {"tensors_by_type", types},
           {"metadata", metadata}};
@@ -48,7 +50,8 @@ nlohmann::ordered_json gguf_summary(const GgufFile& file) {
 std::string describe_gguf(const nlohmann::ordered_json& s) {
   std::string out;
   auto line = [&](const std::string& key, const std::string& value) { out += fmt::format("{:<34}{}\n", key, value); };
-  line("format", fmt::format("GGUF version {}, alignment {}", s["version"].get<int>(), s["alignment"].get<int>()));
+  line("format", fmt::format("GGUF version {}, alignment {}, {} file{}", s["version"].get<int>(),
+                             s["alignment"].get<int>(), s["parts"].get<int>(), s["parts"].get<int>() > 1 ? "s" : ""));
   line("architecture", s["architecture"].get<std::string>().empty() ? "(none)" : s["architecture"].get<std::string>());
   line("tensors", fmt::format("{}, {:.2f} GiB", s["tensors"].get<int64_t>(),
                               double(s["tensor_bytes"].get<int64_t>()) / double(1 << 30)));
@@ -84,7 +87,7 @@ void register_inspect(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->callback([options] {
     if (std::filesystem::path(options->model).extension() == ".gguf") {
-      const nlohmann::ordered_json summary = gguf_summary(*GgufFile::open(options->model));
+      const nlohmann::ordered_json summary = gguf_summary(*GgufModel::open(options->model));
       const std::string text = options->json ? summary.dump(2) + "\n" : describe_gguf(summary);
       std::fputs(text.c_str(), stdout);
       return;

@@ -26,7 +26,9 @@ void add_generation_options(CLI::App* cmd, GenerationOptions* o, int64_t default
   o->params.max_tokens = default_max_tokens;
   SamplingParams& s = o->params.sampling;
   cmd->add_option("--model", o->model, "Model directory (Hugging Face layout)")->required();
-  X cmd->add_option("--max-tokens", o->params.max_tokens, "Most tokens to generate")->capture_default_str();
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "tokenizer.json or its directory, or a GGUF file's tokenizer (default: the model's)");
+  cmd->add_option("--max-tokens", o->params.max_tokens, "Most tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", s.temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-k", s.top_k, "Sample from the k most likely tokens (0 = all)")->capture_default_str();
   cmd->add_option("--top-p", s.top_p, "Nucleus sampling threshold")->capture_default_str();

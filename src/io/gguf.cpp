@@ -375,6 +375,70 @@ std::string GgufFile::string(std::string_view key) const {
   return entry->value.get<std::string>();
 }
 
+namespace {
+
+// "NAME-00002-of-00005.gguf" -> {NAME, 2, 5}; nullopt for any other name.
+struct SplitName {
+  std::string prefix;
+  int part, count;
+};
+std::optional<SplitName> split_name(const fs::path& path) {
+  const std::string name = path.filename().string();
+  constexpr size_t kTail = std::string_view("-00001-of-00005.gguf").size();
+  if (name.size() <= kTail || !name.ends_with(".gguf")) return std::nullopt;
+  const std::string tail = name.substr(name.size() - kTail);  // "-DDDDD-of-DDDDD.gguf"
+  const auto digits = [&](size_t at) {
+    return std::all_of(tail.begin() + ptrdiff_t(at), tail.begin() + ptrdiff_t(at + 5),
+                       [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (tail[0] != '-' || !digits(1) || tail.compare(6, 4, "-of-") != 0 || !digits(10)) return std::nullopt;
+  const int part = std::stoi(tail.substr(1, 5)), count = std::stoi(tail.substr(10, 5));
+  if (part < 1 || count < 1 || part > count) return std::nullopt;
+  return SplitName{name.substr(0, name.size() - kTail), part, count};
+}
+
+}  // namespace
+
+fs::path gguf_split_path(const fs::path& first_or_prefix, int k, int n) {
+  const std::optional<SplitName> split = split_name(first_or_prefix);
+  const std::string prefix = split ? split->prefix : first_or_prefix.filename().string();
+  return first_or_prefix.parent_path() / fmt::format("{}-{:05d}-of-{:05d}.gguf", prefix, k, n);
+}
+
+std::unique_ptr<GgufModel> GgufModel::open(const fs::path& path, Residency residency) {
+  std::unique_ptr<GgufModel> model(new GgufModel());
+  const std::optional<SplitName> split = split_name(path);
+  const int count = split ? split->count : 1;
+  for (int k = 1; k <= count; ++k) {
+    const fs::path part = split ? gguf_split_path(path, k, count) : path;
+    if (split && !fs::exists(part))
+      fail("{}: part {} of the {} parts of this model is missing ({})", path.string(), k, count, part.string());
+    std::unique_ptr<GgufFile> file = GgufFile::open(part, residency);
+    if (split) {  // each part says which it is
+      const std::optional<int64_t> no = file->integer_or("split.no"), n = file->integer_or("split.count");
+      if (no != k - 1 || n != count)
+        fail("{}: its split.no / split.count ({} / {}) do not make it part {} of {}", part.string(),
+             no ? std::to_string(*no) : "missing", n ? std::to_string(*n) : "missing", k, count);
+    }
+    for (const GgufTensor& t : file->tensors()) {
+      if (!model->by_name_.emplace(t.name, &t).second)
+        fail("{}: tensor {} is in an earlier part too", part.string(), t.name);
+      model->tensors_.push_back(&t);
+    }
+    model->parts_.push_back(std::move(file));
+  }
+  if (const std::optional<int64_t> total = model->first().integer_or("split.tensors.count");
+      split && total && *total != int64_t(model->tensors_.size()))
+    fail("{}: split.tensors.count is {}, but the {} parts hold {} tensors", path.string(), *total, count,
+         model->tensors_.size());
+  return model;
+}
+
+const GgufTensor* GgufModel::find(std::string_view name) const {
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : it->second;
+}
+
 void write_gguf(const fs::path& path, const std::vector<GgufKeyValue>& metadata,
                 const std::vector<GgufTensorToWrite>& tensors, uint32_t alignment) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0)

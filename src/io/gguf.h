@@ -101,6 +101,28 @@ class GgufFile {
   std::map<std::string, size_t, std::less<>> key_index_, tensor_index_;
 };
 
+// A model in one GGUF file, or split by llama.cpp's gguf-split into NAME-0000k-of-0000N.gguf parts
+// (split.no, split.count, split.tensors.count in each): the first part's metadata, every part's
+// tensors. Opening any part opens them all; a missing, foreign or repeated part, or a tensor in two
+// parts, is an Error naming the file.
+class GgufModel {
+ public:
+  static std::unique_ptr<GgufModel> open(const std::filesystem::path& path, Residency residency = Residency::Mapped);
+
+  const GgufFile& first() const { return *parts_.front(); }  // holds the metadata
+  const std::vector<std::unique_ptr<GgufFile>>& parts() const { return parts_; }
+  const std::vector<const GgufTensor*>& tensors() const { return tensors_; }  // every part's, in order
+  const GgufTensor* find(std::string_view name) const;                        // nullptr when absent
+
+ private:
+  std::vector<std::unique_ptr<GgufFile>> parts_;
+  std::vector<const GgufTensor*> tensors_;
+  std::map<std::string, const GgufTensor*, std::less<>> by_name_;
+};
+
+// "NAME-0000k-of-0000N.gguf" for part k (1-based) of n, as gguf-split names them.
+std::filesystem::path gguf_split_path(const std::filesystem::path& first_or_prefix, int k, int n);
+
 // A tensor to write: `fill` writes exactly its bytes (shape outermost first, as GgufTensor).
 struct GgufTensorToWrite {
   std::string name;

@@ -56,8 +56,8 @@ std::vector<GgufKeyValue> ggml_vocab_metadata(const GgmlVocab& v) {
 
 Tokenizer load_tokenizer(const std::filesystem::path& path) {
   if (path.extension() != ".gguf") return Tokenizer::load(path);
-  const std::unique_ptr<GgufFile> file = GgufFile::open(path);
-  const auto [tokenizer, config] = hf_tokenizer_from_ggml(read_ggml_vocab(*file), path.string());
+  const std::unique_ptr<GgufModel> model = GgufModel::open(path);  // the first part holds the tokenizer
+  const auto [tokenizer, config] = hf_tokenizer_from_ggml(read_ggml_vocab(model->first()), path.string());
   return Tokenizer::from_json(tokenizer, config, path.string());
 }
 

@@ -188,5 +188,39 @@ TEST(Gguf, MalformedHeadersAreNamed) {
   expect(Header::start(2, 0).tensor("t", {8}, 0, 0).tensor("t", {8}, 0, 32).pad(32, 64), {"empty or repeated"});
 }
 
+// gguf-split's parts: any part opens the model; missing, foreign or repeated parts are named.
+TEST(Gguf, SplitModelsOpenFromAnyPart) {
+  testing::TempDir dir;
+  const std::vector<GgufTensorToWrite> tensors = sample_tensors();
+  const auto write_part = [&](int k, int n, int no, std::vector<GgufTensorToWrite> part) {
+    std::vector<GgufKeyValue> keys = {{"split.no", GgufValueType::U16, GgufValueType::U8, no},
+                                      {"split.count", GgufValueType::U16, GgufValueType::U8, n},
+                                      {"split.tensors.count", GgufValueType::I32, GgufValueType::U8, 4}};
+    if (k == 1) keys.push_back({"general.architecture", GgufValueType::String, GgufValueType::U8, "deepseek2"});
+    write_gguf(gguf_split_path(dir / "model", k, n), keys, part);
+  };
+  write_part(1, 3, 0, {tensors[0], tensors[1]});
+  write_part(2, 3, 1, {tensors[2]});
+  write_part(3, 3, 2, {tensors[3]});
+  EXPECT_EQ(gguf_split_path(dir / "model", 2, 3).filename(), "model-00002-of-00003.gguf");
+  for (int k = 1; k <= 3; ++k) {
+    const auto model = GgufModel::open(gguf_split_path(dir / "model", k, 3));
+    EXPECT_EQ(model->parts().size(), 3u);
+    EXPECT_EQ(model->tensors().size(), 4u);
+    EXPECT_EQ(model->first().string("general.architecture"), "deepseek2");
+    ASSERT_NE(model->find("output_norm.weight"), nullptr);
+    EXPECT_EQ(model->find("output_norm.weight")->shape, std::vector<int64_t>{7});
+  }
+  write_part(3, 3, 1, {tensors[3]});  // says it is the second part
+  expect_error([&] { GgufModel::open(dir / "model-00001-of-00003.gguf"); },
+               {"model-00003-of-00003.gguf", "part 3 of 3"});
+  write_part(3, 3, 2, {tensors[0]});  // a tensor of the first part again
+  expect_error([&] { GgufModel::open(dir / "model-00001-of-00003.gguf"); }, {"token_embd.weight", "earlier part"});
+  std::filesystem::remove(gguf_split_path(dir / "model", 3, 3));
+  expect_error([&] { GgufModel::open(dir / "model-00002-of-00003.gguf"); }, {"part 3 of the 3 parts", "missing"});
+  write_gguf(dir / "single.gguf", sample_metadata(), sample_tensors());  // not split: one part
+  EXPECT_EQ(GgufModel::open(dir / "single.gguf")->parts().size(), 1u);
+}
+
 }  // namespace
 }  // namespace megamoe
