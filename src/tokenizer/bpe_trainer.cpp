@@ -175,41 +175,13 @@ TrainedTokenizer BpeTrainer::train() const {
   auto spelling = [&](int32_t id) {
     return size_t(id) < added_count ? token_bytes[size_t(id)] : byte_level_spelling(token_bytes[size_t(id)]);
   };
-  nlohmann::ordered_json added = nlohmann::ordered_json::array();
-  for (const AddedToken& token : options_.added_tokens)
-    added.push_back({{"id", token.id},
-                     {"content", token.content},
-                     {"single_word", false},
-                     {"lstrip", token.lstrip},
-                     {"rstrip", token.rstrip},
-                     {"normalized", !token.special},
-                     {"special", token.special}});
   nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
   for (size_t id = 0; id < token_bytes.size(); ++id) vocab[spelling(int32_t(id))] = id;
-  nlohmann::ordered_json merge_list = nlohmann::ordered_json::array();
+  std::vector<std::string> merge_list;
   for (const auto& [left, right] : merges) merge_list.push_back(spelling(left) + " " + spelling(right));
-  const nlohmann::ordered_json byte_level = {
-      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
 
   TrainedTokenizer result;
-  result.tokenizer = {{"version", "1.0"},
-                      {"truncation", nullptr},
-                      {"padding", nullptr},
-                      {"added_tokens", added},
-                      {"normalizer", {{"type", "Sequence"}, {"normalizers", nlohmann::ordered_json::array()}}},
-                      {"pre_tokenizer", nlohmann::ordered_json::parse(deepseek_v3_pre_tokenizer().dump())},
-                      {"post_processor", byte_level},
-                      {"decoder", byte_level},
-                      {"model",
-                       {{"type", "BPE"},
-                        {"dropout", nullptr},
-                        {"unk_token", nullptr},
-                        {"continuing_subword_prefix", nullptr},
-                        {"end_of_word_suffix", nullptr},
-                        {"fuse_unk", false},
-                        {"byte_fallback", false},
-                        {"vocab", vocab},
-                        {"merges", merge_list}}}};
+  result.tokenizer = byte_level_bpe_json(options_.added_tokens, vocab, merge_list);
   const std::string& bos = options_.added_tokens[0].content;
   const std::string& eos = options_.added_tokens[1].content;
   result.config = {{"add_bos_token", true},
@@ -225,6 +197,40 @@ TrainedTokenizer BpeTrainer::train() const {
                    {"tokenizer_class", "LlamaTokenizerFast"},
                    {"chat_template", deepseek_v3_chat_template()}};
   return result;
+}
+
+nlohmann::ordered_json byte_level_bpe_json(const std::vector<AddedToken>& added_tokens,
+                                           const nlohmann::ordered_json& vocab,
+                                           const std::vector<std::string>& merges) {
+  nlohmann::ordered_json added = nlohmann::ordered_json::array();
+  for (const AddedToken& token : added_tokens)
+    added.push_back({{"id", token.id},
+                     {"content", token.content},
+                     {"single_word", false},
+                     {"lstrip", token.lstrip},
+                     {"rstrip", token.rstrip},
+                     {"normalized", !token.special},
+                     {"special", token.special}});
+  const nlohmann::ordered_json byte_level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", added},
+          {"normalizer", {{"type", "Sequence"}, {"normalizers", nlohmann::ordered_json::array()}}},
+          {"pre_tokenizer", nlohmann::ordered_json::parse(deepseek_v3_pre_tokenizer().dump())},
+          {"post_processor", byte_level},
+          {"decoder", byte_level},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},
+            {"continuing_subword_prefix", nullptr},
+            {"end_of_word_suffix", nullptr},
+            {"fuse_unk", false},
+            {"byte_fallback", false},
+            {"vocab", vocab},
+            {"merges", merges}}}};
 }
 
 TrainedTokenizer train_bpe(std::span<const std::string> texts, const BpeTrainingOptions& options) {

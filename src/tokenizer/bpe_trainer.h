@@ -50,6 +50,11 @@ class BpeTrainer {
 
 TrainedTokenizer train_bpe(std::span<const std::string> texts, const BpeTrainingOptions& options);
 
+// A byte-level BPE tokenizer.json with DeepSeek-V3's pre-tokenizer: the format megamoe writes
+// (training, and GGUF tokenizers read back). `vocab` maps byte-level spellings to ids.
+nlohmann::ordered_json byte_level_bpe_json(const std::vector<AddedToken>& added_tokens,
+                                           const nlohmann::ordered_json& vocab, const std::vector<std::string>& merges);
+
 // Writes tokenizer.json and tokenizer_config.json into `dir`, which appears whole or not at all.
 void save_tokenizer(const TrainedTokenizer& trained, const std::filesystem::path& dir);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "tokenizer/bpe_trainer.h"
 #include "tokenizer/pre_tokenizer.h"
 #include "util/error.h"
 
@@ -38,41 +39,15 @@ std::pair<nlohmann::ordered_json, nlohmann::ordered_json> hf_tokenizer_from_ggml
     if (id && (*id < 0 || *id >= n))
       fail("{}: tokenizer.ggml.{}_token_id {} is not one of the {} tokens", source, key, *id, n);
 
-  nlohmann::ordered_json added = nlohmann::ordered_json::array(), vocab = nlohmann::ordered_json::object();
+  std::vector<AddedToken> added;
+  nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
   for (int64_t id = 0; id < n; ++id) {
     const int32_t type = v.types[size_t(id)];
     if (type == int32_t(GgmlTokenType::Unused)) continue;
-    if (is_added(type))
-      added.push_back({{"id", id},
-                       {"content", v.tokens[size_t(id)]},
-                       {"single_word", false},
-                       {"lstrip", false},
-                       {"rstrip", false},
-                       {"normalized", type != int32_t(GgmlTokenType::Control)},
-                       {"special", type == int32_t(GgmlTokenType::Control)}});
+    if (is_added(type)) added.push_back({v.tokens[size_t(id)], int32_t(id), type == int32_t(GgmlTokenType::Control)});
     else vocab[v.tokens[size_t(id)]] = id;
   }
-  const nlohmann::ordered_json byte_level = {
-      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
-  nlohmann::ordered_json tokenizer = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer", {{"type", "Sequence"}, {"normalizers", nlohmann::ordered_json::array()}}},
-      {"pre_tokenizer", nlohmann::ordered_json::parse(deepseek_v3_pre_tokenizer().dump())},
-      {"post_processor", byte_level},
-      {"decoder", byte_level},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"vocab", vocab},
-        {"merges", v.merges}}}};
+  const nlohmann::ordered_json tokenizer = byte_level_bpe_json(added, vocab, v.merges);
   nlohmann::ordered_json config = {{"add_bos_token", v.add_bos}, {"add_eos_token", false}};
   if (v.bos) config["bos_token"] = v.tokens[size_t(*v.bos)];
   if (v.eos) config["eos_token"] = v.tokens[size_t(*v.eos)];

@@ -225,3 +225,13 @@ class ChatModelTest(unittest.TestCase):
     def prompt_ids(self, **fields):
         return self.chat(return_token_ids=True, **fields)["prompt_token_ids"]
 
+    def assert_bad_fields(self, cases):
+        """Each (fields, fragment, param): a chat request with `fields` is a 400 whose message holds
+        `fragment` and whose param is `param`."""
+        for fields, fragment, param in cases:
+            with self.subTest(fields=fields):
+                body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "the lazy dog"}], **fields}
+                status, answer = self.server.post("/v1/chat/completions", body)
+                self.assertEqual(status, 400, answer)
+                self.assertIn(fragment, answer["error"]["message"])
+                self.assertEqual(answer["error"]["param"], param)

@@ -213,12 +213,7 @@ class ServeV4(h.ChatModelTest):
             ({"messages": USER + [{"role": "assistant", "tool_calls": [{"function": 3}]}]}, "messages[1].tool_calls[0]",
              "messages"),
         ]
-        for fields, fragment, param in cases:
-            with self.subTest(fields=fields):
-                status, answer = self.server.post(CHAT, {"model": MODEL_NAME, "messages": USER, **fields})
-                self.assertEqual(status, 400, answer)
-                self.assertIn(fragment, answer["error"]["message"])
-                self.assertEqual(answer["error"]["param"], param)
+        self.assert_bad_fields(cases)
         self.assertEqual(self.chat()["object"], "chat.completion")
 
 

@@ -14,11 +14,9 @@ import subprocess
 import unittest
 
 import serve_harness as h
-from serve_harness import MODEL_NAME
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "dsv41-chat-encoding",
                        "vectors.json")
-CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "the lazy dog"}]
 
 
@@ -62,12 +60,7 @@ class ServeV41(h.ChatModelTest):
                 {"id": "a", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]},
              "JSON object", "messages"),
         ]
-        for fields, fragment, param in cases:
-            with self.subTest(fields=fields):
-                status, answer = self.server.post(CHAT, {"model": MODEL_NAME, "messages": USER, **fields})
-                self.assertEqual(status, 400, answer)
-                self.assertIn(fragment, answer["error"]["message"])
-                self.assertEqual(answer["error"]["param"], param)
+        self.assert_bad_fields(cases)
 
     def test_megamoe_chat_takes_the_effort(self):
         def chat(*flags):
