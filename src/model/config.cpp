@@ -262,7 +262,7 @@ void parse_v4_shared(const ConfigReader& r, ModelConfig& c) {
   if (c.routed_scaling_factor <= 0) r.invalid("routed_scaling_factor", "must be positive");
 }
 
-// DeepSeek-V4.1 (docs/models.md#4-deepseek-v41): V4's keys (under text_config) without hash layers, plus
+// DeepSeek-V4.1 (docs/deepseek-v41.md): V4's keys (under text_config) without hash layers, plus
 // the layer roles, Engram and DSpark. The roles must make sense in order: a layer that reuses or
 // reindexes finds a publisher before it with its ratio.
 void parse_v41(const ConfigReader& r, ModelConfig& c) {

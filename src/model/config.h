@@ -47,7 +47,7 @@ struct V4Config {
   int64_t compress_ratio(int64_t layer) const { return compress_ratios[layer]; }
 };
 
-// The attention role of a DeepSeek-V4.1 layer (docs/models.md#4-deepseek-v41), from its compress ratio
+// The attention role of a DeepSeek-V4.1 layer (docs/deepseek-v41.md), from its compress ratio
 // and the source lists: the layers share the last compressed cache, index keys and selection published.
 enum class V41Role {
   Window,   // ratio 0: the sliding window only
@@ -78,7 +78,7 @@ struct V41Config {
   std::vector<int64_t> dspark_target_layers;
   // megamoe's switch (text_config key megamoe_published_index_keys): index layers score the keys of
   // the last Full layer that emitted an entry, as DeepSeek's published decode does, instead of the
-  // prefill's (docs/models.md#v41-incremental-decode).
+  // prefill's (docs/deepseek-v41.md#v41-incremental-decode).
   bool published_index_keys = false;
 
   bool is_kv_source(int64_t layer) const;

@@ -250,7 +250,7 @@ void engram_row(float* out, const WeightView& table, int64_t index, int64_t row,
   for (int64_t j = 0; j < table.cols; ++j) out[j] = fp8_e4m3_to_f32(codes[j]) * e8m0_to_f32(scales[j / kQuantBlock]);
 }
 
-// Engram (docs/models.md#engram): each stream gains the table rows of the token's n-grams, projected
+// Engram (docs/deepseek-v41.md#engram): each stream gains the table rows of the token's n-grams, projected
 // to a value and gated by the stream's agreement with a projected key. X [N, M, D] in place.
 void engram_forward(float* X, const TokenBatch& batch, int64_t index, const EngramTensors<WeightHandles>& w,
                     const ModelConfig& c, const EngramHashing& hashing, const RowCache* cache, int32_t pad_class,
@@ -365,7 +365,7 @@ void compress(const float* x, const TokenBatch& batch, int64_t layer, const V41A
 }
 
 // Where DeepSeek's published decode finds the index keys an index layer scores at position p
-// (docs/models.md#v41-incremental-decode): the shared slot holds the keys of the last Full layer
+// (docs/deepseek-v41.md#v41-incremental-decode): the shared slot holds the keys of the last Full layer
 // that emitted an entry, in this step (layers up to `layer`) or an earlier one. Returns that layer
 // and how many of its entries existed then; {layer, 0} when none had emitted.
 std::pair<int64_t, int64_t> published_keys_layer(const ModelConfig& c, int64_t layer, int64_t p) {
@@ -440,7 +440,7 @@ void index_entries(const float* x, const TokenBatch& batch, int64_t layer, int64
   });
 }
 
-// The attention of `layer` (docs/models.md#v41-attention): out [N, D] = attention(x [N, D]), which
+// The attention of `layer` (docs/deepseek-v41.md#v41-attention): out [N, D] = attention(x [N, D]), which
 // also extends the caches.
 void attention_forward(float* out, const float* x, const TokenBatch& batch, int64_t layer, const ModelConfig& c,
                        const V41AttentionTensors<WeightHandles>& w, const Rope& rope, V41Activations& a) {
@@ -526,7 +526,7 @@ void attention_forward(float* out, const float* x, const TokenBatch& batch, int6
   matmul(out, a.low_rank, N, w.wo_b);
 }
 
-// out [N, D] = routed experts + shared expert of x [N, D] (docs/models.md#v41-moe): sqrt-softplus
+// out [N, D] = routed experts + shared expert of x [N, D] (docs/deepseek-v41.md#v41-moe): sqrt-softplus
 // scores, biased top-k, the routing weight applied before w2, the clamp on both, Q8 inputs.
 void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, const V41MoeTensors<WeightHandles>& w,
                  const ExpertStore& experts, int64_t layer, ExpertLoad* load, const ExpertParallel* parallel,
@@ -544,7 +544,7 @@ void moe_forward(float* out, const float* x, int64_t N, const ModelConfig& c, co
   dispatch_routed_experts(parallel, out, a.xq, D, a.routing, c.n_routed_experts, experts, layer, load, routed);
 }
 
-// The encoder-decoder shortcut (docs/models.md#v41-prefill): a layer after the last kv source
+// The encoder-decoder shortcut (docs/deepseek-v41.md#v41-prefill): a layer after the last kv source
 // writes nothing other positions read but its window keys, so of a sequence that wants only its last
 // logits, `layer` must compute just the positions the window rings keep for the next pass and,
 // through the windows of the layers after it, the last position sees. Keeps those rows of `batch`

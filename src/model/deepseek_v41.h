@@ -1,4 +1,4 @@
-// DeepSeek-V4.1 (docs/models.md#4-deepseek-v41): V4's hyper-connection blocks, shared-KV attention and
+// DeepSeek-V4.1 (docs/deepseek-v41.md): V4's hyper-connection blocks, shared-KV attention and
 // sqrt-softplus MoE, with compressed attention shared across layers (Full layers compress and index,
 // Reindex layers index the published keys, Reuse layers attend the published entries), Engram
 // n-gram memory tables added to the residual streams, and the DSpark drafter's stages (loaded,
@@ -190,7 +190,7 @@ void for_each_tensor(const ModelConfig& c, V41Tensors<H>* w, const Visit& visit)
   top.matrix("head.weight", V, D, TensorRole::Head, &w->head);
 }
 
-// One sequence's state (docs/models.md#v41-incremental-decode): per layer a ring of the latest
+// One sequence's state (docs/deepseek-v41.md#v41-incremental-decode): per layer a ring of the latest
 // window keys; per Full layer the compressed entries, the index keys and the rows of the group not yet
 // complete; the Engram classes of every position. Everything is kept by position, so it can forget
 // back to any length up to kRewindSlack tokens ago (or everything).

@@ -1,4 +1,4 @@
-// DeepSeek-V4.1's Engram addressing (docs/models.md#engram): which rows of a layer's table a token
+// DeepSeek-V4.1's Engram addressing (docs/deepseek-v41.md#engram): which rows of a layer's table a token
 // reads. Each n-gram (n = 2..N) of token classes ending at the token is hashed once per head with a
 // multiplier per n-gram position and a prime per (n, head); the primes partition the table.
 #pragma once

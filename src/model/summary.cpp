@@ -112,7 +112,7 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* checkpoint, int64
   s.kv_cache_context = context > 0 ? context : c.max_position_embeddings;
   if (c.family == ModelFamily::DeepseekV41) {
     // A prompt of P tokens: the head runs once, and each layer after the last kv source on the
-    // positions within reach of the window rings and the last position (docs/models.md#v41-prefill).
+    // positions within reach of the window rings and the last position (docs/deepseek-v41.md#v41-prefill).
     const double P = double(s.kv_cache_context);
     const int64_t W = c.v4.sliding_window, last = c.num_hidden_layers - 1;
     const std::vector<int64_t>& sources = c.v41.kv_source_layers;

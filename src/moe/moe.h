@@ -28,7 +28,7 @@ using MlpWeights = Mlp<WeightView>;
 // How a family's MLPs compute beyond down(silu(gate(x)) * up(x)).
 struct MlpOptions {
   float swiglu_limit = 0;  // > 0: the products are clamped first (DeepSeek-V4, see swiglu())
-  // DeepSeek-V4.1 (docs/models.md#4-deepseek-v41): a routed expert's weight scales its hidden
+  // DeepSeek-V4.1 (docs/deepseek-v41.md): a routed expert's weight scales its hidden
   // activation before the down product instead of its output, and the down product's input is Q8
   // round-tripped (ops/round_trip.h).
   bool weight_before_down = false;

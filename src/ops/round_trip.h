@@ -13,7 +13,7 @@ void fp8_round_trip(float* x, int64_t n);
 // (ties to the even code), multiply back; an all-zero block stays zero. n a multiple of 32.
 void fp4_round_trip(float* x, int64_t n);
 
-// DeepSeek-V4.1's round trips (docs/models.md#v41-round-trips), each in place on x [n]:
+// DeepSeek-V4.1's round trips (docs/deepseek-v41.md#v41-round-trips), each in place on x [n]:
 // Q8: blocks of 32, scale 2^ceil(log2(fp32(max(amax, 1e-4) * fp32(1/448)))), nearest e4m3 (ties
 // to even, saturating); n a multiple of 32.
 void q8_round_trip(float* x, int64_t n);

@@ -1,4 +1,4 @@
-// DeepSeek-V4.1's Engram token map (docs/models.md#engram): tokens whose text differs only in case,
+// DeepSeek-V4.1's Engram token map (docs/deepseek-v41.md#engram): tokens whose text differs only in case,
 // accents, Unicode compatibility form or surrounding whitespace share one class, so that their
 // n-grams share table rows.
 #pragma once

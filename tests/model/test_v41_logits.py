@@ -139,7 +139,7 @@ class V41Logits(V41Models):
 
 class V41PrefillShortcut(V41Models):
     """A prompt whose last logits alone are wanted skips, in the layers after the last kv source, the
-    positions no later position sees through their windows (docs/models.md#v41-prefill): the same
+    positions no later position sees through their windows (docs/deepseek-v41.md#v41-prefill): the same
     last logits as the full computation, bit for bit, and the same decode after it."""
 
     def last_logits(self, model, tokens, *extra):

@@ -1,4 +1,4 @@
-// DeepSeek-V4.1's Engram addressing against the values of the released model (docs/models.md#engram):
+// DeepSeek-V4.1's Engram addressing against the values of the released model (docs/deepseek-v41.md#engram):
 // the primes reproduce both tables' row counts and the multipliers are those numpy drew.
 #include <gtest/gtest.h>
 

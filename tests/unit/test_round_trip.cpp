@@ -1,4 +1,4 @@
-// DeepSeek-V4.1's activation round trips on hand-made values (docs/models.md#v41-round-trips): the
+// DeepSeek-V4.1's activation round trips on hand-made values (docs/deepseek-v41.md#v41-round-trips): the
 // scales, the e2m1 ties to the even code, saturation and clipping, and the floors of all-zero blocks.
 #include <gtest/gtest.h>
 
