@@ -1,5 +1,5 @@
 // megamoe perplexity: the perplexity of a text, and with --kld-base / --kld the KL divergence of one
-// run's next-token distributions from another's (runtime/perplexity.h, docs/quantization.md#fidelity).
+// run's next-token distributions from another's (runtime/perplexity.h, docs/quantization.md#fidelity-megamoe-perplexity).
 #include <cmath>
 #include <cstdio>
 #include <memory>

@@ -1,5 +1,5 @@
 // Perplexity of a text, and how far a run's next-token distributions are from a stored one
-// (`megamoe perplexity`, docs/quantization.md#fidelity). The model reads the text in windows of
+// (`megamoe perplexity`, docs/quantization.md#fidelity-megamoe-perplexity). The model reads the text in windows of
 // `context` positions (a BOS first where the model has one) that move by `stride` tokens, and each
 // window scores only the tokens no earlier window scored (Hugging Face's sliding-window perplexity):
 // every token is scored once, after the first window with at least context - stride tokens before it.

@@ -1,4 +1,4 @@
-"""`megamoe perplexity` (docs/quantization.md#fidelity): the perplexity of a text against one
+"""`megamoe perplexity` (docs/quantization.md#fidelity-megamoe-perplexity): the perplexity of a text against one
 computed here from `megamoe logits` of the same windows (Hugging Face's sliding window, written
 from its definition), the log-prob file against those logits, KL divergence and top-1 agreement
 against NumPy over two such files, V3 and V4 models, quantized weights in both numerics modes,
