@@ -66,6 +66,11 @@ TEST(GgmlVocab, TrainedTokenizerRoundTrips) {
 }
 
 TEST(GgmlVocab, DeepseekV3TokenizerRoundTrips) {
+#if defined(__SANITIZE_ADDRESS__)
+  // 128,815 tokens parsed four times take minutes under ASan; the trained tokenizer's round trip
+  // runs the same code there, and the release run checks this one.
+  GTEST_SKIP() << "DeepSeek-V3's whole vocabulary is checked in the release build";
+#endif
   const fs::path dir = fs::path(__FILE__).parent_path().parent_path() / "tokenizer" / "node_modules" / "@lenml" /
                        "tokenizer-deepseek_v3" / "models";
   if (!fs::exists(dir / "tokenizer.json")) GTEST_SKIP() << "no DeepSeek-V3 tokenizer at " << dir.string();
