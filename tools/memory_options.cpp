@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "io/gguf.h"
 #include "util/byte_size.h"
 #include "util/huge_pages.h"
 
@@ -26,6 +27,12 @@ Residency weight_residency(const MemoryOptions& o, const std::string& model_dir)
   if (!o.budget.empty() || o.mmap || !transparent_huge_pages_enabled()) return Residency::Mapped;
   std::error_code error;
   int64_t file_bytes = 0;
+  const std::filesystem::path model(model_dir);
+  if (model.extension() == ".gguf") {
+    // A GGUF model: this file, and the other parts of a split one beside it.
+    for (const std::filesystem::path& part : gguf_part_paths(model))
+      file_bytes += int64_t(std::filesystem::file_size(part, error));
+  }
   for (const auto& entry : std::filesystem::directory_iterator(model_dir, error))
     if (entry.is_regular_file(error) && entry.path().extension() == ".safetensors")
       file_bytes += int64_t(entry.file_size(error));

@@ -86,6 +86,33 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const fs::path& dir, Residency resi
   return checkpoint;
 }
 
+std::unique_ptr<Checkpoint> Checkpoint::from_gguf(std::unique_ptr<GgufModel> gguf, json config,
+                                                  std::vector<TensorInfo> tensors,
+                                                  std::vector<std::unique_ptr<std::byte[]>> owned) {
+  auto checkpoint = std::make_unique<Checkpoint>();
+  checkpoint->dir_ = gguf->first().path();
+  checkpoint->config_ = std::move(config);
+  checkpoint->gguf_ = std::move(gguf);
+  checkpoint->gguf_tensors_ = std::move(tensors);
+  checkpoint->owned_ = std::move(owned);
+  for (const TensorInfo& tensor : checkpoint->gguf_tensors_)
+    if (!checkpoint->by_name_.emplace(tensor.name, &tensor).second)
+      fail("{}: two tensors are read as {}", checkpoint->dir_.string(), tensor.label());
+  return checkpoint;
+}
+
+std::string Checkpoint::config_source() const {
+  return gguf_ ? dir_.string() + " (its metadata)" : (dir_ / "config.json").string();
+}
+
+std::vector<Checkpoint::StoredFile> Checkpoint::stored_files() const {
+  std::vector<StoredFile> stored;
+  for (const auto& file : files_) stored.push_back({&file->path(), file->bytes()});
+  if (gguf_)
+    for (const auto& part : gguf_->parts()) stored.push_back({&part->path(), part->bytes()});
+  return stored;
+}
+
 const TensorInfo* Checkpoint::find(const std::string& name) const {
   const auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : it->second;
@@ -96,10 +123,10 @@ const TensorInfo& Checkpoint::require(const std::string& name, std::span<const D
   const TensorInfo* tensor = find(name);
   if (!tensor) fail("checkpoint {}: missing tensor {}", dir_.string(), name);
   if (std::find(dtypes.begin(), dtypes.end(), tensor->dtype) == dtypes.end())
-    fail("{}: tensor {} has dtype {}, expected {}", tensor->file->string(), name, dtype_name(tensor->dtype),
+    fail("{}: tensor {} has dtype {}, expected {}", tensor->file->string(), tensor->label(), dtype_name(tensor->dtype),
          join_dtype_names(dtypes));
   if (!std::ranges::equal(tensor->shape, shape))
-    fail("{}: tensor {} has shape {}, expected [{}]", tensor->file->string(), name, tensor->shape_string(),
+    fail("{}: tensor {} has shape {}, expected [{}]", tensor->file->string(), tensor->label(), tensor->shape_string(),
          fmt::join(shape, ", "));
   return *tensor;
 }
@@ -131,6 +158,16 @@ WeightView Checkpoint::weight(const std::string& name, int64_t rows, int64_t col
            name, found->shape_string(), rows, cols / kQuantBlock, block_bytes, dtype_name(*block_format), rows, cols);
     return WeightView{
         .dtype = *block_format, .rows = rows, .cols = cols, .data = aligned_data(*found, alignof(BlockQ8_0))};
+  }
+  if (found && dtype_block_size(found->dtype) > 1 && found->dtype != DType::F4_E2M1) {
+    // A GGUF tensor in one of llama.cpp's block formats: [rows, cols] of whole blocks per row.
+    const int64_t block = dtype_block_size(found->dtype);
+    if (cols % block != 0)
+      fail("{}: tensor {} is {} in blocks of {} values, which its rows of {} do not fill", found->file->string(),
+           found->label(), dtype_name(found->dtype), block, cols);
+    const int64_t shape[] = {rows, cols};
+    const TensorInfo& tensor = require(name, std::span<const DType>(&found->dtype, 1), shape);
+    return WeightView{.dtype = tensor.dtype, .rows = rows, .cols = cols, .data = aligned_data(tensor, 2)};
   }
   if (dot_scale && found && found->dtype == DType::I8) {
     // FP4 e2m1: two codes per byte, one ue8m0 exponent per row and 32 inputs.
@@ -221,6 +258,7 @@ std::string Checkpoint::scale_name(const std::string& weight_name, ScaleLayout l
 
 std::vector<const TensorInfo*> Checkpoint::tensors() const {
   std::vector<const TensorInfo*> all;
+  for (const TensorInfo& tensor : gguf_tensors_) all.push_back(&tensor);
   for (const auto& file : files_)
     for (const TensorInfo& tensor : file->tensors()) all.push_back(&tensor);
   return all;

@@ -1,6 +1,6 @@
 // A Hugging Face model directory: config.json plus one or more safetensors files (sharded through
-// model.safetensors.index.json). Opens every file once and hands out shape-checked tensor views by
-// name. Knows nothing of models.
+// model.safetensors.index.json), or the same seen in a GGUF file (from_gguf). Opens every file once
+// and hands out shape-checked tensor views by name. Knows nothing of models.
 #pragma once
 #include <filesystem>
 #include <map>
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "ops/weight.h"
 
@@ -28,9 +29,15 @@ class Checkpoint {
  public:
   // Throws Error naming the directory or file at fault (missing config.json, bad index, ...).
   static std::unique_ptr<Checkpoint> open(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
+  // A checkpoint whose tensors live in a GGUF model, under the names and with the config.json that
+  // model/gguf_checkpoint.h gives them: `tensors` point into `gguf`'s parts or into `owned`.
+  static std::unique_ptr<Checkpoint> from_gguf(std::unique_ptr<GgufModel> gguf, nlohmann::json config,
+                                               std::vector<TensorInfo> tensors,
+                                               std::vector<std::unique_ptr<std::byte[]>> owned);
 
-  const std::filesystem::path& dir() const { return dir_; }
+  const std::filesystem::path& dir() const { return dir_; }  // a GGUF checkpoint: its (first) file
   const nlohmann::json& config() const { return config_; }
+  std::string config_source() const;  // for messages: DIR/config.json, or the GGUF file's metadata
 
   const TensorInfo* find(const std::string& name) const;  // nullptr when absent
   bool contains(const std::string& name) const { return find(name) != nullptr; }
@@ -52,12 +59,21 @@ class Checkpoint {
   std::vector<const TensorInfo*> tensors() const;  // every tensor of every file
   // Where `layout` keeps the scales of the quantized weight `weight_name`.
   static std::string scale_name(const std::string& weight_name, ScaleLayout layout);
-  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Every file holding tensors, with its bytes: where a tensor lies in its file is data - bytes.data()
+  // (io/checkpoint_reads.h reads them by offset).
+  struct StoredFile {
+    const std::filesystem::path* path;
+    std::span<const std::byte> bytes;
+  };
+  std::vector<StoredFile> stored_files() const;
 
  private:
   std::filesystem::path dir_;
   nlohmann::json config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::unique_ptr<GgufModel> gguf_;                  // from_gguf: the files
+  std::vector<TensorInfo> gguf_tensors_;             // from_gguf: the tensors under their names
+  std::vector<std::unique_ptr<std::byte[]>> owned_;  // from_gguf: tensors built at load
   std::map<std::string, const TensorInfo*> by_name_;
   mutable std::vector<std::unique_ptr<std::byte[]>> realigned_;   // copies of misaligned tensors
   mutable std::vector<std::unique_ptr<float[]>> decoded_scales_;  // ue8m0 FP8 block scales as fp32

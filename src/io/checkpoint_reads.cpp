@@ -11,15 +11,15 @@
 namespace megamoe {
 
 CheckpointReads::CheckpointReads(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {
-  for (const auto& file : checkpoint.files()) {
-    const int fd = ::open(file->path().c_str(), O_RDONLY | O_CLOEXEC);
+  for (const Checkpoint::StoredFile& file : checkpoint.stored_files()) {
+    const int fd = ::open(file.path->c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
       const int error = errno;
       for (int open_fd : fds_) ::close(open_fd);
-      fail("{}: cannot open: {}", file->path().string(), std::strerror(error));
+      fail("{}: cannot open: {}", file.path->string(), std::strerror(error));
     }
     fds_.push_back(fd);
-    files_.push_back(file->bytes());
+    files_.push_back(file.bytes);
   }
 }
 
@@ -41,7 +41,7 @@ int64_t CheckpointReads::read(Place place, int64_t bytes, std::byte* out) const 
     const ssize_t n = ::pread(fds_[size_t(place.file)], out + done, size_t(bytes - done), off_t(place.offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0)
-      fail("{}: cannot read {} bytes at byte {}: {}", checkpoint_.files()[size_t(place.file)]->path().string(),
+      fail("{}: cannot read {} bytes at byte {}: {}", checkpoint_.stored_files()[size_t(place.file)].path->string(),
            bytes - done, place.offset + done, n < 0 ? std::strerror(errno) : "unexpected end of file");
     done += n;
   }

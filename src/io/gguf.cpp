@@ -405,6 +405,14 @@ fs::path gguf_split_path(const fs::path& first_or_prefix, int k, int n) {
   return first_or_prefix.parent_path() / fmt::format("{}-{:05d}-of-{:05d}.gguf", prefix, k, n);
 }
 
+std::vector<fs::path> gguf_part_paths(const fs::path& path) {
+  const std::optional<SplitName> split = split_name(path);
+  if (!split) return {path};
+  std::vector<fs::path> parts;
+  for (int k = 1; k <= split->count; ++k) parts.push_back(gguf_split_path(path, k, split->count));
+  return parts;
+}
+
 std::unique_ptr<GgufModel> GgufModel::open(const fs::path& path, Residency residency) {
   std::unique_ptr<GgufModel> model(new GgufModel());
   const std::optional<SplitName> split = split_name(path);

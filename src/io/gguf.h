@@ -123,6 +123,9 @@ class GgufModel {
 // "NAME-0000k-of-0000N.gguf" for part k (1-based) of n, as gguf-split names them.
 std::filesystem::path gguf_split_path(const std::filesystem::path& first_or_prefix, int k, int n);
 
+// The files of the model `path` belongs to: itself, or every part of a split one.
+std::vector<std::filesystem::path> gguf_part_paths(const std::filesystem::path& path);
+
 // A tensor to write: `fill` writes exactly its bytes (shape outermost first, as GgufTensor).
 struct GgufTensorToWrite {
   std::string name;

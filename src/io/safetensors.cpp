@@ -65,7 +65,8 @@ TensorInfo parse_tensor(const std::string& name, const json& entry, const std::b
   if (offsets_field == entry.end() || !offsets_field->is_array() || offsets_field->size() != 2)
     throw bad("\"data_offsets\" missing or not [begin, end]");
 
-  TensorInfo info{.name = name, .dtype = DType::F32, .shape = {}, .data = nullptr, .nbytes = 0, .file = &path};
+  TensorInfo info{
+      .name = name, .dtype = DType::F32, .shape = {}, .data = nullptr, .nbytes = 0, .file = &path, .stored_as = {}};
   const auto dtype = dtype_from_name(dtype_field->get<std::string>());
   if (!dtype) throw bad(fmt::format("unknown dtype \"{}\"", dtype_field->get<std::string>()));
   info.dtype = *dtype;
@@ -99,6 +100,10 @@ int64_t TensorInfo::numel() const {
 }
 
 std::string TensorInfo::shape_string() const { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+std::string TensorInfo::label() const {
+  return stored_as.empty() ? name : fmt::format("{} ({} in the file)", name, stored_as);
+}
 
 SafetensorsFile::~SafetensorsFile() = default;
 

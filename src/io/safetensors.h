@@ -25,9 +25,13 @@ struct TensorInfo {
   const std::byte* data;  // inside the file's bytes, valid while the file object lives
   size_t nbytes;
   const std::filesystem::path* file;  // the file it came from, for error messages
+  // How the file names it where that differs from `name` (a GGUF tensor seen under its Hugging Face
+  // name, model/gguf_checkpoint.h); empty otherwise.
+  std::string stored_as;
 
   int64_t numel() const;
   std::string shape_string() const;  // "[3, 4]"
+  std::string label() const;         // name, or "name (stored_as)", for messages
 };
 
 class SafetensorsFile {

@@ -102,7 +102,7 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
   if (fs::exists(output)) fail("{}: already exists (quantize writes a new directory)", output.string());
   const std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(input);
   const Checkpoint& ckpt = *checkpoint;
-  const ModelConfig c = parse_model_config(ckpt.config(), (input / "config.json").string());
+  const ModelConfig c = parse_model_config(ckpt.config(), ckpt.config_source());
   const ScaleLayout layout = scale_layout(c.family);
 
   // Every tensor is checked (dtype, shape, scales) here, before anything is written.
@@ -192,7 +192,7 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
 
   for (const TensorToWrite& t : tensors) summary.bytes_after += tensor_bytes(t);
   const int64_t shards = options.shard_size > 0 ? (summary.bytes_after + options.shard_size - 1) / options.shard_size
-                                                : int64_t(ckpt.files().size());
+                                                : int64_t(ckpt.stored_files().size());
   summary.shards = int(std::clamp<int64_t>(shards, 1, std::max<int64_t>(1, int64_t(tensors.size()))));
   write_checkpoint(output, config, tensors, summary.shards, extra_files, "quantize");
   return summary;

@@ -57,7 +57,7 @@ TEST_F(CheckpointTest, SingleFile) {
   const auto ckpt = open();
   EXPECT_EQ(ckpt->dir(), dir.path());
   EXPECT_EQ(ckpt->config()["hidden_size"], 4);
-  EXPECT_EQ(ckpt->files().size(), 1u);
+  EXPECT_EQ(ckpt->stored_files().size(), 1u);
   EXPECT_EQ(ckpt->tensors().size(), 5u);
   EXPECT_TRUE(ckpt->contains("w"));
   EXPECT_FALSE(ckpt->contains("v"));
@@ -195,7 +195,7 @@ TEST_F(CheckpointTest, ShardedWithIndex) {
              R"({"metadata": {"total_size": 16}, "weight_map": {"a": "model-00001-of-00002.safetensors",
                  "b": "model-00001-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}})");
   const auto ckpt = open();
-  EXPECT_EQ(ckpt->files().size(), 2u);
+  EXPECT_EQ(ckpt->stored_files().size(), 2u);
   EXPECT_EQ(ckpt->tensors().size(), 3u);
   EXPECT_EQ(ckpt->vector_f32("a", 2), (std::vector<float>{1, 2}));
   EXPECT_EQ(ckpt->vector_f32("c", 1), (std::vector<float>{4}));
