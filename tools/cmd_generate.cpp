@@ -39,8 +39,7 @@ void register_generate(CLI::App& app) {
     std::optional<ModelConfig> config;  // with --expert-stats: which layers are MoE layers, and their pools
     std::unique_ptr<ExpertLoad> load;
     if (!stats_path.empty()) {
-      const std::filesystem::path config_path = std::filesystem::path(options->model) / "config.json";
-      config = parse_model_config(read_json_file(config_path), config_path.string());
+      config = read_model_config(options->model);
       load = std::make_unique<ExpertLoad>(config->num_hidden_layers, config->n_routed_experts);
       setup.model->record_expert_load(load.get());
     }

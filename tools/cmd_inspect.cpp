@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "io/checkpoint.h"
 #include "io/gguf.h"
+#include "model/model.h"
 #include "model/summary.h"
 
 namespace megamoe::cli {
@@ -13,7 +14,7 @@ namespace megamoe::cli {
 namespace {
 
 // A GGUF file's header: its metadata (arrays by element type and length), and its tensors' bytes by
-// ggml type. megamoe does not run GGUF models yet; this shows what a file holds.
+// ggml type.
 nlohmann::ordered_json gguf_summary(const GgufModel& model) {
   const GgufFile& file = model.first();
   nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
@@ -22,6 +23,7 @@ nlohmann::ordered_json gguf_summary(const GgufModel& model) {
       metadata[k.key] = {{"array_of", ggml_value_type_name(k.element)}, {"length", k.value.size()}};
     else if (k.value.is_string() && k.value.get<std::string>().size() > 200)
       metadata[k.key] = k.value.get<std::string>().substr(0, 200) + "...";
+    else if (k.type == GgufValueType::F32) metadata[k.key] = std::stod(fmt::format("{}", k.value.get<float>()));
     else metadata[k.key] = k.value;
   }
   std::map<std::string, std::pair<int64_t, int64_t>> by_type;  // name: tensors, bytes
@@ -49,7 +51,9 @@ nlohmann::ordered_json gguf_summary(const GgufModel& model) {
 
 std::string describe_gguf(const nlohmann::ordered_json& s) {
   std::string out;
-  auto line = [&](const std::string& key, const std::string& value) { out += fmt::format("{:<34}{}\n", key, value); };
+  auto line = [&](const std::string& key, const std::string& value) {
+    out += fmt::format("{:<34}{}\n", key + " ", value);
+  };
   line("format", fmt::format("GGUF version {}, alignment {}, {} file{}", s["version"].get<int>(),
                              s["alignment"].get<int>(), s["parts"].get<int>(), s["parts"].get<int>() > 1 ? "s" : ""));
   line("architecture", s["architecture"].get<std::string>().empty() ? "(none)" : s["architecture"].get<std::string>());
@@ -63,7 +67,6 @@ std::string describe_gguf(const nlohmann::ordered_json& s) {
                   ? fmt::format("[{} x {}]", value["length"].get<int64_t>(), value["array_of"].get<std::string>())
               : value.is_string() ? value.get<std::string>()
                                   : value.dump());
-  line("megamoe", "reads this header; running GGUF models is not there yet");
   return out;
 }
 
@@ -86,23 +89,36 @@ void register_inspect(CLI::App& app) {
                   "Sequence length of the KV-cache figures (default: max_position_embeddings)")
       ->check(CLI::PositiveNumber);
   cmd->callback([options] {
-    if (std::filesystem::path(options->model).extension() == ".gguf") {
-      const nlohmann::ordered_json summary = gguf_summary(*GgufModel::open(options->model));
-      const std::string text = options->json ? summary.dump(2) + "\n" : describe_gguf(summary);
-      std::fputs(text.c_str(), stdout);
-      return;
+    const bool gguf = std::filesystem::path(options->model).extension() == ".gguf";
+    std::optional<nlohmann::ordered_json> header;  // a GGUF file's
+    if (gguf) {
+      const std::unique_ptr<GgufModel> file = GgufModel::open(options->model);
+      header = gguf_summary(*file);
+      if ((*header)["architecture"] != "deepseek2") {  // a file megamoe cannot run: its header alone
+        const std::string text =
+            options->json ? header->dump(2) + "\n" : describe_gguf(*header) + "megamoe runs GGUF files of deepseek2\n";
+        std::fputs(text.c_str(), stdout);
+        return;
+      }
     }
     // A bare config file describes a model without its weights (e.g. a published config.json).
     std::unique_ptr<Checkpoint> checkpoint;
     ModelConfig config;
-    if (std::filesystem::is_regular_file(options->model)) {
+    if (!gguf && std::filesystem::is_regular_file(options->model)) {
       config = load_model_config(options->model);
     } else {
-      checkpoint = Checkpoint::open(options->model);
-      config = parse_model_config(checkpoint->config(), (checkpoint->dir() / "config.json").string());
+      checkpoint = open_checkpoint(options->model);
+      config = parse_model_config(checkpoint->config(), checkpoint->config_source());
     }
     const ModelSummary summary = summarize(config, checkpoint.get(), options->context);
-    const std::string text = options->json ? to_json(summary, config).dump(2) + "\n" : describe(summary, config);
+    std::string text;
+    if (options->json) {
+      nlohmann::json json = to_json(summary, config);
+      if (header) json["gguf"] = nlohmann::json::parse(header->dump());
+      text = json.dump(2) + "\n";
+    } else {
+      text = describe(summary, config) + (header ? "\nGGUF file\n" + describe_gguf(*header) : "");
+    }
     std::fputs(text.c_str(), stdout);
   });
 }

@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "dist/placement.h"
 #include "model/config.h"
+#include "model/model.h"
 #include "util/error.h"
 #include "util/json_file.h"
 
@@ -25,8 +26,7 @@ void register_placement(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--output", o->output, "Placement JSON to write")->required();
   cmd->callback([o] {
-    const std::filesystem::path config_path = std::filesystem::path(o->model) / "config.json";
-    const ModelConfig config = parse_model_config(read_json_file(config_path), config_path.string());
+    const ModelConfig config = read_model_config(o->model);
     const int64_t layers = config.num_hidden_layers, E = config.n_routed_experts;
     const nlohmann::json stats = read_json_file(o->expert_stats);
     // Loads per MoE layer ("layers" names them) spread over every layer; dense layers stay empty.

@@ -8,6 +8,7 @@ namespace megamoe::cli {
 void register_bench(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_experiment(CLI::App& app);
+void register_export_gguf(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_gradients(CLI::App& app);
 void register_inspect(CLI::App& app);

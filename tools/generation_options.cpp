@@ -54,7 +54,8 @@ GenerationSetup load_for_generation(const GenerationOptions& o, bool tokenizer_r
       o.max_context > 0 ? std::min(o.max_context, setup.model->max_context()) : setup.model->max_context();
   apply_memory_options(setup.model.get(), o.memory, o.model, o.sequences * setup.model->cache_bytes(setup.max_context));
   const std::filesystem::path tokenizer_path = std::filesystem::path(o.tokenizer.empty() ? o.model : o.tokenizer);
-  const bool has_tokenizer = !o.tokenizer.empty() || std::filesystem::exists(tokenizer_path / "tokenizer.json");
+  const bool has_tokenizer = !o.tokenizer.empty() || tokenizer_path.extension() == ".gguf" ||
+                             std::filesystem::exists(tokenizer_path / "tokenizer.json");
   if (has_tokenizer) {
     setup.tokenizer = load_tokenizer(tokenizer_path);
     if (setup.tokenizer->vocab_size() > setup.model->vocab_size())

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   megamoe::cli::register_bench(app);
   megamoe::cli::register_chat(app);
   megamoe::cli::register_experiment(app);
+  megamoe::cli::register_export_gguf(app);
   megamoe::cli::register_generate(app);
   megamoe::cli::register_gradients(app);
   megamoe::cli::register_inspect(app);

@@ -3,6 +3,7 @@
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v4.h"
 #include "model/deepseek_v41.h"
+#include "model/gguf_deepseek2.h"
 #include "ops/quant.h"
 #include "util/error.h"
 #include "util/json_file.h"
@@ -14,9 +15,21 @@ void SequenceCache::truncate(int64_t length) {
   length_ = length;
 }
 
-std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency residency) {
-  std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(dir, residency);
-  ModelConfig config = parse_model_config(checkpoint->config(), (dir / "config.json").string());
+std::unique_ptr<Checkpoint> open_checkpoint(const std::filesystem::path& path, Residency residency) {
+  if (path.extension() == ".gguf") return open_gguf_checkpoint(path, residency);
+  return Checkpoint::open(path, residency);
+}
+
+ModelConfig read_model_config(const std::filesystem::path& path) {
+  if (path.extension() == ".gguf")
+    return parse_model_config(deepseek2_config(*GgufModel::open(path)), path.string() + " (its metadata)");
+  const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
+  return parse_model_config(read_json_file(file), file.string());
+}
+
+std::unique_ptr<Model> load_model(const std::filesystem::path& path, Residency residency) {
+  std::unique_ptr<Checkpoint> checkpoint = open_checkpoint(path, residency);
+  ModelConfig config = parse_model_config(checkpoint->config(), checkpoint->config_source());
   switch (config.family) {
     case ModelFamily::DeepseekV2:
     case ModelFamily::DeepseekV3:

@@ -12,7 +12,9 @@
 #include <string_view>
 #include <utility>
 
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "model/config.h"
 #include "moe/expert_parallel.h"
 #include "moe/moe.h"
 
@@ -121,7 +123,13 @@ class Model {
   ActivationTaps* taps_ = nullptr;
 };
 
-// Opens a checkpoint directory with the family its config.json names, its files held as `residency` says.
-std::unique_ptr<Model> load_model(const std::filesystem::path& dir, Residency residency = Residency::Mapped);
+// A checkpoint directory, or a GGUF file (model/gguf_deepseek2.h) seen as one.
+std::unique_ptr<Checkpoint> open_checkpoint(const std::filesystem::path& path, Residency residency = Residency::Mapped);
+// The config of a checkpoint directory (its config.json), a GGUF file (its metadata) or a bare config.json.
+ModelConfig read_model_config(const std::filesystem::path& path);
+
+// Opens a checkpoint directory or GGUF file with the family its config names, its files held as
+// `residency` says.
+std::unique_ptr<Model> load_model(const std::filesystem::path& path, Residency residency = Residency::Mapped);
 
 }  // namespace megamoe

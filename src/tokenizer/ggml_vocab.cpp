@@ -56,14 +56,15 @@ std::pair<nlohmann::ordered_json, nlohmann::ordered_json> hf_tokenizer_from_ggml
   return {tokenizer, config};
 }
 
-GgmlVocab ggml_vocab_from_hf(const nlohmann::json& tokenizer, const nlohmann::json& config, const std::string& source) {
+GgmlVocab ggml_vocab_from_hf(const nlohmann::json& tokenizer, const nlohmann::json& config, const std::string& source,
+                             int64_t min_tokens) {
   try {
     const nlohmann::json& model = tokenizer.at("model");
     if (model.value("type", "") != "BPE") fail("{}: model.type is not BPE", source);
     if (tokenizer.at("pre_tokenizer") != deepseek_v3_pre_tokenizer())
       fail("{}: pre_tokenizer is not DeepSeek-V3's, the one GGUF files name \"deepseek-v3\"", source);
     GgmlVocab v;
-    int64_t n = 0;
+    int64_t n = min_tokens;
     for (const auto& [token, id] : model.at("vocab").items()) n = std::max(n, id.get<int64_t>() + 1);
     for (const nlohmann::json& a : tokenizer.value("added_tokens", nlohmann::json::array()))
       n = std::max(n, a.at("id").get<int64_t>() + 1);

@@ -33,7 +33,9 @@ std::pair<nlohmann::ordered_json, nlohmann::ordered_json> hf_tokenizer_from_ggml
                                                                                  const std::string& source);
 // The GGUF form of a tokenizer.json (and its tokenizer_config.json, may be null), as llama.cpp's
 // converter writes it: ids missing from both the vocabulary and the added tokens become unused
-// "[PAD<id>]" tokens; added tokens are control tokens when special, user-defined otherwise.
-GgmlVocab ggml_vocab_from_hf(const nlohmann::json& tokenizer, const nlohmann::json& config, const std::string& source);
+// "[PAD<id>]" tokens, and so do the ids up to `min_tokens` (a model's vocab_size beyond its
+// tokenizer's); added tokens are control tokens when special, user-defined otherwise.
+GgmlVocab ggml_vocab_from_hf(const nlohmann::json& tokenizer, const nlohmann::json& config, const std::string& source,
+                             int64_t min_tokens = 0);
 
 }  // namespace megamoe

@@ -56,9 +56,9 @@ class GgufInspect(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory(prefix="megamoe-gguf-")
         self.path = os.path.join(self.tmp.name, "tiny.gguf")
         write_gguf(self.path, [
-            ("general.architecture", STRING, "deepseek2"),
-            ("deepseek2.block_count", U32, 2),
-            ("deepseek2.rope.freq_base", F32, 10000.0),
+            ("general.architecture", STRING, "qwen2"),  # not a model megamoe runs: the header alone
+            ("qwen2.block_count", U32, 2),
+            ("qwen2.rope.freq_base", F32, 10000.0),
             ("tokenizer.ggml.tokens", ARRAY, (STRING, ["a", "b", "<｜User｜>"])),
         ], [
             ("token_embd.weight", F32_TENSOR, [3, 8], bytes(96)),
@@ -77,15 +77,16 @@ class GgufInspect(unittest.TestCase):
         result = self.inspect("--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         summary = json.loads(result.stdout)
-        self.assertEqual(summary["architecture"], "deepseek2")
+        self.assertEqual(summary["architecture"], "qwen2")
         self.assertEqual(summary["tensors"], 3)
         self.assertEqual(summary["tensors_by_type"]["Q4_K"], {"tensors": 1, "bytes": 864})
         self.assertEqual(summary["tensors_by_type"]["Q8_0"], {"tensors": 1, "bytes": 1088})
-        self.assertEqual(summary["metadata"]["deepseek2.block_count"], 2)
+        self.assertEqual(summary["metadata"]["qwen2.block_count"], 2)
         self.assertEqual(summary["metadata"]["tokenizer.ggml.tokens"], {"array_of": "string", "length": 3})
         text = self.inspect().stdout
         self.assertIn("GGUF version 3", text)
         self.assertIn("Q4_K", text)
+        self.assertIn("megamoe runs GGUF files of deepseek2", text)
 
     def test_bad_files_are_named(self):
         with open(self.path, "rb") as f:
