@@ -289,29 +289,12 @@ void add_tensor(std::vector<GgufTensorToWrite>* out, std::string name, DType dty
   out->push_back(GgufTensorToWrite{std::move(name), ggml_type_of_dtype(dtype), std::move(shape), std::move(fill)});
 }
 
-// Row `row` of `w` as `dtype` at `out`: the stored bytes when the formats agree, else through fp32.
-void encode_row(std::byte* out, DType dtype, const float* values, int64_t n) {
-  switch (dtype) {
-    case DType::F32:
-      std::memcpy(out, values, size_t(n) * sizeof(float));
-      return;
-    case DType::F16:
-    case DType::BF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t bits = dtype == DType::F16 ? f32_to_f16(values[i]) : f32_to_bf16(values[i]);
-        std::memcpy(out + 2 * i, &bits, 2);
-      }
-      return;
-    default:
-      quantize_row_blocks(reinterpret_cast<uint8_t*>(out), dtype, values, n);
-  }
-}
-
 int64_t row_bytes(DType dtype, int64_t cols) { return cols / dtype_block_size(dtype) * int64_t(dtype_size(dtype)); }
 
 // The format a matrix of `cols` columns takes: `wanted`, or F32 where its rows are not whole blocks.
 DType matrix_format(DType wanted, int64_t cols) { return cols % dtype_block_size(wanted) == 0 ? wanted : DType::F32; }
 
+// `w` as `dtype` at `out`: the stored bytes when the formats agree, else each row through fp32.
 void write_rows(std::byte* out, const WeightView& w, DType dtype) {
   const int64_t bytes = row_bytes(dtype, w.cols);
   if (w.dtype == dtype) {
@@ -321,7 +304,7 @@ void write_rows(std::byte* out, const WeightView& w, DType dtype) {
   std::vector<float> row(size_t(w.cols));
   for (int64_t r = 0; r < w.rows; ++r) {
     dequantize_row(row.data(), w, r);
-    encode_row(out + r * bytes, dtype, row.data(), w.cols);
+    encode_row(reinterpret_cast<uint8_t*>(out + r * bytes), dtype, row.data(), w.cols);
   }
 }
 
@@ -482,7 +465,7 @@ GgufExportSummary export_gguf(const fs::path& dir, const fs::path& output, const
           for (int64_t i = 0; i < dn; ++i) dequantize_row(rows.data() + i * C, kv_b, h * (dn + dv) + i);
           for (int64_t c_row = 0; c_row < C; ++c_row, out += row_bytes(k_dtype, dn)) {
             for (int64_t i = 0; i < dn; ++i) column[size_t(i)] = rows[size_t(i * C + c_row)];
-            encode_row(out, k_dtype, column.data(), dn);
+            encode_row(reinterpret_cast<uint8_t*>(out), k_dtype, column.data(), dn);
           }
         }
       });
@@ -491,7 +474,7 @@ GgufExportSummary export_gguf(const fs::path& dir, const fs::path& output, const
         for (int64_t h = 0; h < H; ++h)
           for (int64_t j = 0; j < dv; ++j, out += row_bytes(v_dtype, C)) {
             dequantize_row(row.data(), kv_b, h * (dn + dv) + dn + j);
-            encode_row(out, v_dtype, row.data(), C);
+            encode_row(reinterpret_cast<uint8_t*>(out), v_dtype, row.data(), C);
           }
       });
       continue;

@@ -43,7 +43,7 @@ void convert_rows(std::byte* out, const WeightView& w, DType format) {
       dequantize_row(row.data(), w, r);
       uint8_t* dst = reinterpret_cast<uint8_t*>(out + r * out_row_bytes);
       if (format != DType::BF16) {
-        quantize_row_blocks(dst, format, row.data(), w.cols);
+        encode_row(dst, format, row.data(), w.cols);
         continue;
       }
       for (int64_t j = 0; j < w.cols; ++j) {

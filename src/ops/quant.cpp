@@ -45,10 +45,27 @@ void quantize_row_q4_0(BlockQ4_0* out, const float* x, int64_t n) {
   }
 }
 
-void quantize_row_blocks(uint8_t* out, DType format, const float* x, int64_t n) {
-  if (format == DType::Q8_0) quantize_row_q8_0(reinterpret_cast<BlockQ8_0*>(out), x, n);
-  else if (format == DType::Q4_0) quantize_row_q4_0(reinterpret_cast<BlockQ4_0*>(out), x, n);
-  else fail("{} is not a block format", dtype_name(format));
+void encode_row(uint8_t* out, DType format, const float* x, int64_t n) {
+  switch (format) {
+    case DType::F32:
+      std::memcpy(out, x, size_t(n) * sizeof(float));
+      return;
+    case DType::F16:
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t bits = format == DType::F16 ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+        std::memcpy(out + 2 * i, &bits, 2);
+      }
+      return;
+    case DType::Q8_0:
+      quantize_row_q8_0(reinterpret_cast<BlockQ8_0*>(out), x, n);
+      return;
+    case DType::Q4_0:
+      quantize_row_q4_0(reinterpret_cast<BlockQ4_0*>(out), x, n);
+      return;
+    default:
+      fail("cannot write a row of {} values in {}", n, dtype_name(format));
+  }
 }
 
 void dequantize_row_q8_0(float* out, const BlockQ8_0* blocks, int64_t n) {
@@ -123,27 +140,11 @@ OwnedWeight quantize_weight(DType format, const float* w, int64_t rows, int64_t 
   out.view = WeightView{.dtype = format, .rows = rows, .cols = cols};
   out.data.resize(size_t(rows * out.view.row_bytes()));
   uint8_t* data = out.data.data();
-  const int64_t n = rows * cols;
   switch (format) {
-    case DType::F32:
-      std::copy_n(w, n, reinterpret_cast<float*>(data));
-      break;
-    case DType::F16:
-    case DType::BF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t bits = format == DType::F16 ? f32_to_f16(w[i]) : f32_to_bf16(w[i]);
-        std::memcpy(data + 2 * i, &bits, 2);
-      }
-      break;
     case DType::F8_E4M3:
       out.scale_inv.resize(size_t((rows + kFp8BlockSize - 1) / kFp8BlockSize * out.view.scale_cols()));
       quantize_fp8_blocks(data, out.scale_inv.data(), w, rows, cols);
       out.view.scale_inv = out.scale_inv.data();
-      break;
-    case DType::Q8_0:
-    case DType::Q4_0:
-      for (int64_t r = 0; r < rows; ++r)
-        quantize_row_blocks(data + r * out.view.row_bytes(), format, w + r * cols, cols);
       break;
     case DType::F4_E2M1:
       out.scale_e8m0.resize(size_t(rows * (cols / kQuantBlock)));
@@ -151,8 +152,8 @@ OwnedWeight quantize_weight(DType format, const float* w, int64_t rows, int64_t 
         quantize_row_fp4(data + r * cols / 2, out.scale_e8m0.data() + r * (cols / kQuantBlock), w + r * cols, cols);
       out.view.scale_e8m0 = out.scale_e8m0.data();
       break;
-    default:
-      fail("cannot quantize a weight to {}", dtype_name(format));
+    default:  // formats whose rows stand alone
+      for (int64_t r = 0; r < rows; ++r) encode_row(data + r * out.view.row_bytes(), format, w + r * cols, cols);
   }
   out.view.data = data;
   return out;

@@ -29,8 +29,9 @@ void quantize_row_q8_0(BlockQ8_0* out, const float* x, int64_t n);
 // llama.cpp's quantize_row_q4_0_ref: d = max / -8 with max the value of largest magnitude (its sign
 // kept), q = min(15, int8(x / d + 8.5)).
 void quantize_row_q4_0(BlockQ4_0* out, const float* x, int64_t n);
-// x [n] -> out [n/32 blocks] in `format`, Q8_0 or Q4_0.
-void quantize_row_blocks(uint8_t* out, DType format, const float* x, int64_t n);
+// x [n] -> out: one row in `format`, F32, F16 or BF16 (rounded to nearest even), or Q8_0 / Q4_0
+// blocks ([n/32]).
+void encode_row(uint8_t* out, DType format, const float* x, int64_t n);
 void dequantize_row_q8_0(float* out, const BlockQ8_0* blocks, int64_t n);
 void dequantize_row_q4_0(float* out, const BlockQ4_0* blocks, int64_t n);
 
