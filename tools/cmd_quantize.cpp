@@ -18,7 +18,9 @@ void register_quantize(CLI::App& app) {
       "quantize",
       "Rewrite a checkpoint with its linear layers and experts in q8_0 or q4_0 blocks, or in DeepSeek's FP8 layout "
       "(docs/quantization.md)");
-  cmd->add_option("--model", options->model, "Input model directory (any checkpoint megamoe loads)")->required();
+  cmd->add_option("--model", options->model,
+                  "Input model directory (any checkpoint megamoe loads), or a GGUF file of DeepSeek-V2/V3")
+      ->required();
   cmd->add_option("--dtype", options->dtype,
                   "Format of the linear layers and experts: q8_0, q4_0, or fp8 (DeepSeek's official FP8 layout: "
                   "128x128 block scales; V4's experts FP4)")
@@ -43,6 +45,9 @@ void register_quantize(CLI::App& app) {
                  options->output.c_str(), (long long)s.blocked_tensors, options->dtype.c_str(),
                  (long long)s.kept_tensors, (long long)s.unused_tensors, s.bytes_before / mib, s.bytes_after / mib,
                  double(s.bytes_before) / double(s.bytes_after), s.shards, s.shards == 1 ? "" : "s");
+    if (s.dropped_tensors)
+      std::fprintf(stderr, "%lld tensors megamoe does not use, in ggml blocks, left out\n",
+                   (long long)s.dropped_tensors);
     if (!s.bf16_fallbacks.empty())
       std::fprintf(
           stderr, "%zu matrices stored in BF16 instead (columns not a multiple of 32): %s%s\n", s.bf16_fallbacks.size(),

@@ -19,6 +19,7 @@
 #include "tokenizer/ggml_vocab.h"
 #include "util/error.h"
 #include "util/json_file.h"
+#include "util/progress.h"
 
 namespace megamoe {
 namespace fs = std::filesystem;
@@ -483,14 +484,27 @@ GgufExportSummary export_gguf(const fs::path& dir, const fs::path& output, const
     add_tensor(&tensors, gguf, dtype, spec.shape, [w, dtype](std::byte* out) { write_rows(out, w, dtype); });
   }
 
+  // Large models take minutes: a progress bar over the bytes written.
+  constexpr int64_t kMiB = 1 << 20;
+  std::vector<int64_t> sizes;
   for (const GgufTensorToWrite& t : tensors) {
     int64_t elements = 1;
     for (int64_t d : t.shape) elements *= d;
     const GgmlTypeInfo info = *ggml_type_info(t.type);
-    summary.bytes += elements / info.block_elements * info.block_bytes;
+    sizes.push_back(elements / info.block_elements * info.block_bytes);
+    summary.bytes += sizes.back();
   }
   summary.tensors = int64_t(tensors.size());
+  Progress progress("export-gguf", (summary.bytes + kMiB - 1) / kMiB, "MiB");
+  int64_t written = 0;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    tensors[i].fill = [fill = std::move(tensors[i].fill), bytes = sizes[i], &written, &progress](std::byte* out) {
+      fill(out);
+      written += bytes;
+      progress.update((written + kMiB - 1) / kMiB);
+    };
   write_gguf(output, metadata, tensors);
+  progress.finish();
   return summary;
 }
 

@@ -4,12 +4,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <set>
 
 #include "io/checkpoint.h"
 #include "io/checkpoint_writer.h"
+#include "model/gguf_tokenizer.h"
+#include "model/model.h"
 #include "model/tensor_spec.h"
 #include "model/weight_encoding.h"
 #include "ops/matmul.h"
@@ -100,7 +104,8 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
   const nlohmann::json quantization =
       official_fp8 ? nlohmann::json() : megamoe_quantization_config(options.weight_format);
   if (fs::exists(output)) fail("{}: already exists (quantize writes a new directory)", output.string());
-  const std::unique_ptr<Checkpoint> checkpoint = Checkpoint::open(input);
+  const bool gguf = input.extension() == ".gguf";
+  const std::unique_ptr<Checkpoint> checkpoint = open_checkpoint(input);
   const Checkpoint& ckpt = *checkpoint;
   const ModelConfig c = parse_model_config(ckpt.config(), ckpt.config_source());
   const ScaleLayout layout = scale_layout(c.family);
@@ -174,6 +179,10 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
   for (const TensorInfo* tensor : ckpt.tensors()) {
     summary.bytes_before += int64_t(tensor->nbytes);
     if (listed.count(tensor->name)) continue;
+    if (dtype_block_size(tensor->dtype) > 1) {  // a GGUF file's MTP layers, in ggml blocks safetensors cannot hold
+      ++summary.dropped_tensors;
+      continue;
+    }
     tensors.push_back(copy_as_is(tensor));
     ++summary.unused_tensors;
   }
@@ -182,12 +191,32 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
   config.erase("expert_dtype");  // V4's FP4 experts are blocks now like every other linear layer (or FP4 again)
   if (official_fp8) set_official_fp8_config(&config, c.family);
   else config["quantization_config"] = quantization;
-  std::vector<fs::path> extra_files;  // the tokenizer and whatever else sits beside the weights
-  for (const fs::directory_entry& entry : fs::directory_iterator(input)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_regular_file() && name != "config.json" && name != "model.safetensors.index.json" &&
-        entry.path().extension() != ".safetensors")
-      extra_files.push_back(entry.path());
+  std::vector<fs::path> extra_files;      // the tokenizer and whatever else sits beside the weights
+  std::optional<fs::path> tokenizer_dir;  // a GGUF file's tokenizer, written out for the copy
+  if (gguf) {
+    tokenizer_dir = fs::path(output.string() + ".tokenizer-tmp");
+    try {
+      const auto [tokenizer, tokenizer_config] =
+          hf_tokenizer_from_ggml(read_ggml_vocab(*GgufFile::open(input)), input.string());
+      fs::create_directories(*tokenizer_dir);
+      for (const auto& [name, json] :
+           {std::pair{"tokenizer.json", &tokenizer}, {"tokenizer_config.json", &tokenizer_config}}) {
+        std::ofstream out(*tokenizer_dir / name, std::ios::binary);
+        out << json->dump(2) << "\n";
+        if (!out.flush()) fail("{}: cannot write", (*tokenizer_dir / name).string());
+        extra_files.push_back(*tokenizer_dir / name);
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "megamoe: warning: %s; %s gets no tokenizer (give --tokenizer when running it)\n", e.what(),
+                   output.string().c_str());
+    }
+  } else {
+    for (const fs::directory_entry& entry : fs::directory_iterator(input)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_regular_file() && name != "config.json" && name != "model.safetensors.index.json" &&
+          entry.path().extension() != ".safetensors")
+        extra_files.push_back(entry.path());
+    }
   }
 
   for (const TensorToWrite& t : tensors) summary.bytes_after += tensor_bytes(t);
@@ -195,6 +224,7 @@ QuantizeSummary quantize_checkpoint(const fs::path& input, const fs::path& outpu
                                                 : int64_t(ckpt.stored_files().size());
   summary.shards = int(std::clamp<int64_t>(shards, 1, std::max<int64_t>(1, int64_t(tensors.size()))));
   write_checkpoint(output, config, tensors, summary.shards, extra_files, "quantize");
+  if (tokenizer_dir) fs::remove_all(*tokenizer_dir);
   return summary;
 }
 

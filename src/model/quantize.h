@@ -1,6 +1,6 @@
-// `megamoe quantize`: any checkpoint megamoe reads rewritten as megamoe's own q8_0 / q4_0 checkpoint
-// or in DeepSeek's official FP8 layout (docs/quantization.md), tensor by tensor, so models larger than
-// memory convert.
+// `megamoe quantize`: any checkpoint megamoe reads (a GGUF file too) rewritten as megamoe's own
+// q8_0 / q4_0 checkpoint or in DeepSeek's official FP8 layout (docs/quantization.md), tensor by
+// tensor, so models larger than memory convert.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -25,6 +25,7 @@ struct QuantizeSummary {
   int64_t blocked_tensors = 0;                // written in Q8_0 / Q4_0 blocks or FP8 / FP4
   int64_t kept_tensors = 0;                   // written as they were (embedding, norms, gates, ...)
   int64_t unused_tensors = 0;                 // not megamoe's (e.g. V3's MTP layer): copied as they were
+  int64_t dropped_tensors = 0;                // not megamoe's, in ggml blocks (a GGUF file's MTP layers): left out
   std::vector<std::string> bf16_fallbacks;    // quantized roles whose columns are not a multiple of 32
   int shards = 1;
 };

@@ -177,6 +177,17 @@ class GgufModel(unittest.TestCase):
                 self.assertEqual(from_file.returncode, 0, from_file.stderr)
                 self.assertEqual(from_file.stdout.split("\n")[0], from_dir.stdout.split("\n")[0])
 
+    def test_quantize_reads_gguf(self):
+        # A GGUF file becomes megamoe's q8_0 checkpoint, with its tokenizer: the same as from the directory.
+        for source, name in ((self.gguf, "q8-from-gguf"), (self.model, "q8-from-dir")):
+            harness.run_megamoe("quantize", "--model", source, "--dtype", "q8_0", "--output", self.path(name))
+        np.testing.assert_array_equal(self.logits(self.path("q8-from-gguf")), self.logits(self.path("q8-from-dir")))
+        text = "Free software is a matter of liberty"
+        ids = [subprocess.run([harness.megamoe_binary(), "tokenize", "--tokenizer", self.path(name)], input=text,
+                              capture_output=True, text=True, check=True).stdout for name in ("q8-from-gguf", "q8-from-dir")]
+        self.assertEqual(ids[0], ids[1])
+        self.assertGreater(len(ids[0].split()), 3)
+
     def test_older_files_and_other_layouts(self):
         metadata, tensors = read_gguf(self.gguf)
         c = self.config
