@@ -4,7 +4,7 @@
 // [1024, 2048] matrices (one matmul_tasks call, as an MoE layer runs them: short rows, many matrices),
 // and matrix-matrix at T = 512 (prefill, compute bound) in GFLOP/s, with 1 and 2 threads. Weights
 // sit in huge pages, as a loaded model's do. Medians (and best) of --runs runs.
-//   bench_kernels [--runs 7] [--threads 1,2] [--target AVX3_DL] [--formats F32,Q8_0,...] [--tokens 512]
+//   bench_kernels [--runs 7] [--threads 1,2] [--target AVX3_DL] [--formats F32,Q8_0,Q4_K,...] [--tokens 512]
 #include <cblas.h>
 #include <fmt/format.h>
 #include <omp.h>
@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/ggml_blocks.h"
 #include "ops/matmul.h"
 #include "ops/quant.h"
 #include "ops/roofline.h"
@@ -62,7 +63,17 @@ BenchWeight tiled_weight(DType format, int64_t rows, int64_t cols) {
   std::uniform_real_distribution<float> dist(-0.5f, 0.5f);
   std::vector<float> values(size_t(kPoolRows * cols));
   for (float& v : values) v = dist(gen);
-  const OwnedWeight pool = quantize_weight(format, values.data(), kPoolRows, cols);
+  OwnedWeight pool;
+  if (ggml_block_of(format)) {
+    // llama.cpp's other block formats have no quantizer here: random bytes below 0x7c, so that every
+    // fp16 scale in them is finite (the speed does not depend on the values).
+    pool.view = WeightView{.dtype = format, .rows = kPoolRows, .cols = cols};
+    pool.data.resize(size_t(kPoolRows * pool.view.row_bytes()));
+    std::uniform_int_distribution<int> byte(0, 0x7b);
+    for (uint8_t& b : pool.data) b = uint8_t(byte(gen));
+  } else {
+    pool = quantize_weight(format, values.data(), kPoolRows, cols);
+  }
   OwnedWeight out;
   out.view = pool.view;
   out.view.rows = rows;
@@ -111,7 +122,7 @@ int run(int argc, char** argv) {
     } else if (flag == "--formats") {
       formats.clear();
       for (const auto& name : split(value))
-        for (int t = 0; t <= int(DType::F4_E2M1); ++t)
+        for (int t = 0; t <= int(DType::IQ4_XS); ++t)
           if (dtype_name(DType(t)) == name) formats.push_back(DType(t));
     } else {
       fmt::print(stderr, "unknown flag {}\n", flag);
