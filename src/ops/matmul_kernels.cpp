@@ -117,7 +117,7 @@ constexpr bool kRowLanes = false;
 #endif
 template <class Rows>
 constexpr bool RowLanes() {
-  if constexpr (Rows::kInt8) return kRowLanes && !Rows::kPairs;
+  if constexpr (Rows::kInt8) return kRowLanes && !Rows::kPairs && !Rows::kMins && !Rows::kLaneScales;
   else return false;
 }
 constexpr size_t kLaneRows = 8;  // int32 lanes of a 256-bit vector, one row each
@@ -167,10 +167,11 @@ HWY_INLINE V<DI32> DotSigned(V<DI32> acc, V<DI8> w, V<DI8> x) {
 #endif
 }
 
-// acc + w . x in the way the format's codes are stored (unsigned with an offset, or signed).
+// acc + w . x in the way the format's codes are stored (unsigned, with an offset or a minimum per
+// block, or signed).
 template <class Rows>
 HWY_INLINE V<DI32> DotCodes(V<DI32> acc, V<DI8> w, V<DI8> x) {
-  return Rows::kOffset ? DotUnsigned(acc, w, x) : DotSigned(acc, w, x);
+  return Rows::kOffset || Rows::kMins ? DotUnsigned(acc, w, x) : DotSigned(acc, w, x);
 }
 
 // Half-precision scale to fp32: one vcvtph2ps with F16C (every x86 target here).
@@ -287,6 +288,13 @@ struct Int8Rows {
   static constexpr bool kInt8 = true;
   static constexpr bool kPairs = false;       // whether it reads two blocks per vector (Int8PairTile)
   static constexpr bool kHalfScales = false;  // whether ScaleBits gives each block's fp16 scale
+  // Whether a block's values are Scale x code - Min (unsigned codes): Int8Tile subtracts Min times
+  // the activations' block sum.
+  static constexpr bool kMins = false;
+  static constexpr int64_t kBlocksPerSuper = 1;  // blocks whose scales GroupScales unpacks at once (kMins)
+  // Whether each 16-value half of a block has a scale of its own (LaneScales: the int32 lanes of a
+  // block's dot product that sum the first half, then the second; x86 targets only).
+  static constexpr bool kLaneScales = false;
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     const auto& self = static_cast<const Derived&>(*this);
     const DF df;
@@ -434,6 +442,104 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 #endif
 };
 
+// llama.cpp's Q4_K (ops/ggml_blocks.h): superblocks of 256 values, fp16 d and dmin, 6-bit scales and
+// minimums of its eight 32-value blocks packed in 12 bytes, then 128 bytes of nibbles: each 32 bytes
+// hold one block in their low nibbles and the next in their high ones. Block b's value j is
+// d * scale_b * code - dmin * min_b; the codes go to the int8 products unsigned, the minimum through
+// the activations' block sums (kMins).
+struct Q4KRows : Int8Rows<Q4KRows> {
+  static constexpr int kOffset = 0;
+  static constexpr bool kMins = true;
+  static constexpr int64_t kSuperBytes = 144, kBlocksPerSuper = 8;
+  const uint8_t* data;
+  int64_t row_bytes;
+  GgmlBlock format = GgmlBlock::Q4_K;
+  Q4KRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
+  const uint8_t* Super(int64_t row, int64_t b) const {
+    return data + row * row_bytes + b / kBlocksPerSuper * kSuperBytes;
+  }
+  // ggml's get_scale_min_k4: block j's 6-bit scale and minimum.
+  static std::pair<int, int> ScaleMin(const uint8_t* packed, int64_t j) {
+    if (j < 4) return {packed[j] & 63, packed[j + 4] & 63};
+    return {(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)};
+  }
+  float Half(const uint8_t* p) const {
+    uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    return HalfToFloat(bits);
+  }
+  float Scale(int64_t row, int64_t b) const {
+    const uint8_t* s = Super(row, b);
+    return Half(s) * float(ScaleMin(s + 4, b % kBlocksPerSuper).first);
+  }
+  // The scales and minimums of the kBlocksPerSuper blocks from block b (a superblock's first) on,
+  // unpacked once for all of them (Int8Tile).
+  void GroupScales(int64_t row, int64_t b, float* scales, float* mins) const {
+    const uint8_t* s = Super(row, b);
+    const float d = Half(s), dmin = Half(s + 2);
+    for (int64_t j = 0; j < kBlocksPerSuper; ++j) {
+      const auto [scale, min] = ScaleMin(s + 4, j);
+      scales[j] = d * float(scale);
+      mins[j] = dmin * float(min);
+    }
+  }
+  const uint8_t* Nibbles(int64_t row, int64_t b) const { return Super(row, b) + 16 + 32 * (b % kBlocksPerSuper / 2); }
+  V<DI8> Part(int64_t row, int64_t b, size_t part) const {
+    const hn::Repartition<uint8_t, DI8> du8;
+    const auto bytes = hn::LoadU(du8, Nibbles(row, b) + part);
+    return hn::BitCast(DI8(), b % 2 ? hn::ShiftRight<4>(bytes) : hn::And(bytes, hn::Set(du8, uint8_t(15))));
+  }
+  // Exactly ggml's values (dequantize_row): the reference, not code x scale - min in SIMD.
+  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
+    dequantize_ggml_blocks(format, reinterpret_cast<const std::byte*>(Super(row, k0 / kQuantBlock)), out, n);
+  }
+};
+
+#if HWY_TARGET != HWY_SCALAR
+// llama.cpp's Q6_K: superblocks of 256 values, 128 bytes of low nibbles, 64 of high 2-bit pairs, 16
+// int8 scales (one per 16 values) and fp16 d. In each half superblock (128 values), block k's value j
+// is d * scale[2k + j/16] * (code - 32), code = nibble k/2 of byte j (+32 for odd k) of the low
+// nibbles, high bits 2k of byte j of the high pairs: unsigned codes with offset 32, a scale per lane
+// half (kLaneScales).
+struct Q6KRows : Int8Rows<Q6KRows> {
+  static constexpr int kOffset = 32;
+  static constexpr bool kLaneScales = true;
+  static constexpr int64_t kSuperBytes = 210, kBlocksPerSuper = 8;
+  const uint8_t* data;
+  int64_t row_bytes;
+  Q6KRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
+  const uint8_t* Super(int64_t row, int64_t b) const {
+    return data + row * row_bytes + b / kBlocksPerSuper * kSuperBytes;
+  }
+  V<DI8> Part(int64_t row, int64_t b, size_t /*part: one per block*/) const {
+    const hn::Repartition<uint8_t, DI8> du8;
+    const int64_t j = b % kBlocksPerSuper, half = j / 4, k = j % 4;
+    const uint8_t* s = Super(row, b);
+    const auto low = hn::LoadU(du8, s + 64 * half + 32 * (k % 2));
+    const auto high = hn::LoadU(du8, s + 128 + 32 * half);
+    const auto nibble = k / 2 ? hn::ShiftRight<4>(low) : hn::And(low, hn::Set(du8, uint8_t(15)));
+    const auto pair = hn::And(hn::ShiftRightSame(high, int(2 * k)), hn::Set(du8, uint8_t(3)));
+    return hn::BitCast(DI8(), hn::Or(nibble, hn::ShiftLeft<4>(pair)));
+  }
+  float Scale(int64_t, int64_t) const { return 1; }  // LaneScales has them
+  // [d * scale of the block's first half] x 4 lanes, then its second half's.
+  V<DF8> LaneScales(int64_t row, int64_t b) const {
+    const uint8_t* s = Super(row, b);
+    const int64_t j = b % kBlocksPerSuper, first = 8 * (j / 4) + 2 * (j % 4);
+    uint16_t bits;
+    std::memcpy(&bits, s + 208, 2);
+    const float d = HalfToFloat(bits);
+    const auto scales = reinterpret_cast<const int8_t*>(s + 192);
+    const float a = d * float(scales[first]), z = d * float(scales[first + 1]);
+    alignas(32) const float lanes[8] = {a, a, a, a, z, z, z, z};
+    return hn::Load(DF8(), lanes);
+  }
+  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
+    dequantize_ggml_blocks(GgmlBlock::Q6_K, reinterpret_cast<const std::byte*>(Super(row, k0 / kQuantBlock)), out, n);
+  }
+};
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Tiles: sums[r * C + c] = row rows[r] . token c, for R rows x C tokens.
 //
@@ -463,14 +569,21 @@ struct TileOutput {
 
 template <size_t R, size_t C, class Rows>
 HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const int8_t* const* xq,
-                         const float* const* xd, int64_t blocks) {
+                         const float* const* xd, const int32_t* const* xs, int64_t blocks) {
   const DI8 d8;
   const DI32 d32;
   const DF8 df;
   V<DF8> acc[R][C];
   for (auto& row : acc)
     for (auto& a : row) a = hn::Zero(df);
+  float mins[R][C] = {};  // kMins: sum over blocks of Min x the block's activation scale x code sum
+  // kMins formats unpack a superblock's scales and minimums at its first block.
+  constexpr int64_t kGroup = Rows::kBlocksPerSuper;
+  float group_scales[R][kGroup], group_mins[R][kGroup];
   for (int64_t b = 0; b < blocks; ++b) {
+    if constexpr (Rows::kMins)
+      if (b % kGroup == 0)
+        for (size_t r = 0; r < R; ++r) w.GroupScales(rows[r], b, group_scales[r], group_mins[r]);
     V<DI32> dot[R][C];
     for (size_t c = 0; c < C; ++c) {
       // Unsigned weights start each lane from -offset * (its 4 activations' sum), so that every lane
@@ -491,13 +604,25 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
       }
     }
     for (size_t r = 0; r < R; ++r) {
-      const float dw = w.Scale(rows[r], b);
+      if constexpr (Rows::kLaneScales) {
+        const V<DF8> lane_scales = w.LaneScales(rows[r], b);
+        for (size_t c = 0; c < C; ++c)
+          acc[r][c] = hn::MulAdd(hn::ConvertTo(df, dot[r][c]), hn::Mul(lane_scales, hn::Set(df, xd[c][b])), acc[r][c]);
+        continue;
+      }
+      float dw;
+      if constexpr (Rows::kMins) dw = group_scales[r][b % kGroup];
+      else dw = w.Scale(rows[r], b);
       for (size_t c = 0; c < C; ++c)
         acc[r][c] = hn::MulAdd(hn::ConvertTo(df, dot[r][c]), hn::Set(df, dw * xd[c][b]), acc[r][c]);
+      if constexpr (Rows::kMins) {
+        const float m = group_mins[r][b % kGroup];
+        for (size_t c = 0; c < C; ++c) mins[r][c] = std::fma(m, xd[c][b] * float(xs[c][b]), mins[r][c]);
+      }
     }
   }
   for (size_t r = 0; r < R; ++r)
-    for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c]));
+    for (size_t c = 0; c < C; ++c) sums[r * C + c] = hn::GetLane(hn::SumOfLanes(df, acc[r][c])) - mins[r][c];
 }
 
 #if HWY_TARGET == HWY_AVX3_DL
@@ -813,17 +938,19 @@ HWY_INLINE void TileTokens(const TileOutput& out, const float* x, const Quantize
     if constexpr (Rows::kInt8) {
       const int8_t* q[C];
       const float* d[C];
+      const int32_t* s[C];
       for (size_t c = 0; c < C; ++c) {
         const int64_t t = std::min<int64_t>(t0 + c, t_end - 1);
         q[c] = xq.q.data() + t * K;
         d[c] = xq.d.data() + t * (K / kQuantBlock);
+        s[c] = xq.sums.data() + t * (K / kQuantBlock);
       }
 #if HWY_TARGET == HWY_AVX3_DL
       if constexpr (Rows::kPairs) {
         Int8PairTile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
       } else
 #endif
-        Int8Tile<R, C>(sums, w, rows, q, d, K / kQuantBlock);
+        Int8Tile<R, C>(sums, w, rows, q, d, s, K / kQuantBlock);
     } else {
       const float* xs[C];
       for (size_t c = 0; c < C; ++c) xs[c] = x + std::min<int64_t>(t0 + c, t_end - 1) * K;
@@ -1051,6 +1178,12 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
       return exact ? op(ExactRows<Q4Rows>(W)) : op(Q4Rows(W));
     case DType::F4_E2M1:
       return exact ? op(ExactRows<Fp4Rows>(W)) : op(Fp4Rows(W));
+    case DType::Q4_K:
+      return exact ? op(GgmlBlockRows(W)) : op(Q4KRows(W));
+#if HWY_TARGET != HWY_SCALAR
+    case DType::Q6_K:
+      return exact ? op(GgmlBlockRows(W)) : op(Q6KRows(W));
+#endif
     default:
       if (ggml_block_of(W.dtype)) return op(GgmlBlockRows(W));
       fail("weight format {} is not supported by the matrix kernels", dtype_name(W.dtype));
@@ -1143,6 +1276,15 @@ float Dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+// Whether this target multiplies `format` in int8 against activations rounded to q8_0 blocks (in
+// fast numerics): the formats WithRows gives int8 rows for.
+bool QuantizesActivations(DType format) {
+  bool int8 = false;
+  const WeightView probe{.dtype = format};
+  WithRows(probe, /*exact=*/false, [&](const auto& w) { int8 = std::decay_t<decltype(w)>::kInt8; });
+  return int8;
+}
+
 void DequantizeRow(float* out, const WeightView& W, int64_t row) {
   WithRows(W, /*exact=*/false, [&](const auto& w) { w.Dequantize(out, row, 0, W.cols); });
 }
@@ -1157,10 +1299,10 @@ HWY_EXPORT(DequantizeRow);
 HWY_EXPORT(WeightedRowSum);
 HWY_EXPORT(Dot);
 HWY_EXPORT(QuantizeActivations);
+HWY_EXPORT(QuantizesActivations);
 
 bool matmul_quantizes_activations(DType weight_format) {
-  return numerics() == Numerics::Fast &&
-         (weight_format == DType::Q8_0 || weight_format == DType::Q4_0 || weight_format == DType::F4_E2M1);
+  return numerics() == Numerics::Fast && HWY_DYNAMIC_DISPATCH(QuantizesActivations)(weight_format);
 }
 
 void matmul_tasks(std::span<const MatmulTask> tasks, float swiglu_limit) {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 
 #include "ops/matmul.h"
@@ -101,7 +102,9 @@ TEST(GgmlBlocks, WeightsOfEveryFormatMultiplyOnEveryTarget) {
         std::vector<float> x(size_t(T * cols)), y(size_t(T * rows)), reference(size_t(T * rows));
         for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 37 % 23) - 11) / 8.f;
         matmul(y.data(), x.data(), T, W);
-        matmul_reference(reference.data(), x.data(), T, W);
+        // Q4_K multiplies in int8 against activations rounded to q8_0 blocks (fast numerics).
+        if (matmul_quantizes_activations(W.dtype)) matmul_reference_quantized(reference.data(), x.data(), T, W);
+        else matmul_reference(reference.data(), x.data(), T, W);
         for (size_t i = 0; i < y.size(); ++i) {
           double magnitude = 0;
           for (int64_t k = 0; k < cols; ++k)
@@ -109,6 +112,47 @@ TEST(GgmlBlocks, WeightsOfEveryFormatMultiplyOnEveryTarget) {
                                    std::bit_cast<float>(bits[size_t(int64_t(i % rows) * cols + k)]));
           ASSERT_NEAR(y[i], reference[i], 1e-5 * magnitude + 1e-30) << "T=" << T << " output " << i;
         }
+      }
+    }
+    matmul_use_target("");
+  }
+}
+
+// The int8 kernels of Q4_K and Q6_K (fast numerics) on matrices of several tiles and superblocks:
+// against the reference on the same rounded activations, on every target, and batch invariant (a
+// token's outputs are bit for bit the same alone and among 17).
+TEST(GgmlBlocks, KQuantKernelsMatchTheReferenceAndAreBatchInvariant) {
+  std::mt19937 gen(5);
+  std::uniform_int_distribution<int> byte(0, 0x7b);  // every fp16 scale finite
+  std::uniform_real_distribution<float> value(-1.f, 1.f);
+  for (const DType dtype : {DType::Q4_K, DType::Q6_K}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const int64_t rows = 37, cols = 768, T = 17;
+    WeightView W{.dtype = dtype, .rows = rows, .cols = cols};
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows * W.row_bytes()));
+    for (uint8_t& b : bytes) b = uint8_t(byte(gen));
+    W.data = bytes.data();
+    std::vector<float> x(static_cast<size_t>(T * cols)), y(static_cast<size_t>(T * rows)),
+        one(static_cast<size_t>(rows)), reference(y.size()), row(static_cast<size_t>(cols));
+    for (float& v : x) v = value(gen);
+    for (const std::string& target : matmul_targets()) {
+      SCOPED_TRACE(target);
+      matmul_use_target(target);
+      matmul(y.data(), x.data(), T, W);
+      if (matmul_quantizes_activations(dtype)) matmul_reference_quantized(reference.data(), x.data(), T, W);
+      else matmul_reference(reference.data(), x.data(), T, W);
+      for (int64_t i = 0; i < T * rows; ++i) {
+        dequantize_row(row.data(), W, i % rows);
+        double magnitude = 0;
+        for (int64_t k = 0; k < cols; ++k)
+          magnitude += std::fabs(double(x[size_t(i / rows * cols + k)]) * row[size_t(k)]);
+        ASSERT_NEAR(y[size_t(i)], reference[size_t(i)], 1e-5 * magnitude + 1e-30) << "output " << i;
+      }
+      for (const int64_t t : {0, 9, 16}) {
+        matmul(one.data(), x.data() + t * cols, 1, W);
+        for (int64_t r = 0; r < rows; ++r)
+          ASSERT_EQ(std::bit_cast<uint32_t>(one[size_t(r)]), std::bit_cast<uint32_t>(y[size_t(t * rows + r)]))
+              << "token " << t << " row " << r;
       }
     }
     matmul_use_target("");
