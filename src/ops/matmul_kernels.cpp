@@ -442,22 +442,32 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 #endif
 };
 
+// llama.cpp's k-quants (ops/ggml_blocks.h): rows of superblocks of 256 values (8 blocks of 32), each
+// kBytes long; values as the bit-exact reference decodes them (Dequantize: dequantize_row).
+template <class Derived, GgmlBlock kFormat, int64_t kBytes>
+struct SuperblockRows : Int8Rows<Derived> {
+  static constexpr int64_t kSuperBytes = kBytes, kBlocksPerSuper = 8;
+  const uint8_t* data;
+  int64_t row_bytes;
+  explicit SuperblockRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
+  // The superblock holding block b of `row`.
+  const uint8_t* Super(int64_t row, int64_t b) const {
+    return data + row * row_bytes + b / kBlocksPerSuper * kSuperBytes;
+  }
+  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
+    dequantize_ggml_blocks(kFormat, reinterpret_cast<const std::byte*>(Super(row, k0 / kQuantBlock)), out, n);
+  }
+};
+
 // llama.cpp's Q4_K (ops/ggml_blocks.h): superblocks of 256 values, fp16 d and dmin, 6-bit scales and
 // minimums of its eight 32-value blocks packed in 12 bytes, then 128 bytes of nibbles: each 32 bytes
 // hold one block in their low nibbles and the next in their high ones. Block b's value j is
 // d * scale_b * code - dmin * min_b; the codes go to the int8 products unsigned, the minimum through
 // the activations' block sums (kMins).
-struct Q4KRows : Int8Rows<Q4KRows> {
+struct Q4KRows : SuperblockRows<Q4KRows, GgmlBlock::Q4_K, 144> {
   static constexpr int kOffset = 0;
   static constexpr bool kMins = true;
-  static constexpr int64_t kSuperBytes = 144, kBlocksPerSuper = 8;
-  const uint8_t* data;
-  int64_t row_bytes;
-  GgmlBlock format = GgmlBlock::Q4_K;
-  Q4KRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
-  const uint8_t* Super(int64_t row, int64_t b) const {
-    return data + row * row_bytes + b / kBlocksPerSuper * kSuperBytes;
-  }
+  using SuperblockRows::SuperblockRows;
   // ggml's get_scale_min_k4: block j's 6-bit scale and minimum.
   static std::pair<int, int> ScaleMin(const uint8_t* packed, int64_t j) {
     if (j < 4) return {packed[j] & 63, packed[j + 4] & 63};
@@ -489,10 +499,6 @@ struct Q4KRows : Int8Rows<Q4KRows> {
     const auto bytes = hn::LoadU(du8, Nibbles(row, b) + part);
     return hn::BitCast(DI8(), b % 2 ? hn::ShiftRight<4>(bytes) : hn::And(bytes, hn::Set(du8, uint8_t(15))));
   }
-  // Exactly ggml's values (dequantize_row): the reference, not code x scale - min in SIMD.
-  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
-    dequantize_ggml_blocks(format, reinterpret_cast<const std::byte*>(Super(row, k0 / kQuantBlock)), out, n);
-  }
 };
 
 #if HWY_TARGET != HWY_SCALAR
@@ -501,16 +507,10 @@ struct Q4KRows : Int8Rows<Q4KRows> {
 // is d * scale[2k + j/16] * (code - 32), code = nibble k/2 of byte j (+32 for odd k) of the low
 // nibbles, high bits 2k of byte j of the high pairs: unsigned codes with offset 32, a scale per lane
 // half (kLaneScales).
-struct Q6KRows : Int8Rows<Q6KRows> {
+struct Q6KRows : SuperblockRows<Q6KRows, GgmlBlock::Q6_K, 210> {
   static constexpr int kOffset = 32;
   static constexpr bool kLaneScales = true;
-  static constexpr int64_t kSuperBytes = 210, kBlocksPerSuper = 8;
-  const uint8_t* data;
-  int64_t row_bytes;
-  Q6KRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
-  const uint8_t* Super(int64_t row, int64_t b) const {
-    return data + row * row_bytes + b / kBlocksPerSuper * kSuperBytes;
-  }
+  using SuperblockRows::SuperblockRows;
   V<DI8> Part(int64_t row, int64_t b, size_t /*part: one per block*/) const {
     const hn::Repartition<uint8_t, DI8> du8;
     const int64_t j = b % kBlocksPerSuper, half = j / 4, k = j % 4;
@@ -533,9 +533,6 @@ struct Q6KRows : Int8Rows<Q6KRows> {
     const float a = d * float(scales[first]), z = d * float(scales[first + 1]);
     alignas(32) const float lanes[8] = {a, a, a, a, z, z, z, z};
     return hn::Load(DF8(), lanes);
-  }
-  void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
-    dequantize_ggml_blocks(GgmlBlock::Q6_K, reinterpret_cast<const std::byte*>(Super(row, k0 / kQuantBlock)), out, n);
   }
 };
 #endif

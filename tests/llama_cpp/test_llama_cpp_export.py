@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import numpy as np
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "model"))
 import harness  # noqa: E402
 
 TRAINING_TEXT = "/usr/share/common-licenses/GPL-3"
-VOCAB = 600  # the tokenizer's size: llama.cpp may pick ids megamoe's sampler never offers (no text)
+VOCAB = 600  # the models' vocabulary is the tokenizer's: llama.cpp may pick ids megamoe's sampler never offers
 PROMPT = [263, 79, 318, 281, 7, 400, 12, 90]
 CONTINUATION = 24
 
@@ -38,27 +37,21 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-class LlamaCppExport(unittest.TestCase):
+class LlamaCppExport(harness.ScratchTestCase):
     @classmethod
     def setUpClass(cls):
         if shutil.which("npm") is None or shutil.which("node") is None:
             raise unittest.SkipTest("node/npm are not installed (scripts/setup.sh installs them): llama.cpp cannot run")
         subprocess.run([os.path.join(HERE, "setup.sh")], check=True, timeout=600)
-        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-llama-cpp-")
+        cls.make_scratch("megamoe-llama-cpp-")
         cls.tokenizer = cls.path("tokenizer")
         harness.run_megamoe("tokenizer", "train", "--vocab-size", VOCAB, "--input", TRAINING_TEXT,
                             "--output", cls.tokenizer)
         cls.models = {}
         for name, config in [("v3", os.path.join(os.path.dirname(os.path.dirname(HERE)), "configs", "tiny-v3.json")),
                              ("v2", harness.config_path("v2-lite-greedy"))]:
-            c = harness.load_json(config)
-            c["vocab_size"] = VOCAB
-            with open(cls.path(name + ".json"), "w") as f:
-                json.dump(c, f)
             model = cls.path(name)
-            harness.synth(cls.path(name + ".json"), "bf16", 7, model)
-            for file in ("tokenizer.json", "tokenizer_config.json"):
-                shutil.copy(os.path.join(cls.tokenizer, file), model)
+            harness.synth_with_tokenizer(config, "bf16", 7, model, cls.tokenizer)
             cls.models[name] = model
             harness.run_megamoe("export-gguf", "--model", model, "--output", model + ".gguf", "--dtype", "f32")
         for dtype in ("q8_0", "q4_0"):
@@ -66,14 +59,6 @@ class LlamaCppExport(unittest.TestCase):
             harness.run_megamoe("quantize", "--model", cls.models["v3"], "--dtype", dtype, "--output", model)
             harness.run_megamoe("export-gguf", "--model", model, "--output", model + ".gguf", "--dtype", dtype)
             cls.models["v3-" + dtype] = model
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.tmp.name, name)
 
     def llama(self, *args):
         result = subprocess.run(["node", "llama_cpp.mjs", *map(str, args)], cwd=HERE, capture_output=True,

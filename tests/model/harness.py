@@ -4,9 +4,11 @@ import glob
 import json
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import unittest
 
 import numpy as np
@@ -51,6 +53,21 @@ def synth(config_path, dtype, seed, output_dir, shards=None):
     run_megamoe(*args)
 
 
+def synth_with_tokenizer(config_file, dtype, seed, output_dir, tokenizer_dir):
+    """A checkpoint of config_file with random weights and the tokenizer of tokenizer_dir beside them,
+    its vocab_size set to the tokenizer's."""
+    config = load_json(config_file)
+    with open(os.path.join(tokenizer_dir, "tokenizer.json")) as f:
+        tokenizer = json.load(f)
+    config["vocab_size"] = max([*tokenizer["model"]["vocab"].values(), *(t["id"] for t in tokenizer["added_tokens"])]) + 1
+    with open(output_dir + ".config.json", "w") as f:
+        json.dump(config, f)
+    synth(output_dir + ".config.json", dtype, seed, output_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_dir, name), output_dir)
+    return config
+
+
 def megamoe_logits(model_dir, tokens, output_path, *extra):
     run_megamoe("logits", "--model", model_dir, "--tokens", ",".join(map(str, tokens)),
                 "--output", output_path, *extra)
@@ -78,6 +95,22 @@ def write_raw(path, header, data):
     text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as writers do
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+class ScratchTestCase(unittest.TestCase):
+    """A test class whose tests share one scratch directory (make_scratch in setUpClass): cls.path(name)."""
+
+    @classmethod
+    def make_scratch(cls, prefix):
+        cls.tmp = tempfile.TemporaryDirectory(prefix=prefix)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.tmp.name, name)
 
 
 def load_json(path):

@@ -10,10 +10,8 @@ files fail with one line naming the file and the tensor or key at fault.
 """
 import json
 import os
-import shutil
 import struct
 import subprocess
-import tempfile
 import unittest
 
 import numpy as np
@@ -122,32 +120,18 @@ def dequantize_q5_0(data, n):
     return np.array(values, np.float32)
 
 
-class GgufModel(unittest.TestCase):
+class GgufModel(harness.ScratchTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-gguf-model-")
+        cls.make_scratch("megamoe-gguf-model-")
         tokenizer = cls.path("tokenizer")
         harness.run_megamoe("tokenizer", "train", "--vocab-size", 600, "--input", TRAINING_TEXT, "--output", tokenizer)
-        config = harness.load_json(harness.config_path("v3-noaux-yarn"))
-        config["vocab_size"] = 600
-        with open(cls.path("config.json"), "w") as f:
-            json.dump(config, f)
         cls.model = cls.path("model")
-        harness.synth(cls.path("config.json"), "bf16", 3, cls.model)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(os.path.join(tokenizer, name), cls.model)
+        config = harness.synth_with_tokenizer(harness.config_path("v3-noaux-yarn"), "bf16", 3, cls.model, tokenizer)
         cls.gguf = cls.path("model.gguf")
         harness.run_megamoe("export-gguf", "--model", cls.model, "--output", cls.gguf, "--dtype", "f32")
         cls.config = config
         cls.reference = harness.megamoe_logits(cls.model, TOKENS, cls.path("reference.npy"), "--numerics", "exact")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.tmp.name, name)
 
     def logits(self, model):
         return harness.megamoe_logits(model, TOKENS, self.path("logits.npy"), "--numerics", "exact")

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import numpy as np
@@ -49,10 +48,10 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-class Perplexity(unittest.TestCase):
+class Perplexity(harness.ScratchTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-perplexity-")
+        cls.make_scratch("megamoe-perplexity-")
         tokenizer = cls.path("tokenizer")
         harness.run_megamoe("tokenizer", "train", "--vocab-size", 600, "--input", TEXT, "--output", tokenizer)
         with open(TEXT, encoding="utf-8") as f:
@@ -80,14 +79,6 @@ class Perplexity(unittest.TestCase):
         bos = harness.load_json(os.path.join(tokenizer, "tokenizer_config.json"))["bos_token"]["content"]
         cls.bos = next(t["id"] for t in harness.load_json(os.path.join(tokenizer, "tokenizer.json"))["added_tokens"]
                        if t["content"] == bos)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.tmp.name, name)
 
     def perplexity(self, model, *args, mpi_ranks=None):
         command = ["perplexity", "--model", model, "--text", self.text, "--context", CONTEXT, "--stride", STRIDE,

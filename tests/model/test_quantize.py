@@ -66,10 +66,10 @@ def raw_tensors(model_dir):
     return tensors
 
 
-class QuantizedModels(unittest.TestCase):
+class QuantizedModels(harness.ScratchTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="megamoe-quantize-")
+        cls.make_scratch("megamoe-quantize-")
         cls.models = {}
         for family in CONFIGS:
             for dtype in ("bf16", "fp8", "q8_0", "q4_0"):
@@ -81,14 +81,6 @@ class QuantizedModels(unittest.TestCase):
                     quantize(cls.models[family, source], dtype, cls.models[family, f"{dtype} of {source}"])
             cls.models[family, "fp8 of bf16"] = cls.path(f"{family}-fp8-of-bf16")
             quantize(cls.models[family, "bf16"], "fp8", cls.models[family, "fp8 of bf16"])
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.tmp.name, name)
 
     def logits(self, model, tokens, numerics="exact"):
         return harness.megamoe_logits(model, tokens, self.path("logits.npy"), "--numerics", numerics)
