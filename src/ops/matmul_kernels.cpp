@@ -459,28 +459,32 @@ struct SuperblockRows : Int8Rows<Derived> {
   }
 };
 
-// llama.cpp's Q4_K (ops/ggml_blocks.h): superblocks of 256 values, fp16 d and dmin, 6-bit scales and
-// minimums of its eight 32-value blocks packed in 12 bytes, then 128 bytes of nibbles: each 32 bytes
-// hold one block in their low nibbles and the next in their high ones. Block b's value j is
+// llama.cpp's Q4_K and Q5_K (ops/ggml_blocks.h): superblocks of 256 values, fp16 d and dmin, 6-bit
+// scales and minimums of their eight 32-value blocks packed in 12 bytes, Q5_K's fifth bits (32
+// bytes: bit b of byte j for block b's value j), then 128 bytes of nibbles: each 32 bytes hold one
+// block in their low nibbles and the next in their high ones. Block b's value j is
 // d * scale_b * code - dmin * min_b; the codes go to the int8 products unsigned, the minimum through
 // the activations' block sums (kMins).
-struct Q4KRows : SuperblockRows<Q4KRows, GgmlBlock::Q4_K, 144> {
+template <bool kFifthBit>
+struct MinScaleRows
+    : SuperblockRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q5_K : GgmlBlock::Q4_K, kFifthBit ? 176 : 144> {
+  using Base =
+      SuperblockRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q5_K : GgmlBlock::Q4_K, kFifthBit ? 176 : 144>;
   static constexpr int kOffset = 0;
   static constexpr bool kMins = true;
-  using SuperblockRows::SuperblockRows;
+  static constexpr int64_t kNibbles = kFifthBit ? 48 : 16;  // where the nibbles start in a superblock
+  using Base::Base;
+  using Base::kBlocksPerSuper;
+  using Base::Super;
   // ggml's get_scale_min_k4: block j's 6-bit scale and minimum.
   static std::pair<int, int> ScaleMin(const uint8_t* packed, int64_t j) {
     if (j < 4) return {packed[j] & 63, packed[j + 4] & 63};
     return {(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)};
   }
-  float Half(const uint8_t* p) const {
+  static float Half(const uint8_t* p) {
     uint16_t bits;
     std::memcpy(&bits, p, 2);
     return HalfToFloat(bits);
-  }
-  float Scale(int64_t row, int64_t b) const {
-    const uint8_t* s = Super(row, b);
-    return Half(s) * float(ScaleMin(s + 4, b % kBlocksPerSuper).first);
   }
   // The scales and minimums of the kBlocksPerSuper blocks from block b (a superblock's first) on,
   // unpacked once for all of them (Int8Tile).
@@ -493,13 +497,21 @@ struct Q4KRows : SuperblockRows<Q4KRows, GgmlBlock::Q4_K, 144> {
       mins[j] = dmin * float(min);
     }
   }
-  const uint8_t* Nibbles(int64_t row, int64_t b) const { return Super(row, b) + 16 + 32 * (b % kBlocksPerSuper / 2); }
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
     const hn::Repartition<uint8_t, DI8> du8;
-    const auto bytes = hn::LoadU(du8, Nibbles(row, b) + part);
-    return hn::BitCast(DI8(), b % 2 ? hn::ShiftRight<4>(bytes) : hn::And(bytes, hn::Set(du8, uint8_t(15))));
+    const uint8_t* s = Super(row, b);
+    const int64_t j = b % kBlocksPerSuper;
+    const auto bytes = hn::LoadU(du8, s + kNibbles + 32 * (j / 2) + part);
+    auto codes = j % 2 ? hn::ShiftRight<4>(bytes) : hn::And(bytes, hn::Set(du8, uint8_t(15)));
+    if constexpr (kFifthBit) {
+      const auto fifth = hn::And(hn::ShiftRightSame(hn::LoadU(du8, s + 16 + part), int(j)), hn::Set(du8, uint8_t(1)));
+      codes = hn::Or(codes, hn::ShiftLeft<4>(fifth));
+    }
+    return hn::BitCast(DI8(), codes);
   }
 };
+using Q4KRows = MinScaleRows<false>;
+using Q5KRows = MinScaleRows<true>;
 
 #if HWY_TARGET != HWY_SCALAR
 // llama.cpp's Q6_K: superblocks of 256 values, 128 bytes of low nibbles, 64 of high 2-bit pairs, 16
@@ -1177,6 +1189,8 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
       return exact ? op(ExactRows<Fp4Rows>(W)) : op(Fp4Rows(W));
     case DType::Q4_K:
       return exact ? op(GgmlBlockRows(W)) : op(Q4KRows(W));
+    case DType::Q5_K:
+      return exact ? op(GgmlBlockRows(W)) : op(Q5KRows(W));
 #if HWY_TARGET != HWY_SCALAR
     case DType::Q6_K:
       return exact ? op(GgmlBlockRows(W)) : op(Q6KRows(W));
