@@ -127,7 +127,6 @@ json deepseek2_config(const GgufModel& model) {
     fail("{}: {} is {}, expected 1 (softmax) or 2 (sigmoid)", where, key("expert_gating_func"), gating);
   const int64_t groups = integer_or("expert_group_count", 1);
   const bool bias =
-      model.find("blk.0.exp_probs_b.bias") != nullptr ||
       std::ranges::any_of(model.tensors(), [](const GgufTensor* t) { return t->name.ends_with(".exp_probs_b.bias"); });
 
   const GgufTensor* embedding = model.find("token_embd.weight");

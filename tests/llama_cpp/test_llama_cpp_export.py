@@ -44,9 +44,7 @@ class LlamaCppExport(harness.ScratchTestCase):
             raise unittest.SkipTest("node/npm are not installed (scripts/setup.sh installs them): llama.cpp cannot run")
         subprocess.run([os.path.join(HERE, "setup.sh")], check=True, timeout=600)
         cls.make_scratch("megamoe-llama-cpp-")
-        cls.tokenizer = cls.path("tokenizer")
-        harness.run_megamoe("tokenizer", "train", "--vocab-size", VOCAB, "--input", TRAINING_TEXT,
-                            "--output", cls.tokenizer)
+        cls.tokenizer = harness.train_tokenizer(cls.path("tokenizer"), TRAINING_TEXT, VOCAB)
         cls.models = {}
         for name, config in [("v3", os.path.join(os.path.dirname(os.path.dirname(HERE)), "configs", "tiny-v3.json")),
                              ("v2", harness.config_path("v2-lite-greedy"))]:

@@ -53,6 +53,12 @@ def synth(config_path, dtype, seed, output_dir, shards=None):
     run_megamoe(*args)
 
 
+def train_tokenizer(output_dir, text="/usr/share/common-licenses/GPL-3", vocab_size=600):
+    """A byte-level BPE tokenizer of vocab_size tokens learnt from text, in output_dir."""
+    run_megamoe("tokenizer", "train", "--vocab-size", vocab_size, "--input", text, "--output", output_dir)
+    return output_dir
+
+
 def synth_with_tokenizer(config_file, dtype, seed, output_dir, tokenizer_dir):
     """A checkpoint of config_file with random weights and the tokenizer of tokenizer_dir beside them,
     its vocab_size set to the tokenizer's."""

@@ -124,8 +124,7 @@ class GgufModel(harness.ScratchTestCase):
     @classmethod
     def setUpClass(cls):
         cls.make_scratch("megamoe-gguf-model-")
-        tokenizer = cls.path("tokenizer")
-        harness.run_megamoe("tokenizer", "train", "--vocab-size", 600, "--input", TRAINING_TEXT, "--output", tokenizer)
+        tokenizer = harness.train_tokenizer(cls.path("tokenizer"), TRAINING_TEXT, 600)
         cls.model = cls.path("model")
         config = harness.synth_with_tokenizer(harness.config_path("v3-noaux-yarn"), "bf16", 3, cls.model, tokenizer)
         cls.gguf = cls.path("model.gguf")

@@ -52,8 +52,7 @@ class Perplexity(harness.ScratchTestCase):
     @classmethod
     def setUpClass(cls):
         cls.make_scratch("megamoe-perplexity-")
-        tokenizer = cls.path("tokenizer")
-        harness.run_megamoe("tokenizer", "train", "--vocab-size", 600, "--input", TEXT, "--output", tokenizer)
+        tokenizer = harness.train_tokenizer(cls.path("tokenizer"), TEXT, 600)
         with open(TEXT, encoding="utf-8") as f:
             text = f.read()[:TEXT_BYTES]
         cls.text = cls.path("text.txt")
