@@ -37,7 +37,6 @@ void register_serve(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->callback([options] {
-    serve::block_stop_signals();                           // before loading starts any thread
     options->sequences = options->serve.limits.max_batch;  // a memory budget keeps room for their KV caches
     GenerationSetup setup = load_for_generation(*options, false);
     serve::ServeOptions s = options->serve;

@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <netdb.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <sys/socket.h>
 
@@ -22,6 +23,28 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+
+// SIGINT and SIGTERM are counted by a handler rather than taken with sigwait: threads that
+// libraries start before main (OpenBLAS's) leave them unblocked, and the kernel may hand a
+// signal to such a thread, where its default action would kill the server mid-shutdown.
+// sem_post is async-signal-safe.
+sem_t stop_signals;
+volatile std::sig_atomic_t first_stop_signal = 0;
+
+void count_stop_signal(int signal_number) {
+  if (first_stop_signal == 0) first_stop_signal = signal_number;
+  sem_post(&stop_signals);
+}
+
+void catch_stop_signals() {
+  sem_init(&stop_signals, 0, 0);
+  struct sigaction action {};
+  action.sa_handler = count_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
 
 // How often a waiting response looks whether its client is still there.
 constexpr auto kClientCheckInterval = std::chrono::milliseconds(20);
@@ -271,22 +294,21 @@ void HttpServer::run() {
   std::fflush(stderr);
   std::thread listener([this] { http_.listen_after_bind(); });
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sem_wait(&stop_signals) != 0) {
+  }  // interrupted by a signal other than ours
   std::fprintf(stderr, "megamoe: %s: finishing the requests in flight (up to %g s; again to cancel them)\n",
-               strsignal(signal_number), options_.shutdown_grace_seconds);
+               strsignal(first_stop_signal), options_.shutdown_grace_seconds);
   std::atomic<bool> stopped = false;
   std::thread stopper([&] {
     shut_down();
     stopped = true;
   });
   while (!stopped) {  // a second signal cancels what still runs
-    const timespec interval{0, 100'000'000};
-    if (sigtimedwait(&signals, nullptr, &interval) > 0) scheduler_.cancel_all();
+    timespec deadline{};
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_nsec += 100'000'000;
+    if (deadline.tv_nsec >= 1'000'000'000) deadline = {deadline.tv_sec + 1, deadline.tv_nsec - 1'000'000'000};
+    if (sem_clockwait(&stop_signals, CLOCK_MONOTONIC, &deadline) == 0) scheduler_.cancel_all();
   }
   stopper.join();
   listener.join();
@@ -308,16 +330,9 @@ void HttpServer::shut_down() {
 
 }  // namespace
 
-void block_stop_signals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-}
-
 void serve(GenerationSetup& setup, const ServeOptions& options) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that hung up is seen as a failed write, not a killed process
+  catch_stop_signals();
   HttpServer server(setup, options);
   server.run();
 }

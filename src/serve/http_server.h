@@ -22,10 +22,6 @@ struct ServeOptions {
   double shutdown_grace_seconds = 30;  // how long running requests may go on after SIGINT/SIGTERM
 };
 
-// Blocks SIGINT and SIGTERM in the calling thread and the threads it starts from then on, so that
-// serve() alone receives them. Call it first, before anything starts a thread (OpenMP included).
-void block_stop_signals();
-
 // Serves until SIGINT or SIGTERM. Then refuses new requests (503), lets running and queued ones
 // finish for up to shutdown_grace_seconds, cancels the rest (a second signal cancels at once),
 // ends every response cleanly and returns. Prints "megamoe: serving ... on http://HOST:PORT" to

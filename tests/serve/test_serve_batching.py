@@ -1,6 +1,7 @@
 """Continuous batching in `megamoe serve`: greedy answers do not depend on what else is in the
 batch; a client that disconnects frees its place at once; a full queue answers 429; SIGTERM and
-SIGINT finish (or, past the grace period, cancel) the requests in flight and end cleanly.
+SIGINT finish (or, past the grace period, cancel) the requests in flight and end cleanly, however
+many signals arrive.
 
     cd tests/serve && MEGAMOE_BIN=/path/to/megamoe /usr/bin/python3 -m unittest -v test_serve_batching
 """
@@ -128,6 +129,18 @@ class Batching(unittest.TestCase):
         self.assertEqual(events[-1]["choices"][0]["finish_reason"], "cancelled")
         self.assertEqual(server.stop(), 0)
         self.assertLess(time.monotonic() - start, 20)
+
+    def test_signals_that_keep_coming_during_the_shutdown_still_end_it_cleanly(self):
+        # Any thread may be handed a signal, libraries' own threads included: each one must
+        # count as a request to stop, never kill the server on its way out.
+        server = self.start_server("--shutdown-grace", 0)
+        deadline = time.monotonic() + h.TIMEOUT
+        while server.process.poll() is None and time.monotonic() < deadline:
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        self.assertEqual(server.stop(), 0, "".join(server.log))
+        self.assertIn("megamoe: stopped\n", server.log)
+
 
 if __name__ == "__main__":
     unittest.main()
