@@ -11,14 +11,6 @@ namespace {
 
 constexpr int64_t kK = 256;  // QK_K: values per k-quant block
 
-constexpr GgmlBlockLayout kLayouts[] = {
-    {"Q4_1", 32, 20},  {"Q5_0", 32, 22},  {"Q5_1", 32, 24},  {"Q2_K", kK, 84},   {"Q3_K", kK, 110},
-    {"Q4_K", kK, 144}, {"Q5_K", kK, 176}, {"Q6_K", kK, 210}, {"IQ4_NL", 32, 18}, {"IQ4_XS", kK, 136},
-};
-
-// IQ4_NL and IQ4_XS map each 4-bit code through this non-linear grid.
-constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-
 float half(const uint8_t* p) {
   uint16_t bits;
   std::memcpy(&bits, p, 2);
@@ -196,11 +188,9 @@ void iq4_xs(const uint8_t* b, float* y) {
 
 }  // namespace
 
-GgmlBlockLayout ggml_block_layout(GgmlBlock format) { return kLayouts[size_t(format)]; }
-
 std::optional<GgmlBlock> ggml_block_of(std::string_view name) {
-  for (size_t i = 0; i < std::size(kLayouts); ++i)
-    if (kLayouts[i].name == name) return GgmlBlock(i);
+  for (size_t i = 0; i < std::size(kGgmlBlockLayouts); ++i)
+    if (kGgmlBlockLayouts[i].name == name) return GgmlBlock(i);
   return std::nullopt;
 }
 

@@ -20,9 +20,18 @@ struct GgmlBlockLayout {
   int64_t elements;       // values per block: 32 or 256
   int64_t bytes;          // bytes per block
 };
-GgmlBlockLayout ggml_block_layout(GgmlBlock format);
+inline constexpr GgmlBlockLayout kGgmlBlockLayouts[] = {
+    {"Q4_1", 32, 20},   {"Q5_0", 32, 22},   {"Q5_1", 32, 24},   {"Q2_K", 256, 84},  {"Q3_K", 256, 110},
+    {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210}, {"IQ4_NL", 32, 18}, {"IQ4_XS", 256, 136},
+};
+constexpr GgmlBlockLayout ggml_block_layout(GgmlBlock format) { return kGgmlBlockLayouts[size_t(format)]; }
 std::optional<GgmlBlock> ggml_block_of(std::string_view name);  // "Q4_K" -> Q4_K
 std::optional<GgmlBlock> ggml_block_of(DType dtype);            // DType::Q4_K -> Q4_K; nullopt for the others
+
+// IQ4_NL and IQ4_XS map each 4-bit code through this non-linear grid (16-byte aligned for the
+// kernels' table lookups).
+alignas(16) inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                      1,    13,   25,  38,  53,  69,  89,  113};
 
 // out [n] = the values of n / elements blocks of `format` at `blocks`; n must be a multiple of the
 // block's elements.

@@ -289,12 +289,14 @@ struct Int8Rows {
   static constexpr bool kPairs = false;       // whether it reads two blocks per vector (Int8PairTile)
   static constexpr bool kHalfScales = false;  // whether ScaleBits gives each block's fp16 scale
   // Whether a block's values are Scale x code - Min (unsigned codes): Int8Tile subtracts Min times
-  // the activations' block sum.
+  // the activations' block sum (or, with kLaneScales, each lane's).
   static constexpr bool kMins = false;
-  static constexpr int64_t kBlocksPerSuper = 1;  // blocks whose scales GroupScales unpacks at once (kMins)
-  // Whether each 16-value half of a block has a scale of its own (LaneScales: the int32 lanes of a
-  // block's dot product that sum the first half, then the second; x86 targets only).
+  // Whether each 16-value half of a block has a scale (and minimum) of its own: one per int32 lane
+  // of the block's dot product, whose first 4 lanes sum the first half (x86 targets only).
   static constexpr bool kLaneScales = false;
+  // kMins and kLaneScales formats give the scales and minimums of kBlocksPerSuper blocks at once:
+  // GroupScales(row, b, scales, mins), per block or, with kLaneScales, per half block.
+  static constexpr int64_t kBlocksPerSuper = 1;
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     const auto& self = static_cast<const Derived&>(*this);
     const DF df;
@@ -340,12 +342,14 @@ struct Q8Rows : Int8Rows<Q8Rows> {
 // Q4_0 and F4_E2M1: 16 bytes of nibbles per block, used unsigned: q4_0's codes as they are (offset 8),
 // FP4's through kFp4Unsigned (offset 12). Part gives the low nibbles first (elements 0..15 of q4_0;
 // the even elements of FP4, whose activations are permuted to match), then the high nibbles.
-template <bool kLookup>
+// With a kTable, each code is looked up in its 16 entries.
+template <const int8_t* kTable = nullptr>
 HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part) {
 #if HWY_TARGET == HWY_SCALAR
   const uint8_t byte = nibbles[part % 16];
   const uint8_t code = part < 16 ? byte & 15 : byte >> 4;
-  return hn::Set(DI8(), kLookup ? kFp4Unsigned[code] : int8_t(code));
+  if constexpr (kTable != nullptr) return hn::Set(DI8(), kTable[code]);
+  return hn::Set(DI8(), int8_t(code));
 #else
   static_assert(hn::MaxLanes(DI8()) == kQuantBlock, "x86 targets hold a block per vector");
   // The 16 bytes in both halves, the upper half's 32-bit words shifted right by 4 (bits crossing
@@ -354,7 +358,7 @@ HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part) {
   const __m256i twice = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(nibbles)));
   const __m256i shifted = _mm256_srlv_epi32(twice, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
   const auto both = V<DI8>{_mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))};
-  if constexpr (kLookup) return hn::TableLookupBytes(hn::LoadDup128(DI8(), kFp4Unsigned), both);
+  if constexpr (kTable != nullptr) return hn::TableLookupBytes(hn::LoadDup128(DI8(), kTable), both);
   return both;
 #endif
 }
@@ -363,7 +367,9 @@ template <class Derived>
 struct NibbleRows : Int8Rows<Derived> {
   static constexpr bool kLookup = Derived::kOffset == 12;
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
-    return NibblePart<kLookup>(static_cast<const Derived&>(*this).Nibbles(row, b), part);
+    const uint8_t* nibbles = static_cast<const Derived&>(*this).Nibbles(row, b);
+    if constexpr (kLookup) return NibblePart<kFp4Unsigned>(nibbles, part);
+    return NibblePart(nibbles, part);
   }
 #if HWY_TARGET == HWY_AVX3_DL
   static constexpr bool kPairs = true;
@@ -442,20 +448,90 @@ struct Fp4Rows : NibbleRows<Fp4Rows> {
 #endif
 };
 
-// llama.cpp's k-quants (ops/ggml_blocks.h): rows of superblocks of 256 values (8 blocks of 32), each
-// kBytes long; values as the bit-exact reference decodes them (Dequantize: dequantize_row).
-template <class Derived, GgmlBlock kFormat, int64_t kBytes>
-struct SuperblockRows : Int8Rows<Derived> {
-  static constexpr int64_t kSuperBytes = kBytes, kBlocksPerSuper = 8;
+// llama.cpp's block formats (ops/ggml_blocks.h): rows of ggml blocks of kFormat, each
+// a superblock of 8 of our 32-value blocks for the k-quants, one block for the 32-value formats.
+// Values as the bit-exact reference decodes them (Dequantize: dequantize_row).
+template <class Derived, GgmlBlock kFormat>
+struct GgmlRows : Int8Rows<Derived> {
+  static constexpr int64_t kSuperBytes = ggml_block_layout(kFormat).bytes;
+  static constexpr int64_t kBlocksPerSuper = ggml_block_layout(kFormat).elements / kQuantBlock;
   const uint8_t* data;
   int64_t row_bytes;
-  explicit SuperblockRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
-  // The superblock holding block b of `row`.
+  explicit GgmlRows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), row_bytes(W.row_bytes()) {}
+  // The ggml block holding block b of `row`.
   const uint8_t* Super(int64_t row, int64_t b) const {
     return data + row * row_bytes + b / kBlocksPerSuper * kSuperBytes;
   }
   void Dequantize(float* out, int64_t row, int64_t k0, int64_t n) const {
     dequantize_ggml_blocks(kFormat, reinterpret_cast<const std::byte*>(Super(row, k0 / kQuantBlock)), out, n);
+  }
+  static float Half(const uint8_t* p) {
+    uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    return HalfToFloat(bits);
+  }
+};
+
+// Q5_0, Q5_1's and the fifth bits of 32 values: bit j of the 4 bytes at `bits` for value j, as 16
+// (part: the first value the vector holds).
+HWY_INLINE V<DI8> FifthBits(const uint8_t* bits, size_t part) {
+  uint32_t word;
+  std::memcpy(&word, bits, 4);
+  word >>= part;
+  return hn::IfThenElseZero(hn::LoadMaskBits(DI8(), reinterpret_cast<const uint8_t*>(&word)), hn::Set(DI8(), 16));
+}
+
+// llama.cpp's 32-value formats with nibble codes: fp16 d, (Q4_1, Q5_1: fp16 m,) (Q5_0, Q5_1: the
+// fifth bits,) 16 bytes of nibbles, value j's in byte j % 16 (low nibbles first). Q5_0's values are
+// d * (code - 16): unsigned codes with offset 16; Q4_1's and Q5_1's d * code + m: unsigned codes
+// with a minimum, -m (kMins).
+template <GgmlBlock kFormat>
+struct LegacyRows : GgmlRows<LegacyRows<kFormat>, kFormat> {
+  using Base = GgmlRows<LegacyRows<kFormat>, kFormat>;
+  static constexpr bool kMins = kFormat != GgmlBlock::Q5_0;
+  static constexpr bool kFifthBit = kFormat != GgmlBlock::Q4_1;
+  static constexpr int kOffset = kMins ? 0 : 16;
+  static constexpr int64_t kNibbles = 2 + 2 * kMins + 4 * kFifthBit;  // where the nibbles start in a block
+  using Base::Base;
+  using Base::Half;
+  using Base::Super;
+  float Scale(int64_t row, int64_t b) const { return Half(Super(row, b)); }
+  void GroupScales(int64_t row, int64_t b, float* scales, float* mins) const {
+    scales[0] = Half(Super(row, b));
+    mins[0] = -Half(Super(row, b) + 2);
+  }
+  V<DI8> Part(int64_t row, int64_t b, size_t part) const {
+    const uint8_t* s = Super(row, b);
+    const V<DI8> codes = NibblePart(s + kNibbles, part);
+    if constexpr (kFifthBit) return hn::Or(codes, FifthBits(s + kNibbles - 4, part));
+    return codes;
+  }
+};
+
+// llama.cpp's non-linear 4-bit formats: codes through the 16 values of kIq4Values, signed, or
+// unsigned with offset 128 where products are VNNI's (as q8_0). IQ4_NL: fp16 d, 16 bytes of nibbles
+// (as q4_0's); IQ4_XS: superblocks of fp16 d, 8 6-bit scales (low nibbles in 4 bytes, high pairs
+// in 2), then each block's 16 bytes of nibbles; block j's values are d * (scale_j - 32) * value.
+template <GgmlBlock kFormat>
+struct Iq4Rows : GgmlRows<Iq4Rows<kFormat>, kFormat> {
+  using Base = GgmlRows<Iq4Rows<kFormat>, kFormat>;
+  static constexpr bool kSuper = kFormat == GgmlBlock::IQ4_XS;
+  static constexpr int kOffset = kVnni ? 128 : 0;
+  using Base::Base;
+  using Base::Half;
+  using Base::kBlocksPerSuper;
+  using Base::Super;
+  float Scale(int64_t row, int64_t b) const {
+    const uint8_t* s = Super(row, b);
+    if constexpr (!kSuper) return Half(s);
+    const int64_t j = b % kBlocksPerSuper;
+    const int high = (s[2 + j / 4] >> (2 * (j % 4))) & 3;  // scales_h, little endian
+    return Half(s) * float((((s[4 + j / 2] >> (4 * (j % 2))) & 15) | (high << 4)) - 32);
+  }
+  V<DI8> Part(int64_t row, int64_t b, size_t part) const {
+    const uint8_t* s = Super(row, b);
+    const V<DI8> values = NibblePart<kIq4Values>(kSuper ? s + 8 + 16 * (b % kBlocksPerSuper) : s + 2, part);
+    return kOffset ? hn::Xor(values, hn::Set(DI8(), int8_t(-128))) : values;  // value + 128 as unsigned
   }
 };
 
@@ -466,10 +542,8 @@ struct SuperblockRows : Int8Rows<Derived> {
 // d * scale_b * code - dmin * min_b; the codes go to the int8 products unsigned, the minimum through
 // the activations' block sums (kMins).
 template <bool kFifthBit>
-struct MinScaleRows
-    : SuperblockRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q5_K : GgmlBlock::Q4_K, kFifthBit ? 176 : 144> {
-  using Base =
-      SuperblockRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q5_K : GgmlBlock::Q4_K, kFifthBit ? 176 : 144>;
+struct MinScaleRows : GgmlRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q5_K : GgmlBlock::Q4_K> {
+  using Base = GgmlRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q5_K : GgmlBlock::Q4_K>;
   static constexpr int kOffset = 0;
   static constexpr bool kMins = true;
   static constexpr int64_t kNibbles = kFifthBit ? 48 : 16;  // where the nibbles start in a superblock
@@ -481,11 +555,7 @@ struct MinScaleRows
     if (j < 4) return {packed[j] & 63, packed[j + 4] & 63};
     return {(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)};
   }
-  static float Half(const uint8_t* p) {
-    uint16_t bits;
-    std::memcpy(&bits, p, 2);
-    return HalfToFloat(bits);
-  }
+  using Base::Half;
   // The scales and minimums of the kBlocksPerSuper blocks from block b (a superblock's first) on,
   // unpacked once for all of them (Int8Tile).
   void GroupScales(int64_t row, int64_t b, float* scales, float* mins) const {
@@ -514,15 +584,31 @@ using Q4KRows = MinScaleRows<false>;
 using Q5KRows = MinScaleRows<true>;
 
 #if HWY_TARGET != HWY_SCALAR
+// Block j's two half scales (or minimums) from a superblock's 16, halves[2j] and halves[2j+1], as the
+// lanes of its dot product: [halves[2j] x 4, halves[2j+1] x 4].
+HWY_INLINE V<DF8> HalfLanes(const float* halves, int64_t j) {
+  // Through __m128i, which may alias the floats (a double* load could be moved before their stores).
+  const __m128 pair = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(halves + 2 * j)));
+  return V<DF8>{_mm256_permutevar8x32_ps(_mm256_castps128_ps256(pair), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))};
+}
+
+// The 2-bit codes of llama.cpp's Q2_K and Q3_K: in each half superblock (128 values, 32 bytes),
+// block k's value j is bits 2k..2k+1 of byte j.
+HWY_INLINE V<DI8> CrumbPart(const uint8_t* half_codes, int64_t k) {
+  const hn::Repartition<uint8_t, DI8> du8;
+  return hn::BitCast(DI8(),
+                     hn::And(hn::ShiftRightSame(hn::LoadU(du8, half_codes), int(2 * k)), hn::Set(du8, uint8_t(3))));
+}
+
 // llama.cpp's Q6_K: superblocks of 256 values, 128 bytes of low nibbles, 64 of high 2-bit pairs, 16
 // int8 scales (one per 16 values) and fp16 d. In each half superblock (128 values), block k's value j
 // is d * scale[2k + j/16] * (code - 32), code = nibble k/2 of byte j (+32 for odd k) of the low
 // nibbles, high bits 2k of byte j of the high pairs: unsigned codes with offset 32, a scale per lane
 // half (kLaneScales).
-struct Q6KRows : SuperblockRows<Q6KRows, GgmlBlock::Q6_K, 210> {
+struct Q6KRows : GgmlRows<Q6KRows, GgmlBlock::Q6_K> {
   static constexpr int kOffset = 32;
   static constexpr bool kLaneScales = true;
-  using SuperblockRows::SuperblockRows;
+  using GgmlRows::GgmlRows;
   V<DI8> Part(int64_t row, int64_t b, size_t /*part: one per block*/) const {
     const hn::Repartition<uint8_t, DI8> du8;
     const int64_t j = b % kBlocksPerSuper, half = j / 4, k = j % 4;
@@ -533,18 +619,82 @@ struct Q6KRows : SuperblockRows<Q6KRows, GgmlBlock::Q6_K, 210> {
     const auto pair = hn::And(hn::ShiftRightSame(high, int(2 * k)), hn::Set(du8, uint8_t(3)));
     return hn::BitCast(DI8(), hn::Or(nibble, hn::ShiftLeft<4>(pair)));
   }
-  float Scale(int64_t, int64_t) const { return 1; }  // LaneScales has them
-  // [d * scale of the block's first half] x 4 lanes, then its second half's.
-  V<DF8> LaneScales(int64_t row, int64_t b) const {
+  float Scale(int64_t, int64_t) const { return 1; }  // GroupScales has them
+  void GroupScales(int64_t row, int64_t b, float* halves, float* /*mins: none*/) const {
     const uint8_t* s = Super(row, b);
-    const int64_t j = b % kBlocksPerSuper, first = 8 * (j / 4) + 2 * (j % 4);
-    uint16_t bits;
-    std::memcpy(&bits, s + 208, 2);
-    const float d = HalfToFloat(bits);
-    const auto scales = reinterpret_cast<const int8_t*>(s + 192);
-    const float a = d * float(scales[first]), z = d * float(scales[first + 1]);
-    alignas(32) const float lanes[8] = {a, a, a, a, z, z, z, z};
-    return hn::Load(DF8(), lanes);
+    const float d = Half(s + 208);
+    const DF8 df;
+    const hn::Rebind<int8_t, DF8> d8;
+    const hn::Rebind<int32_t, DF8> d32;
+    for (size_t i = 0; i < 16; i += hn::Lanes(df))
+      hn::StoreU(
+          hn::Mul(hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d8, reinterpret_cast<const int8_t*>(s + 192 + i)))),
+                  hn::Set(df, d)),
+          df, halves + i);
+  }
+};
+
+// llama.cpp's Q3_K: superblocks of 256 values, 32 bytes of high bits (bit j of byte i for block j's
+// value i), 64 of 2-bit codes (CrumbPart), 16 6-bit scales (one per 16 values) packed in 12 bytes,
+// fp16 d. Block j's value i is d * (scale - 32) * (crumb + 4 * high - 4): unsigned codes
+// crumb + 4 * high with offset 4, a scale per lane half (kLaneScales).
+struct Q3KRows : GgmlRows<Q3KRows, GgmlBlock::Q3_K> {
+  static constexpr int kOffset = 4;
+  static constexpr bool kLaneScales = true;
+  using GgmlRows::GgmlRows;
+  V<DI8> Part(int64_t row, int64_t b, size_t /*part: one per block*/) const {
+    const hn::Repartition<uint8_t, DI8> du8;
+    const int64_t j = b % kBlocksPerSuper;
+    const uint8_t* s = Super(row, b);
+    const auto high = hn::And(hn::ShiftRightSame(hn::LoadU(du8, s), int(j)), hn::Set(du8, uint8_t(1)));
+    return hn::Or(CrumbPart(s + 32 + 32 * (j / 4), j % 4), hn::BitCast(DI8(), hn::ShiftLeft<2>(high)));
+  }
+  float Scale(int64_t, int64_t) const { return 1; }  // GroupScales has them
+  // Scale i of the 16 packed in 12 bytes: low nibble in byte i (i < 8) or high nibble of byte i - 8,
+  // high pair in bits 2 * (i / 4) of byte 8 + i % 4, less 32; 8 at a time.
+  void GroupScales(int64_t row, int64_t b, float* halves, float* /*mins: none*/) const {
+    const DF8 df;
+    const hn::Rebind<uint32_t, DF8> du32;
+    const hn::Rebind<int32_t, DF8> di32;
+    const uint8_t* packed = Super(row, b) + 96;
+    const auto d = hn::Set(df, Half(Super(row, b) + 108));
+    const auto bytes = hn::PromoteTo(du32, hn::LoadU(hn::Rebind<uint8_t, DF8>(), packed));
+    uint32_t high_bytes;
+    std::memcpy(&high_bytes, packed + 8, 4);
+    alignas(32) static constexpr uint32_t kHighShifts[16] = {0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30};
+    for (size_t i = 0; i < 16; i += 8) {
+      const auto low = i == 0 ? hn::And(bytes, hn::Set(du32, 15u)) : hn::ShiftRight<4>(bytes);
+      const auto high = hn::And(hn::Shr(hn::Set(du32, high_bytes), hn::Load(du32, kHighShifts + i)), hn::Set(du32, 3u));
+      const auto scale = hn::Sub(hn::BitCast(di32, hn::Or(low, hn::ShiftLeft<4>(high))), hn::Set(di32, 32));
+      hn::StoreU(hn::Mul(hn::ConvertTo(df, scale), d), df, halves + i);
+    }
+  }
+};
+
+// llama.cpp's Q2_K: superblocks of 256 values, 16 bytes of (4-bit scale | 4-bit minimum << 4), one
+// per 16 values, 64 bytes of 2-bit codes (CrumbPart), fp16 d and dmin. Block j's value i is
+// d * scale * code - dmin * minimum: unsigned codes, a scale and a minimum per lane half
+// (kLaneScales with kMins: Int8Tile sums each lane's activations for the minimums).
+struct Q2KRows : GgmlRows<Q2KRows, GgmlBlock::Q2_K> {
+  static constexpr int kOffset = 0;
+  static constexpr bool kMins = true;
+  static constexpr bool kLaneScales = true;
+  using GgmlRows::GgmlRows;
+  V<DI8> Part(int64_t row, int64_t b, size_t /*part: one per block*/) const {
+    const int64_t j = b % kBlocksPerSuper;
+    return CrumbPart(Super(row, b) + 16 + 32 * (j / 4), j % 4);
+  }
+  float Scale(int64_t, int64_t) const { return 1; }  // GroupScales has them
+  void GroupScales(int64_t row, int64_t b, float* halves, float* mins) const {
+    const DF8 df;
+    const hn::Rebind<int32_t, DF8> d32;
+    const uint8_t* s = Super(row, b);
+    const auto d = hn::Set(df, Half(s + 80)), dmin = hn::Set(df, Half(s + 82));
+    for (size_t i = 0; i < 16; i += 8) {
+      const auto bytes = hn::PromoteTo(d32, hn::LoadU(hn::Rebind<uint8_t, DF8>(), s + i));
+      hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::And(bytes, hn::Set(d32, 15))), d), df, halves + i);
+      hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::ShiftRight<4>(bytes)), dmin), df, mins + i);
+    }
   }
 };
 #endif
@@ -585,12 +735,14 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
   V<DF8> acc[R][C];
   for (auto& row : acc)
     for (auto& a : row) a = hn::Zero(df);
-  float mins[R][C] = {};  // kMins: sum over blocks of Min x the block's activation scale x code sum
-  // kMins formats unpack a superblock's scales and minimums at its first block.
-  constexpr int64_t kGroup = Rows::kBlocksPerSuper;
-  float group_scales[R][kGroup], group_mins[R][kGroup];
+  float mins[R][C] =
+      {};  // kMins (a minimum per block): sum over blocks of Min x the block's activation scale x code sum
+  // kMins and kLaneScales formats unpack a superblock's scales and minimums at its first block (per
+  // block, or per half block).
+  constexpr int64_t kGroup = Rows::kBlocksPerSuper, kPerBlock = Rows::kLaneScales ? 2 : 1;
+  alignas(64) float group_scales[R][kGroup * kPerBlock], group_mins[R][kGroup * kPerBlock];
   for (int64_t b = 0; b < blocks; ++b) {
-    if constexpr (Rows::kMins)
+    if constexpr (Rows::kMins || Rows::kLaneScales)
       if (b % kGroup == 0)
         for (size_t r = 0; r < R; ++r) w.GroupScales(rows[r], b, group_scales[r], group_mins[r]);
     V<DI32> dot[R][C];
@@ -604,6 +756,11 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
                                              hn::LoadU(d8, xq[c] + b * kQuantBlock + part)));
       for (size_t r = 0; r < R; ++r) dot[r][c] = start;
     }
+    V<DF8> lane_sums[C];  // kLaneScales with kMins: each int32 lane's 4 activations summed
+    if constexpr (Rows::kLaneScales && Rows::kMins)
+      for (size_t c = 0; c < C; ++c)
+        lane_sums[c] = hn::ConvertTo(
+            df, DotUnsigned(hn::Zero(d32), hn::Set(d8, int8_t(1)), hn::LoadU(d8, xq[c] + b * kQuantBlock)));
     for (size_t part = 0; part < kQuantBlock; part += hn::Lanes(d8)) {
       V<DI8> wv[R];
       for (size_t r = 0; r < R; ++r) wv[r] = w.Part(rows[r], b, part);
@@ -614,9 +771,14 @@ HWY_INLINE void Int8Tile(float* sums, const Rows& w, const int64_t* rows, const 
     }
     for (size_t r = 0; r < R; ++r) {
       if constexpr (Rows::kLaneScales) {
-        const V<DF8> lane_scales = w.LaneScales(rows[r], b);
+        const V<DF8> lane_scales = HalfLanes(group_scales[r], b % kGroup);
         for (size_t c = 0; c < C; ++c)
           acc[r][c] = hn::MulAdd(hn::ConvertTo(df, dot[r][c]), hn::Mul(lane_scales, hn::Set(df, xd[c][b])), acc[r][c]);
+        if constexpr (Rows::kMins) {
+          const V<DF8> lane_mins = HalfLanes(group_mins[r], b % kGroup);
+          for (size_t c = 0; c < C; ++c)
+            acc[r][c] = hn::NegMulAdd(lane_sums[c], hn::Mul(lane_mins, hn::Set(df, xd[c][b])), acc[r][c]);
+        }
         continue;
       }
       float dw;
@@ -908,9 +1070,9 @@ struct ExactRows {
   }
   float Scale(int64_t, int64_t) const { return 1; }
 };
-// llama.cpp's other block formats (ops/ggml_blocks.h): each tile's rows decoded to fp32 by the
-// scalar reference into the tile's buffer, as ExactRows does. Right for every format and size, not
-// yet fast: their SIMD kernels are to come.
+// llama.cpp's block formats (ops/ggml_blocks.h) read as float ones (--numerics exact, and Q2_K, Q3_K
+// and Q6_K on the SCALAR target): each tile's rows decoded to fp32 by the scalar reference into the
+// tile's buffer, as ExactRows does.
 struct GgmlBlockRows {
   static constexpr bool kInt8 = false;
   static constexpr int64_t kScaleCols = 0;
@@ -1187,6 +1349,16 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
       return exact ? op(ExactRows<Q4Rows>(W)) : op(Q4Rows(W));
     case DType::F4_E2M1:
       return exact ? op(ExactRows<Fp4Rows>(W)) : op(Fp4Rows(W));
+    case DType::Q4_1:
+      return exact ? op(GgmlBlockRows(W)) : op(LegacyRows<GgmlBlock::Q4_1>(W));
+    case DType::Q5_0:
+      return exact ? op(GgmlBlockRows(W)) : op(LegacyRows<GgmlBlock::Q5_0>(W));
+    case DType::Q5_1:
+      return exact ? op(GgmlBlockRows(W)) : op(LegacyRows<GgmlBlock::Q5_1>(W));
+    case DType::IQ4_NL:
+      return exact ? op(GgmlBlockRows(W)) : op(Iq4Rows<GgmlBlock::IQ4_NL>(W));
+    case DType::IQ4_XS:
+      return exact ? op(GgmlBlockRows(W)) : op(Iq4Rows<GgmlBlock::IQ4_XS>(W));
     case DType::Q4_K:
       return exact ? op(GgmlBlockRows(W)) : op(Q4KRows(W));
     case DType::Q5_K:
@@ -1194,6 +1366,10 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
 #if HWY_TARGET != HWY_SCALAR
     case DType::Q6_K:
       return exact ? op(GgmlBlockRows(W)) : op(Q6KRows(W));
+    case DType::Q3_K:
+      return exact ? op(GgmlBlockRows(W)) : op(Q3KRows(W));
+    case DType::Q2_K:
+      return exact ? op(GgmlBlockRows(W)) : op(Q2KRows(W));
 #endif
     default:
       if (ggml_block_of(W.dtype)) return op(GgmlBlockRows(W));

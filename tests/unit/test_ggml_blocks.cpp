@@ -118,14 +118,15 @@ TEST(GgmlBlocks, WeightsOfEveryFormatMultiplyOnEveryTarget) {
   }
 }
 
-// The int8 kernels of Q4_K, Q5_K and Q6_K (fast numerics) on matrices of several tiles and superblocks:
+// The int8 kernels of every format (fast numerics) on matrices of several tiles and superblocks:
 // against the reference on the same rounded activations, on every target, and batch invariant (a
 // token's outputs are bit for bit the same alone and among 17).
-TEST(GgmlBlocks, KQuantKernelsMatchTheReferenceAndAreBatchInvariant) {
+TEST(GgmlBlocks, KernelsMatchTheReferenceAndAreBatchInvariant) {
   std::mt19937 gen(5);
   std::uniform_int_distribution<int> byte(0, 0x7b);  // every fp16 scale finite
   std::uniform_real_distribution<float> value(-1.f, 1.f);
-  for (const DType dtype : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (int format = int(DType::Q4_1); format <= int(DType::IQ4_XS); ++format) {  // the ggml block formats
+    const DType dtype = DType(format);
     SCOPED_TRACE(dtype_name(dtype));
     const int64_t rows = 37, cols = 768, T = 17;
     WeightView W{.dtype = dtype, .rows = rows, .cols = cols};
