@@ -550,21 +550,29 @@ struct MinScaleRows : GgmlRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q
   using Base::Base;
   using Base::kBlocksPerSuper;
   using Base::Super;
-  // ggml's get_scale_min_k4: block j's 6-bit scale and minimum.
-  static std::pair<int, int> ScaleMin(const uint8_t* packed, int64_t j) {
-    if (j < 4) return {packed[j] & 63, packed[j + 4] & 63};
-    return {(packed[j + 4] & 0xf) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4)};
-  }
   using Base::Half;
   // The scales and minimums of the kBlocksPerSuper blocks from block b (a superblock's first) on,
-  // unpacked once for all of them (Int8Tile).
+  // unpacked once for all of them (Int8Tile), as ggml's get_scale_min_k4 does for block j of the 12
+  // packed bytes q: j < 4: q[j] & 63 and q[j + 4] & 63; else (q[j + 4] & 15) | (q[j - 4] >> 6) << 4
+  // and (q[j + 4] >> 4) | (q[j] >> 6) << 4. In vectors, block j in lane j.
   void GroupScales(int64_t row, int64_t b, float* scales, float* mins) const {
+    const DF8 df;
+    const hn::Rebind<uint32_t, DF8> du32;
+    const hn::Rebind<uint8_t, DF8> du8;
     const uint8_t* s = Super(row, b);
-    const float d = Half(s), dmin = Half(s + 2);
-    for (int64_t j = 0; j < kBlocksPerSuper; ++j) {
-      const auto [scale, min] = ScaleMin(s + 4, j);
-      scales[j] = d * float(scale);
-      mins[j] = dmin * float(min);
+    const uint8_t* q = s + 4;
+    const auto d = hn::Set(df, Half(s)), dmin = hn::Set(df, Half(s + 2));
+    const auto low6 = hn::Set(du32, 63u), low4 = hn::Set(du32, 15u);
+    for (size_t j = 0; j < size_t(kBlocksPerSuper); j += hn::Lanes(df)) {
+      const auto first = hn::Lt(hn::Iota(du32, uint32_t(j)), hn::Set(du32, 4u));  // lanes of blocks 0..3
+      const auto at = [&](int64_t offset) { return hn::PromoteTo(du32, hn::LoadU(du8, q + offset + j)); };
+      const auto q_j = at(0), q_j4 = at(4), q_jm4 = at(-4);  // q[j], q[j + 4], q[j - 4] (s[j] below 4)
+      const auto scale = hn::IfThenElse(first, hn::And(q_j, low6),
+                                        hn::Or(hn::And(q_j4, low4), hn::ShiftLeft<4>(hn::ShiftRight<6>(q_jm4))));
+      const auto min = hn::IfThenElse(first, hn::And(q_j4, low6),
+                                      hn::Or(hn::ShiftRight<4>(q_j4), hn::ShiftLeft<4>(hn::ShiftRight<6>(q_j))));
+      hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::BitCast(hn::Rebind<int32_t, DF8>(), scale)), d), df, scales + j);
+      hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::BitCast(hn::Rebind<int32_t, DF8>(), min)), dmin), df, mins + j);
     }
   }
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
