@@ -20,6 +20,9 @@
 #define MEGAMOE_MATMUL_KERNELS_CONFIG
 #define HWY_WANT_AVX3_DL                             // the VNNI target, which Highway skips by default
 #define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_SSE4)  // CPUs without AVX2 take the scalar fallback
+// The fallback is written for HWY_SCALAR (one lane per part of a block), which Highway 1.0.3 picks
+// under GCC 12 only; clang (the fuzz build) would take HWY_EMU128.
+#define HWY_BROKEN_EMU128 1
 #endif
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/matmul_kernels.cpp"
@@ -85,12 +88,17 @@ inline const std::array<float, 256> kFp4Scales = [] {
 }  // namespace megamoe
 #endif
 
-HWY_BEFORE_NAMESPACE();
 #if HWY_TARGET == HWY_AVX3_DL
 // Highway 1.0.3 compiles AVX3_DL with "avxvnni" but checks the CPU for AVX512-VNNI, which is what
-// _mm256_dpbusd_epi32 (EVEX) needs.
-#pragma GCC target("avx512vnni")
+// _mm256_dpbusd_epi32 (EVEX) needs: added to the target's features, for functions and lambdas
+// (HWY_ATTR) alike.
+#undef HWY_TARGET_STR
+#define HWY_TARGET_STR                                                                \
+  HWY_TARGET_STR_AVX3                                                                 \
+      ",vpclmulqdq,avx512vbmi,avx512vbmi2,vaes,avxvnni,avx512bitalg,avx512vpopcntdq," \
+      "avx512vnni"
 #endif
+HWY_BEFORE_NAMESPACE();
 namespace megamoe::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
@@ -548,9 +556,9 @@ struct MinScaleRows : GgmlRows<MinScaleRows<kFifthBit>, kFifthBit ? GgmlBlock::Q
   static constexpr bool kMins = true;
   static constexpr int64_t kNibbles = kFifthBit ? 48 : 16;  // where the nibbles start in a superblock
   using Base::Base;
+  using Base::Half;
   using Base::kBlocksPerSuper;
   using Base::Super;
-  using Base::Half;
   // The scales and minimums of the kBlocksPerSuper blocks from block b (a superblock's first) on,
   // unpacked once for all of them (Int8Tile), as ggml's get_scale_min_k4 does for block j of the 12
   // packed bytes q: j < 4: q[j] & 63 and q[j + 4] & 63; else (q[j + 4] & 15) | (q[j - 4] >> 6) << 4

@@ -161,7 +161,7 @@ void HttpServer::route() {
   });
   for (auto [path, endpoint] : {std::pair("/v1/completions", Endpoint::Completions),
                                 std::pair("/v1/chat/completions", Endpoint::ChatCompletions)})
-    http_.Post(path, [this, endpoint](const httplib::Request& request, httplib::Response& response) {
+    http_.Post(path, [this, endpoint = endpoint](const httplib::Request& request, httplib::Response& response) {
       try {
         generate(endpoint, request, response);
       } catch (const ApiError& e) {
