@@ -122,7 +122,7 @@ int run(int argc, char** argv) {
     } else if (flag == "--formats") {
       formats.clear();
       for (const auto& name : split(value))
-        for (int t = 0; t <= int(DType::IQ4_XS); ++t)
+        for (int t = 0; t <= int(DType::MXFP4); ++t)
           if (dtype_name(DType(t)) == name) formats.push_back(DType(t));
     } else {
       fmt::print(stderr, "unknown flag {}\n", flag);

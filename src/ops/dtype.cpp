@@ -10,7 +10,7 @@ struct DTypeInfo {
   size_t size;        // bytes per block
   int64_t block = 1;  // elements per block; > 1 only for the weight formats, which files never name
 };
-constexpr std::array<DTypeInfo, 25> kDTypes{{
+constexpr std::array<DTypeInfo, 26> kDTypes{{
     {DType::F32, "F32", 4},
     {DType::F16, "F16", 2},
     {DType::BF16, "BF16", 2},
@@ -36,6 +36,7 @@ constexpr std::array<DTypeInfo, 25> kDTypes{{
     {DType::Q6_K, "Q6_K", 210, 256},
     {DType::IQ4_NL, "IQ4_NL", 18, 32},
     {DType::IQ4_XS, "IQ4_XS", 136, 256},
+    {DType::MXFP4, "MXFP4", 17, 32},
 }};
 }  // namespace
 

@@ -40,6 +40,7 @@ enum class DType : uint8_t {
   Q6_K,
   IQ4_NL,
   IQ4_XS,
+  MXFP4,
 };
 
 // Safetensors spelling ("F32", "BF16", "F8_E4M3", ...); the weight formats are named "Q8_0", "Q4_0",

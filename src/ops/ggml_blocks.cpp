@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "ops/dtype.h"
+#include "ops/quant.h"
 #include "util/error.h"
 
 namespace megamoe {
@@ -167,6 +168,16 @@ void iq4_nl(const uint8_t* b, float* y) {
   }
 }
 
+// MXFP4: the ue8m0 exponent e, then 16 bytes of e2m1 codes (as q4_0's nibbles).
+void mxfp4(const uint8_t* b, float* y) {
+  const float d = mxfp4_half_scale(b[0]);
+  const uint8_t* qs = b + 1;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = float(kFp4Doubled[qs[j] & 0xF]) * d;
+    y[j + 16] = float(kFp4Doubled[qs[j] >> 4]) * d;
+  }
+}
+
 // IQ4_XS: d, 8 6-bit sub-block scales (low nibbles in scales_l, high pairs in scales_h), codes.
 void iq4_xs(const uint8_t* b, float* y) {
   const float d = half(b);
@@ -234,6 +245,9 @@ void dequantize_ggml_blocks(GgmlBlock format, const std::byte* blocks, float* ou
         break;
       case GgmlBlock::IQ4_XS:
         iq4_xs(b, out);
+        break;
+      case GgmlBlock::MXFP4:
+        mxfp4(b, out);
         break;
     }
   }

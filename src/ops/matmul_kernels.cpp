@@ -74,14 +74,20 @@ inline constexpr float kFp8Rescale = 256;
 inline constexpr uint16_t kFp8HalfMask = 0xbf80;
 inline float fp8_unscaled(uint8_t v) { return f16_to_f32(uint16_t(int16_t(int8_t(v)) << 7) & kFp8HalfMask); }
 
-// FP4 e2m1 codes as integers: twice the value (the kernels halve the scale), and that plus 12, which
-// is unsigned for vpdpbusd / pmaddubsw (the kernels subtract 12 times the activations' sums).
-alignas(16) inline constexpr int8_t kFp4Codes[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+// FP4 e2m1 codes as integers: twice the value (kFp4Doubled; the kernels halve the scale), and that
+// plus 12, which is unsigned for vpdpbusd / pmaddubsw (the kernels subtract 12 times the activations'
+// sums).
 alignas(16) inline constexpr int8_t kFp4Unsigned[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 // The block scale for those codes, e8m0_to_f32(byte) / 2, by table: one load instead of branches.
 inline const std::array<float, 256> kFp4Scales = [] {
   std::array<float, 256> scales;
   for (int byte = 0; byte < 256; ++byte) scales[size_t(byte)] = e8m0_to_f32(uint8_t(byte)) * 0.5f;
+  return scales;
+}();
+// MXFP4's (ggml's, which takes e = 255 as a number): mxfp4_half_scale.
+inline const std::array<float, 256> kMxfp4Scales = [] {
+  std::array<float, 256> scales;
+  for (int byte = 0; byte < 256; ++byte) scales[size_t(byte)] = mxfp4_half_scale(uint8_t(byte));
   return scales;
 }();
 
@@ -93,10 +99,10 @@ inline const std::array<float, 256> kFp4Scales = [] {
 // _mm256_dpbusd_epi32 (EVEX) needs: added to the target's features, for functions and lambdas
 // (HWY_ATTR) alike.
 #undef HWY_TARGET_STR
-#define HWY_TARGET_STR                                                                \
-  HWY_TARGET_STR_AVX3                                                                 \
-      ",vpclmulqdq,avx512vbmi,avx512vbmi2,vaes,avxvnni,avx512bitalg,avx512vpopcntdq," \
-      "avx512vnni"
+#define HWY_TARGET_STR                                                            \
+  HWY_TARGET_STR_AVX3                                                             \
+  ",vpclmulqdq,avx512vbmi,avx512vbmi2,vaes,avxvnni,avx512bitalg,avx512vpopcntdq," \
+  "avx512vnni"
 #endif
 HWY_BEFORE_NAMESPACE();
 namespace megamoe::HWY_NAMESPACE {
@@ -439,7 +445,7 @@ struct Q4Rows : NibbleRows<Q4Rows> {
 struct Fp4Rows : NibbleRows<Fp4Rows> {
   static constexpr int kOffset = 12;
   static constexpr bool kInterleaved = true;
-  static int8_t Value(int code) { return kFp4Codes[code]; }
+  static int8_t Value(int code) { return kFp4Doubled[code]; }
   const uint8_t* data;
   const uint8_t* scales;
   int64_t blocks;
@@ -541,6 +547,29 @@ struct Iq4Rows : GgmlRows<Iq4Rows<kFormat>, kFormat> {
     const V<DI8> values = NibblePart<kIq4Values>(kSuper ? s + 8 + 16 * (b % kBlocksPerSuper) : s + 2, part);
     return kOffset ? hn::Xor(values, hn::Set(DI8(), int8_t(-128))) : values;  // value + 128 as unsigned
   }
+};
+
+// MXFP4 (ggml's; DeepSeek-V4's experts in llama.cpp's files): blocks of 17 bytes, the ue8m0
+// exponent e and 16 bytes of e2m1 codes in q4_0's order (value j in byte j % 16, low nibbles first);
+// value j is kFp4Doubled[code] * 2^(e - 128). The codes go to the int8 products as FP4's do.
+struct Mxfp4Rows : NibbleRows<Mxfp4Rows> {
+  static constexpr int kOffset = 12;
+  static constexpr bool kInterleaved = false;
+  static constexpr int64_t kBlockBytes = 17;
+  static int8_t Value(int code) { return kFp4Doubled[code]; }
+  const uint8_t* data;
+  int64_t blocks;
+  Mxfp4Rows(const WeightView& W) : data(static_cast<const uint8_t*>(W.data)), blocks(W.cols / kQuantBlock) {}
+  const uint8_t* Block(int64_t row, int64_t b) const { return data + (row * blocks + b) * kBlockBytes; }
+  const uint8_t* Nibbles(int64_t row, int64_t b) const { return Block(row, b) + 1; }
+  float Scale(int64_t row, int64_t b) const { return kMxfp4Scales[Block(row, b)[0]]; }
+#if HWY_TARGET == HWY_AVX3_DL
+  V<DF> PairScales(int64_t row, int64_t j) const { return Join(Scale(row, 2 * j), Scale(row, 2 * j + 1)); }
+  __m512i NibblesTwice(int64_t row, int64_t j) const {
+    return Join(_mm256_broadcastsi128_si256(Load128(Nibbles(row, 2 * j))),
+                _mm256_broadcastsi128_si256(Load128(Nibbles(row, 2 * j + 1))));
+  }
+#endif
 };
 
 // llama.cpp's Q4_K and Q5_K (ops/ggml_blocks.h): superblocks of 256 values, fp16 d and dmin, 6-bit
@@ -1375,6 +1404,8 @@ void WithRows(const WeightView& W, bool exact, Op&& op) {
       return exact ? op(GgmlBlockRows(W)) : op(Iq4Rows<GgmlBlock::IQ4_NL>(W));
     case DType::IQ4_XS:
       return exact ? op(GgmlBlockRows(W)) : op(Iq4Rows<GgmlBlock::IQ4_XS>(W));
+    case DType::MXFP4:
+      return exact ? op(GgmlBlockRows(W)) : op(Mxfp4Rows(W));
     case DType::Q4_K:
       return exact ? op(GgmlBlockRows(W)) : op(Q4KRows(W));
     case DType::Q5_K:

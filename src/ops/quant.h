@@ -37,6 +37,8 @@ void dequantize_row_q4_0(float* out, const BlockQ4_0* blocks, int64_t n);
 
 // FP4 e2m1 code c (4 bits): bit 3 is the sign, the magnitude is kE2M1Values[c & 7].
 inline constexpr float kE2M1Values[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+// The same codes as integers, twice the value (ggml's kvalues_mxfp4; 16-byte aligned for table lookups).
+alignas(16) inline constexpr int8_t kFp4Doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 // x [n] -> packed [n/2] (element 2j in the low nibble of byte j, 2j+1 in the high one) and
 // scales [n/32] (ue8m0). Each block of 32 takes the smallest power-of-two scale that puts its largest

@@ -69,7 +69,7 @@ TEST(GgmlBlocks, EqualGgmlsDequantizationBitForBit) {
           << "value " << i << ": " << values[i] << " vs " << std::bit_cast<float>(expected[i]);
     ++formats;
   }
-  EXPECT_EQ(formats, 12);
+  EXPECT_EQ(formats, 13);
 }
 
 // The vectors' 6 blocks as a weight of 3 rows of 2 blocks: dequantize_row gives the vectors' values
@@ -77,9 +77,10 @@ TEST(GgmlBlocks, EqualGgmlsDequantizationBitForBit) {
 // rounding.
 TEST(GgmlBlocks, WeightsOfEveryFormatMultiplyOnEveryTarget) {
   const std::map<std::string, DType> dtypes = {
-      {"Q4_0", DType::Q4_0}, {"Q8_0", DType::Q8_0}, {"Q4_1", DType::Q4_1},     {"Q5_0", DType::Q5_0},
-      {"Q5_1", DType::Q5_1}, {"Q2_K", DType::Q2_K}, {"Q3_K", DType::Q3_K},     {"Q4_K", DType::Q4_K},
-      {"Q5_K", DType::Q5_K}, {"Q6_K", DType::Q6_K}, {"IQ4_NL", DType::IQ4_NL}, {"IQ4_XS", DType::IQ4_XS}};
+      {"Q4_0", DType::Q4_0},  {"Q8_0", DType::Q8_0}, {"Q4_1", DType::Q4_1},     {"Q5_0", DType::Q5_0},
+      {"Q5_1", DType::Q5_1},  {"Q2_K", DType::Q2_K}, {"Q3_K", DType::Q3_K},     {"Q4_K", DType::Q4_K},
+      {"Q5_K", DType::Q5_K},  {"Q6_K", DType::Q6_K}, {"IQ4_NL", DType::IQ4_NL}, {"IQ4_XS", DType::IQ4_XS},
+      {"MXFP4", DType::MXFP4}};
   const nlohmann::json all = vectors();
   for (const auto& [name, v] : all.items()) {
     SCOPED_TRACE(name);
@@ -125,7 +126,7 @@ TEST(GgmlBlocks, KernelsMatchTheReferenceAndAreBatchInvariant) {
   std::mt19937 gen(5);
   std::uniform_int_distribution<int> byte(0, 0x7b);  // every fp16 scale finite
   std::uniform_real_distribution<float> value(-1.f, 1.f);
-  for (int format = int(DType::Q4_1); format <= int(DType::IQ4_XS); ++format) {  // the ggml block formats
+  for (int format = int(DType::Q4_1); format <= int(DType::MXFP4); ++format) {  // the ggml block formats
     const DType dtype = DType(format);
     SCOPED_TRACE(dtype_name(dtype));
     const int64_t rows = 37, cols = 768, T = 17;
