@@ -94,9 +94,11 @@ void register_inspect(CLI::App& app) {
     if (gguf) {
       const std::unique_ptr<GgufModel> file = GgufModel::open(options->model);
       header = gguf_summary(*file);
-      if ((*header)["architecture"] != "deepseek2") {  // a file megamoe cannot run: its header alone
-        const std::string text =
-            options->json ? header->dump(2) + "\n" : describe_gguf(*header) + "megamoe runs GGUF files of deepseek2\n";
+      if ((*header)["architecture"] != "deepseek2" &&
+          (*header)["architecture"] != "deepseek4") {  // a file megamoe cannot run: its header alone
+        const std::string text = options->json
+                                     ? header->dump(2) + "\n"
+                                     : describe_gguf(*header) + "megamoe runs GGUF files of deepseek2 and deepseek4\n";
         std::fputs(text.c_str(), stdout);
         return;
       }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/gguf_checkpoint.h"
 #include "model/gguf_tokenizer.h"
 #include "model/tensor_spec.h"
 #include "ops/matmul.h"
@@ -68,31 +69,7 @@ constexpr NamePair kStackedExperts[] = {
 };
 constexpr std::string_view kKeyB = "attn_k_b.weight", kValueB = "attn_v_b.weight";
 
-// "blk.12.attn_q_a.weight" -> {12, "attn_q_a.weight"}; "model.layers.12.x" with prefix "model.layers.".
-std::optional<std::pair<int64_t, std::string_view>> split_layer(std::string_view name, std::string_view prefix) {
-  if (!name.starts_with(prefix)) return std::nullopt;
-  name.remove_prefix(prefix.size());
-  int64_t layer = 0;
-  const auto [end, error] = std::from_chars(name.data(), name.data() + name.size(), layer);
-  if (error != std::errc() || end == name.data() || end == name.data() + name.size() || *end != '.')
-    return std::nullopt;
-  return std::pair{layer, name.substr(size_t(end - name.data()) + 1)};
-}
-
 std::string layer_name(int64_t layer, std::string_view rest) { return fmt::format("model.layers.{}.{}", layer, rest); }
-
-// The DType of a ggml type megamoe computes with; nullopt for the others (IQ2_XXS, ...).
-std::optional<DType> dtype_of_ggml(uint32_t type) {
-  static constexpr DType kRead[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0,   DType::Q4_0,
-                                    DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q2_K,   DType::Q3_K,
-                                    DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS,
-                                    DType::I8,   DType::I16,  DType::I32,  DType::I64,    DType::F64};
-  const std::optional<GgmlTypeInfo> info = ggml_type_info(type);
-  if (!info) return std::nullopt;
-  for (DType d : kRead)
-    if (dtype_name(d) == info->name) return d;
-  return std::nullopt;
-}
 
 uint32_t ggml_type_of_dtype(DType dtype) { return *ggml_type_of(dtype_name(dtype)); }
 
@@ -101,10 +78,6 @@ uint32_t ggml_type_of_dtype(DType dtype) { return *ggml_type_of(dtype_name(dtype
 json deepseek2_config(const GgufModel& model) {
   const GgufFile& f = model.first();
   const std::string where = f.path().string();
-  const std::string architecture = f.find_key("general.architecture") ? f.string("general.architecture") : "";
-  if (architecture != kArchitecture)
-    fail("{}: general.architecture is '{}'; megamoe reads GGUF files of 'deepseek2' (DeepSeek-V2, V3, R1)", where,
-         architecture);
   auto key = [](std::string_view name) { return fmt::format("{}.{}", kArchitecture, name); };
   auto integer = [&](std::string_view name) { return f.integer(key(name)); };
   auto integer_or = [&](std::string_view name, int64_t fallback) { return f.integer_or(key(name)).value_or(fallback); };
@@ -186,10 +159,9 @@ json deepseek2_config(const GgufModel& model) {
   return c;
 }
 
-std::unique_ptr<Checkpoint> open_gguf_checkpoint(const fs::path& path, Residency residency) {
-  std::unique_ptr<GgufModel> gguf = GgufModel::open(path, residency);
+std::unique_ptr<Checkpoint> deepseek2_checkpoint(std::unique_ptr<GgufModel> gguf) {
   json config = deepseek2_config(*gguf);
-  const ModelConfig c = parse_model_config(config, path.string() + " (its metadata)");
+  const ModelConfig c = parse_model_config(config, gguf->first().path().string() + " (its metadata)");
   const int64_t H = c.num_attention_heads, C = c.kv_lora_rank, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
 
   std::vector<TensorInfo> tensors;
@@ -198,11 +170,7 @@ std::unique_ptr<Checkpoint> open_gguf_checkpoint(const fs::path& path, Residency
   for (const auto& part : gguf->parts()) {
     for (const GgufTensor& t : part->tensors()) {
       file_of[&t] = &part->path();
-      const std::optional<DType> dtype = dtype_of_ggml(t.type);
-      if (!dtype)
-        fail("{}: tensor {} is {}, which megamoe does not compute with yet (docs/gguf.md#block-formats)",
-             part->path().string(), t.name, ggml_type_info(t.type)->name);
-      TensorInfo info{t.name, *dtype, t.shape, t.data, t.nbytes, &part->path(), ""};
+      TensorInfo info = gguf_tensor_info(*part, t);
       auto rename = [&](std::string hf) {
         info.stored_as = t.name;
         info.name = std::move(hf);
@@ -220,18 +188,8 @@ std::unique_ptr<Checkpoint> open_gguf_checkpoint(const fs::path& path, Residency
           if (rest == n.gguf) rename(layer_name(L, n.hf));
         for (const NamePair& n : kStackedExperts) {
           if (rest != n.gguf) continue;
-          if (t.shape.size() != 3 || t.shape[0] != c.n_routed_experts)
-            fail("{}: tensor {} has shape {}, expected [{}, rows, cols] ({} experts stacked)", part->path().string(),
-                 t.name, t.shape_string(), c.n_routed_experts, c.n_routed_experts);
-          const size_t expert_bytes = t.nbytes / size_t(c.n_routed_experts);
-          for (int64_t e = 0; e < c.n_routed_experts; ++e)
-            tensors.push_back(TensorInfo{layer_name(L, fmt::format("mlp.experts.{}.{}", e, n.hf)),
-                                         *dtype,
-                                         {t.shape[1], t.shape[2]},
-                                         t.data + size_t(e) * expert_bytes,
-                                         expert_bytes,
-                                         &part->path(),
-                                         fmt::format("{}[{}]", t.name, e)});
+          add_stacked_experts(&tensors, *part, t, c.n_routed_experts,
+                              [&](int64_t e) { return layer_name(L, fmt::format("mlp.experts.{}.{}", e, n.hf)); });
           info.name.clear();
         }
       }

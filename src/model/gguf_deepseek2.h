@@ -18,11 +18,8 @@ nlohmann::json deepseek2_config(const GgufModel& model);
 
 // A deepseek2 GGUF file (or the parts of a split one) as a checkpoint: the stacked experts
 // (ffn_*_exps) seen as one tensor per expert, and kv_b_proj as the file has it (attn_kv_b) or
-// rebuilt in fp32 from the split attn_k_b / attn_v_b of newer files. Fails naming the file and the
-// tensor or key at fault: another architecture, a type megamoe does not compute, a shape that
-// disagrees with the metadata.
-std::unique_ptr<Checkpoint> open_gguf_checkpoint(const std::filesystem::path& path,
-                                                 Residency residency = Residency::Mapped);
+// rebuilt in fp32 from the split attn_k_b / attn_v_b of newer files.
+std::unique_ptr<Checkpoint> deepseek2_checkpoint(std::unique_ptr<GgufModel> gguf);
 
 // The weight formats export_gguf writes: the matrices in `matrices` (F32, F16, BF16, Q8_0, Q4_0;
 // under Q4_0 the head in Q8_0, and the embedding as stored, as in megamoe's own checkpoints), norms,

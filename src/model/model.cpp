@@ -3,7 +3,7 @@
 #include "model/deepseek_v3.h"
 #include "model/deepseek_v4.h"
 #include "model/deepseek_v41.h"
-#include "model/gguf_deepseek2.h"
+#include "model/gguf_checkpoint.h"
 #include "ops/quant.h"
 #include "util/error.h"
 #include "util/json_file.h"
@@ -22,7 +22,7 @@ std::unique_ptr<Checkpoint> open_checkpoint(const std::filesystem::path& path, R
 
 ModelConfig read_model_config(const std::filesystem::path& path) {
   if (path.extension() == ".gguf")
-    return parse_model_config(deepseek2_config(*GgufModel::open(path)), path.string() + " (its metadata)");
+    return parse_model_config(gguf_model_config(*GgufModel::open(path)), path.string() + " (its metadata)");
   const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
   return parse_model_config(read_json_file(file), file.string());
 }

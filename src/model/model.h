@@ -123,7 +123,7 @@ class Model {
   ActivationTaps* taps_ = nullptr;
 };
 
-// A checkpoint directory, or a GGUF file (model/gguf_deepseek2.h) seen as one.
+// A checkpoint directory, or a GGUF file (model/gguf_checkpoint.h) seen as one.
 std::unique_ptr<Checkpoint> open_checkpoint(const std::filesystem::path& path, Residency residency = Residency::Mapped);
 // The config of a checkpoint directory (its config.json), a GGUF file (its metadata) or a bare config.json.
 ModelConfig read_model_config(const std::filesystem::path& path);

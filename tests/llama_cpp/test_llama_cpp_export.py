@@ -9,7 +9,10 @@ from (docs/gguf.md):
 - q8_0 and q4_0 exports of megamoe's quantized checkpoints: megamoe from the file against megamoe
   from the directory (the first position bit for bit; later ones within what the requantized
   attn_k_b explains), and llama.cpp against megamoe's fast numerics (median KL below 0.005);
-- the tokenizer the file carries: megamoe and llama.cpp give the directory's tokenizer.json ids.
+- the tokenizer the file carries: megamoe and llama.cpp give the directory's tokenizer.json ids;
+- a DeepSeek-V4 file (deepseek4) made by tests/model/test_gguf_v4.py's converter, which follows
+  llama.cpp's: llama.cpp runs it, and its logits stay within its own activation rounding of
+  megamoe's from the same file (median KL below 0.005, the same argmax at most positions).
 
     cd tests/llama_cpp && MEGAMOE_BIN=/path/to/megamoe /usr/bin/python3 -m unittest -v test_llama_cpp_export
 """
@@ -24,7 +27,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "model"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "reference"))
 import harness  # noqa: E402
+import test_gguf_v4  # noqa: E402
+from test_gguf_model import read_gguf  # noqa: E402
 
 TRAINING_TEXT = "/usr/share/common-licenses/GPL-3"
 VOCAB = 600  # the models' vocabulary is the tokenizer's: llama.cpp may pick ids megamoe's sampler never offers
@@ -107,6 +113,24 @@ class LlamaCppExport(harness.ScratchTestCase):
                 p = log_softmax(fast.astype(np.float64))
                 kl = (np.exp(p) * (p - log_softmax(llama))).sum(axis=1)
                 self.assertLess(np.median(kl), 0.005)
+
+    def test_deepseek4_file_runs_in_llama_cpp(self):
+        # llama.cpp takes compression ratios 0, 4 and 128 only.
+        config = harness.load_json(harness.config_path("v4-csa-hca"))
+        config["compress_ratios"] = [0, 4, 128, 4, 0]
+        with open(self.path("v4.json"), "w") as f:
+            json.dump(config, f)
+        model, gguf = self.path("v4"), self.path("v4.gguf")
+        harness.synth_with_tokenizer(self.path("v4.json"), "fp8", 3, model, self.tokenizer)
+        metadata, _ = read_gguf(self.models["v3"] + ".gguf")
+        test_gguf_v4.convert(model, gguf, [m for m in metadata if m[0].startswith("tokenizer.")])
+        tokens = PROMPT + [282, 318, 282, 376, 425, 381]
+        ours = harness.megamoe_logits(gguf, tokens, self.path("v4.npy"), "--numerics", "exact").astype(np.float64)
+        llama = np.array(self.llama("logits", gguf, ",".join(map(str, tokens)))["logits"])
+        p = log_softmax(ours)
+        kl = (np.exp(p) * (p - log_softmax(llama))).sum(axis=1)
+        self.assertLess(np.median(kl), 0.005)
+        self.assertGreaterEqual(np.mean(ours.argmax(axis=1) == llama.argmax(axis=1)), 0.75)
 
     def test_embedded_tokenizer(self):
         text = "Free software is a matter of liberty, not price: you may copy, share and change it."
