@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Writes the seed inputs of fuzz_gguf into fuzz/corpus/fuzz_gguf: a micro DeepSeek-V3 (2 layers, 4
-# experts, a 300-token tokenizer) exported by megamoe in Q8_0 and Q4_0. Small seeds keep the
-# fuzzer fast; its mutations find the other layouts from them.
+# experts, a 300-token tokenizer) exported by megamoe in Q8_0 and Q4_0, and a micro DeepSeek-V4
+# (hash, compressed and window layers, MXFP4 experts) converted as llama.cpp's converter does
+# (tests/model/test_gguf_v4.py). Small seeds keep the fuzzer fast; its mutations find the other
+# layouts from them.
 #   fuzz/make_gguf_seeds.sh [path/to/megamoe]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +34,21 @@ for dtype in q8_0 q4_0; do
   "$megamoe" export-gguf --model "$scratch/model" --output "fuzz/corpus/fuzz_gguf/micro-v3-$dtype.gguf" --dtype "$dtype" \
     >/dev/null
 done
+/usr/bin/python3 - "$PWD" "$scratch" "$megamoe" <<'PY'
+import json, os, sys
+root, scratch, megamoe = sys.argv[1:]
+sys.path[:0] = [os.path.join(root, "tests", folder) for folder in ("model", "reference")]
+os.environ["MEGAMOE_BIN"] = megamoe
+import harness, test_gguf_v4
+from test_gguf_model import read_gguf
+config = harness.load_json(harness.config_path("v4-window-hash"))
+config.update({"hidden_size": 64, "moe_intermediate_size": 32, "q_lora_rank": 32, "o_lora_rank": 32, "head_dim": 96,
+               "qk_rope_head_dim": 32, "index_head_dim": 32, "compress_ratios": [0, 4, 0], "index_n_heads": 1,
+               "index_topk": 2, "num_hash_layers": 1})
+json.dump(config, open(f"{scratch}/v4.json", "w"))
+harness.synth_with_tokenizer(f"{scratch}/v4.json", "fp8", 1, f"{scratch}/v4", f"{scratch}/tokenizer")
+metadata, _ = read_gguf("fuzz/corpus/fuzz_gguf/micro-v3-q8_0.gguf")
+test_gguf_v4.convert(f"{scratch}/v4", "fuzz/corpus/fuzz_gguf/micro-v4.gguf",
+                     [m for m in metadata if m[0].startswith("tokenizer.")])
+PY
 ls -l fuzz/corpus/fuzz_gguf
