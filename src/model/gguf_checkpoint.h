@@ -31,6 +31,29 @@ std::unique_ptr<Checkpoint> open_gguf_checkpoint(const std::filesystem::path& pa
 
 // For the architecture files.
 
+// One architecture's metadata keys: integer("block_count") reads "deepseek2.block_count"; a missing
+// or mistyped key fails naming the file and the key.
+class ArchitectureKeys {
+ public:
+  ArchitectureKeys(const GgufFile& file, std::string_view architecture)
+      : file_(file), prefix_(std::string(architecture) + "."), where_(file.path().string()) {}
+  const std::string& where() const { return where_; }  // the file, for messages
+  std::string key(std::string_view name) const { return prefix_ + std::string(name); }
+  const GgufKeyValue* find(std::string_view name) const { return file_.find_key(key(name)); }
+  int64_t integer(std::string_view name) const { return file_.integer(key(name)); }
+  std::optional<int64_t> integer_or(std::string_view name) const { return file_.integer_or(key(name)); }
+  int64_t integer_or(std::string_view name, int64_t fallback) const { return integer_or(name).value_or(fallback); }
+  double number(std::string_view name) const { return file_.number(key(name)); }
+  double number_or(std::string_view name, double fallback) const { return find(name) ? number(name) : fallback; }
+  std::string string_or(std::string_view name, const std::string& fallback) const {
+    return find(name) ? file_.string(key(name)) : fallback;
+  }
+
+ private:
+  const GgufFile& file_;
+  std::string prefix_, where_;
+};
+
 // The DType of a ggml type megamoe computes with; nullopt for the others (IQ2_XXS, ...).
 std::optional<DType> dtype_of_ggml(uint32_t type);
 // "blk.12.attn_q_a.weight" with prefix "blk." -> {12, "attn_q_a.weight"}.

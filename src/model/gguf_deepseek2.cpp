@@ -76,84 +76,79 @@ uint32_t ggml_type_of_dtype(DType dtype) { return *ggml_type_of(dtype_name(dtype
 }  // namespace
 
 json deepseek2_config(const GgufModel& model) {
+  const ArchitectureKeys k(model.first(), kArchitecture);
+  const std::string& where = k.where();
   const GgufFile& f = model.first();
-  const std::string where = f.path().string();
-  auto key = [](std::string_view name) { return fmt::format("{}.{}", kArchitecture, name); };
-  auto integer = [&](std::string_view name) { return f.integer(key(name)); };
-  auto integer_or = [&](std::string_view name, int64_t fallback) { return f.integer_or(key(name)).value_or(fallback); };
-  auto number_or = [&](std::string_view name, double fallback) {
-    return f.find_key(key(name)) ? f.number(key(name)) : fallback;
-  };
 
   json c;
   // Head widths: newer files give MLA's per-head widths in key_length_mla / value_length_mla (and
   // the latent's in key_length / value_length); older ones the per-head widths in the plain keys.
-  const int64_t rope = integer("rope.dimension_count");
-  const std::optional<int64_t> key_mla = f.integer_or(key("attention.key_length_mla"));
-  const int64_t key_length = key_mla ? *key_mla : integer("attention.key_length");
-  const int64_t value_length = key_mla ? integer("attention.value_length_mla") : integer("attention.value_length");
+  const int64_t rope = k.integer("rope.dimension_count");
+  const std::optional<int64_t> key_mla = k.integer_or("attention.key_length_mla");
+  const int64_t key_length = key_mla ? *key_mla : k.integer("attention.key_length");
+  const int64_t value_length = key_mla ? k.integer("attention.value_length_mla") : k.integer("attention.value_length");
   if (key_length <= rope)
     fail("{}: the key width {} does not exceed {}.rope.dimension_count ({})", where, key_length, kArchitecture, rope);
 
-  const int64_t gating = integer_or("expert_gating_func", 1);  // absent in early V2 files: softmax
+  const int64_t gating = k.integer_or("expert_gating_func", 1);  // absent in early V2 files: softmax
   if (gating != 1 && gating != 2)
-    fail("{}: {} is {}, expected 1 (softmax) or 2 (sigmoid)", where, key("expert_gating_func"), gating);
-  const int64_t groups = integer_or("expert_group_count", 1);
+    fail("{}: {} is {}, expected 1 (softmax) or 2 (sigmoid)", where, k.key("expert_gating_func"), gating);
+  const int64_t groups = k.integer_or("expert_group_count", 1);
   const bool bias =
       std::ranges::any_of(model.tensors(), [](const GgufTensor* t) { return t->name.ends_with(".exp_probs_b.bias"); });
 
   const GgufTensor* embedding = model.find("token_embd.weight");
   if (!embedding || embedding->shape.size() != 2) fail("{}: no 2-D tensor token_embd.weight", where);
-  std::optional<int64_t> vocab = f.integer_or(key("vocab_size"));
+  std::optional<int64_t> vocab = k.integer_or("vocab_size");
 
   c["architectures"] = {gating == 2 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
   c["vocab_size"] = vocab ? *vocab : embedding->shape[0];
-  c["hidden_size"] = integer("embedding_length");
-  c["intermediate_size"] = integer("feed_forward_length");
+  c["hidden_size"] = k.integer("embedding_length");
+  c["intermediate_size"] = k.integer("feed_forward_length");
   // MTP layers (nextn) follow the model's in newer files; megamoe's V2/V3 family does not run them.
-  c["num_hidden_layers"] = integer("block_count") - integer_or("nextn_predict_layers", 0);
-  c["num_attention_heads"] = integer("attention.head_count");
-  c["max_position_embeddings"] = integer("context_length");
-  c["rms_norm_eps"] = f.number(key("attention.layer_norm_rms_epsilon"));
-  c["rope_theta"] = number_or("rope.freq_base", 10000);
-  if (const std::optional<int64_t> q_lora = f.integer_or(key("attention.q_lora_rank")); q_lora && *q_lora > 0)
+  c["num_hidden_layers"] = k.integer("block_count") - k.integer_or("nextn_predict_layers", 0);
+  c["num_attention_heads"] = k.integer("attention.head_count");
+  c["max_position_embeddings"] = k.integer("context_length");
+  c["rms_norm_eps"] = k.number("attention.layer_norm_rms_epsilon");
+  c["rope_theta"] = k.number_or("rope.freq_base", 10000);
+  if (const std::optional<int64_t> q_lora = k.integer_or("attention.q_lora_rank"); q_lora && *q_lora > 0)
     c["q_lora_rank"] = *q_lora;
-  c["kv_lora_rank"] = integer("attention.kv_lora_rank");
+  c["kv_lora_rank"] = k.integer("attention.kv_lora_rank");
   c["qk_rope_head_dim"] = rope;
   c["qk_nope_head_dim"] = key_length - rope;
   c["v_head_dim"] = value_length;
-  c["first_k_dense_replace"] = integer_or("leading_dense_block_count", 0);
-  c["n_routed_experts"] = integer("expert_count");
-  c["num_experts_per_tok"] = integer("expert_used_count");
-  c["moe_intermediate_size"] = integer("expert_feed_forward_length");
-  c["n_shared_experts"] = integer_or("expert_shared_count", 0);
-  c["routed_scaling_factor"] = number_or("expert_weights_scale", 1.0);
-  if (const GgufKeyValue* norm = f.find_key(key("expert_weights_norm"))) {
+  c["first_k_dense_replace"] = k.integer_or("leading_dense_block_count", 0);
+  c["n_routed_experts"] = k.integer("expert_count");
+  c["num_experts_per_tok"] = k.integer("expert_used_count");
+  c["moe_intermediate_size"] = k.integer("expert_feed_forward_length");
+  c["n_shared_experts"] = k.integer_or("expert_shared_count", 0);
+  c["routed_scaling_factor"] = k.number_or("expert_weights_scale", 1.0);
+  if (const GgufKeyValue* norm = k.find("expert_weights_norm")) {
     if (!norm->value.is_boolean()) fail("{}: {} is not a bool", where, norm->key);
     c["norm_topk_prob"] = norm->value.get<bool>();
   }
   c["scoring_func"] = gating == 2 ? "sigmoid" : "softmax";
   c["n_group"] = groups;
-  c["topk_group"] = integer_or("expert_group_used_count", 1);
+  c["topk_group"] = k.integer_or("expert_group_used_count", 1);
   c["topk_method"] = bias ? "noaux_tc" : groups > 1 ? "group_limited_greedy" : "greedy";
   c["tie_word_embeddings"] = model.find("output.weight") == nullptr;
   if (const std::optional<int64_t> bos = f.integer_or("tokenizer.ggml.bos_token_id")) c["bos_token_id"] = *bos;
   if (const std::optional<int64_t> eos = f.integer_or("tokenizer.ggml.eos_token_id")) c["eos_token_id"] = *eos;
 
-  const std::string scaling = f.find_key(key("rope.scaling.type")) ? f.string(key("rope.scaling.type")) : "none";
-  const double factor = number_or("rope.scaling.factor", 1.0);
+  const std::string scaling = k.string_or("rope.scaling.type", "none");
+  const double factor = k.number_or("rope.scaling.factor", 1.0);
   if (scaling == "yarn") {
     // llama.cpp keeps one magnitude, 0.1 x mscale_all_dim (DeepSeek's mscale equals it).
-    const double mscale = number_or("rope.scaling.yarn_log_multiplier", 0.0) / 0.1;
+    const double mscale = k.number_or("rope.scaling.yarn_log_multiplier", 0.0) / 0.1;
     c["rope_scaling"] = {{"type", "yarn"},
                          {"factor", factor},
-                         {"original_max_position_embeddings", integer("rope.scaling.original_context_length")},
-                         {"beta_fast", number_or("rope.scaling.yarn_beta_fast", 32.0)},
-                         {"beta_slow", number_or("rope.scaling.yarn_beta_slow", 1.0)},
+                         {"original_max_position_embeddings", k.integer("rope.scaling.original_context_length")},
+                         {"beta_fast", k.number_or("rope.scaling.yarn_beta_fast", 32.0)},
+                         {"beta_slow", k.number_or("rope.scaling.yarn_beta_slow", 1.0)},
                          {"mscale", mscale},
                          {"mscale_all_dim", mscale}};
   } else if (!((scaling == "none" || scaling == "linear") && (factor == 0 || factor == 1))) {
-    fail("{}: {} is '{}' with factor {}; megamoe supports yarn (or none)", where, key("rope.scaling.type"), scaling,
+    fail("{}: {} is '{}' with factor {}; megamoe supports yarn (or none)", where, k.key("rope.scaling.type"), scaling,
          factor);
   }
   return c;

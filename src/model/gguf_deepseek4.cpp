@@ -72,37 +72,32 @@ std::string layer_name(int64_t layer, std::string_view rest) { return fmt::forma
 }  // namespace
 
 json deepseek4_config(const GgufModel& model) {
+  const ArchitectureKeys k(model.first(), kArchitecture);
+  const std::string& where = k.where();
   const GgufFile& f = model.first();
-  const std::string where = f.path().string();
-  auto key = [](std::string_view name) { return fmt::format("{}.{}", kArchitecture, name); };
-  auto integer = [&](std::string_view name) { return f.integer(key(name)); };
-  auto integer_or = [&](std::string_view name, int64_t fallback) { return f.integer_or(key(name)).value_or(fallback); };
-  auto number_or = [&](std::string_view name, double fallback) {
-    return f.find_key(key(name)) ? f.number(key(name)) : fallback;
-  };
   // An array of numbers (or one number), as llama.cpp writes per-layer values.
   auto numbers = [&](std::string_view name) {
-    const GgufKeyValue* kv = f.find_key(key(name));
-    if (!kv) fail("{}: missing metadata key {}", where, key(name));
+    const GgufKeyValue* kv = k.find(name);
+    if (!kv) fail("{}: missing metadata key {}", where, k.key(name));
     const json values = kv->value.is_array() ? kv->value : json::array({kv->value});
     std::vector<double> out;
     for (const json& v : values) {
-      if (!v.is_number()) fail("{}: {} holds a value that is not a number", where, key(name));
+      if (!v.is_number()) fail("{}: {} holds a value that is not a number", where, k.key(name));
       out.push_back(v.get<double>());
     }
     return out;
   };
 
-  const int64_t nextn = integer_or("nextn_predict_layers", 0);
+  const int64_t nextn = k.integer_or("nextn_predict_layers", 0);
   if (nextn > 0 && !model.find("blk.0.attn_norm.weight"))
     fail("{}: this is a file of DeepSeek-V4's MTP module alone (llama.cpp's --mtp); open the model's own file", where);
-  const int64_t gating = integer("expert_gating_func");
+  const int64_t gating = k.integer("expert_gating_func");
   if (gating != 4)
-    fail("{}: {} is {}, expected 4 (sqrt-softplus, DeepSeek-V4's)", where, key("expert_gating_func"), gating);
+    fail("{}: {} is {}, expected 4 (sqrt-softplus, DeepSeek-V4's)", where, k.key("expert_gating_func"), gating);
   const std::vector<double> limits = numbers("swiglu_clamp_exp");
   for (const double limit : limits)
     if (limit != limits.front())
-      fail("{}: {} varies between layers; megamoe takes one limit for every layer", where, key("swiglu_clamp_exp"));
+      fail("{}: {} varies between layers; megamoe takes one limit for every layer", where, k.key("swiglu_clamp_exp"));
 
   const GgufTensor* embedding = model.find("token_embd.weight");
   if (!embedding || embedding->shape.size() != 2) fail("{}: no 2-D tensor token_embd.weight", where);
@@ -112,53 +107,53 @@ json deepseek4_config(const GgufModel& model) {
   c["architectures"] = {"DeepseekV4ForCausalLM"};
   c["model_type"] = "deepseek_v4";
   c["vocab_size"] = embedding->shape[0];
-  c["hidden_size"] = integer("embedding_length");
-  c["num_hidden_layers"] = integer("block_count") - nextn;  // MTP blocks are not read
+  c["hidden_size"] = k.integer("embedding_length");
+  c["num_hidden_layers"] = k.integer("block_count") - nextn;  // MTP blocks are not read
   c["num_nextn_predict_layers"] = 0;
-  c["num_attention_heads"] = integer("attention.head_count");
-  c["head_dim"] = integer("attention.key_length");
-  c["qk_rope_head_dim"] = integer("rope.dimension_count");
-  c["q_lora_rank"] = integer("attention.q_lora_rank");
-  c["o_groups"] = integer("attention.output_group_count");
-  c["o_lora_rank"] = integer("attention.output_lora_rank");
-  c["sliding_window"] = integer("attention.sliding_window");
+  c["num_attention_heads"] = k.integer("attention.head_count");
+  c["head_dim"] = k.integer("attention.key_length");
+  c["qk_rope_head_dim"] = k.integer("rope.dimension_count");
+  c["q_lora_rank"] = k.integer("attention.q_lora_rank");
+  c["o_groups"] = k.integer("attention.output_group_count");
+  c["o_lora_rank"] = k.integer("attention.output_lora_rank");
+  c["sliding_window"] = k.integer("attention.sliding_window");
   json ratios = json::array();
   for (const double ratio : numbers("attention.compress_ratios")) ratios.push_back(int64_t(ratio));
   c["compress_ratios"] = ratios;
-  if (f.find_key(key("attention.compress_rope_freq_base")))
-    c["compress_rope_theta"] = f.number(key("attention.compress_rope_freq_base"));
+  if (k.find("attention.compress_rope_freq_base"))
+    c["compress_rope_theta"] = k.number("attention.compress_rope_freq_base");
   for (const auto& [gguf_key, config_key] : {std::pair{"attention.indexer.head_count", "index_n_heads"},
                                              std::pair{"attention.indexer.key_length", "index_head_dim"},
                                              std::pair{"attention.indexer.top_k", "index_topk"}})
-    if (const std::optional<int64_t> value = f.integer_or(key(gguf_key))) c[config_key] = *value;
-  c["hc_mult"] = integer("hyper_connection.count");
-  c["hc_sinkhorn_iters"] = integer("hyper_connection.sinkhorn_iterations");
-  c["hc_eps"] = f.number(key("hyper_connection.epsilon"));
-  c["num_hash_layers"] = integer_or("hash_layer_count", 0);
-  c["n_routed_experts"] = integer("expert_count");
-  c["num_experts_per_tok"] = integer("expert_used_count");
-  c["moe_intermediate_size"] = integer("expert_feed_forward_length");
-  c["n_shared_experts"] = integer_or("expert_shared_count", 0);
-  c["routed_scaling_factor"] = number_or("expert_weights_scale", 1.0);
+    if (const std::optional<int64_t> value = k.integer_or(gguf_key)) c[config_key] = *value;
+  c["hc_mult"] = k.integer("hyper_connection.count");
+  c["hc_sinkhorn_iters"] = k.integer("hyper_connection.sinkhorn_iterations");
+  c["hc_eps"] = k.number("hyper_connection.epsilon");
+  c["num_hash_layers"] = k.integer_or("hash_layer_count", 0);
+  c["n_routed_experts"] = k.integer("expert_count");
+  c["num_experts_per_tok"] = k.integer("expert_used_count");
+  c["moe_intermediate_size"] = k.integer("expert_feed_forward_length");
+  c["n_shared_experts"] = k.integer_or("expert_shared_count", 0);
+  c["routed_scaling_factor"] = k.number_or("expert_weights_scale", 1.0);
   c["norm_topk_prob"] = true;
   c["scoring_func"] = "sqrtsoftplus";
   c["swiglu_limit"] = limits.front();
   if (experts && ggml_type_info(experts->type)->name == "MXFP4") c["expert_dtype"] = "fp4";
-  c["rms_norm_eps"] = f.number(key("attention.layer_norm_rms_epsilon"));
-  c["rope_theta"] = number_or("rope.freq_base", 10000);
-  c["max_position_embeddings"] = integer("context_length");
+  c["rms_norm_eps"] = k.number("attention.layer_norm_rms_epsilon");
+  c["rope_theta"] = k.number_or("rope.freq_base", 10000);
+  c["max_position_embeddings"] = k.integer("context_length");
   c["tie_word_embeddings"] = false;
   if (const std::optional<int64_t> bos = f.integer_or("tokenizer.ggml.bos_token_id")) c["bos_token_id"] = *bos;
   if (const std::optional<int64_t> eos = f.integer_or("tokenizer.ggml.eos_token_id")) c["eos_token_id"] = *eos;
-  const std::string scaling = f.find_key(key("rope.scaling.type")) ? f.string(key("rope.scaling.type")) : "none";
+  const std::string scaling = k.string_or("rope.scaling.type", "none");
   if (scaling == "yarn") {
     c["rope_scaling"] = {{"type", "yarn"},
-                         {"factor", f.number(key("rope.scaling.factor"))},
-                         {"original_max_position_embeddings", integer("rope.scaling.original_context_length")},
-                         {"beta_fast", number_or("rope.scaling.yarn_beta_fast", 32.0)},
-                         {"beta_slow", number_or("rope.scaling.yarn_beta_slow", 1.0)}};
+                         {"factor", k.number("rope.scaling.factor")},
+                         {"original_max_position_embeddings", k.integer("rope.scaling.original_context_length")},
+                         {"beta_fast", k.number_or("rope.scaling.yarn_beta_fast", 32.0)},
+                         {"beta_slow", k.number_or("rope.scaling.yarn_beta_slow", 1.0)}};
   } else if (scaling != "none") {
-    fail("{}: {} is '{}'; DeepSeek-V4 uses yarn (or none)", where, key("rope.scaling.type"), scaling);
+    fail("{}: {} is '{}'; DeepSeek-V4 uses yarn (or none)", where, k.key("rope.scaling.type"), scaling);
   }
   return c;
 }
