@@ -174,7 +174,9 @@ std::unique_ptr<Checkpoint> deepseek2_checkpoint(std::unique_ptr<GgufModel> gguf
         if (t.name == n.gguf) rename(std::string(n.hf));
       const auto layer = split_layer(t.name, "blk.");
       if (layer && layer->first < c.num_hidden_layers) {
-        const auto [L, rest] = *layer;
+        // Not a structured binding: clang 14 lambdas cannot capture one.
+        const int64_t L = layer->first;
+        const std::string_view rest = layer->second;
         if (rest == kKeyB || rest == kValueB) {
           (rest == kKeyB ? split_kv_b[L].first : split_kv_b[L].second) = &t;
           continue;

@@ -174,7 +174,9 @@ std::unique_ptr<Checkpoint> deepseek4_checkpoint(std::unique_ptr<GgufModel> gguf
         if (t.name == n.gguf) rename(std::string(n.checkpoint));
       const auto layer = split_layer(t.name, "blk.");
       if (layer && layer->first < layers) {
-        const auto [L, rest] = *layer;
+        // Not a structured binding: clang 14 lambdas cannot capture one.
+        const int64_t L = layer->first;
+        const std::string_view rest = layer->second;
         for (const NamePair& n : kLayerNames)
           if (rest == n.gguf) rename(layer_name(L, n.checkpoint));
         for (const NamePair& n : kStackedExperts) {
