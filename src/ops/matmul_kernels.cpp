@@ -356,14 +356,12 @@ struct Q8Rows : Int8Rows<Q8Rows> {
 // Q4_0 and F4_E2M1: 16 bytes of nibbles per block, used unsigned: q4_0's codes as they are (offset 8),
 // FP4's through kFp4Unsigned (offset 12). Part gives the low nibbles first (elements 0..15 of q4_0;
 // the even elements of FP4, whose activations are permuted to match), then the high nibbles.
-// With a kTable, each code is looked up in its 16 entries.
-template <const int8_t* kTable = nullptr>
-HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part) {
+// With a `table` (16-byte aligned), each code is looked up in its 16 entries.
+HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part, const int8_t* table = nullptr) {
 #if HWY_TARGET == HWY_SCALAR
   const uint8_t byte = nibbles[part % 16];
   const uint8_t code = part < 16 ? byte & 15 : byte >> 4;
-  if constexpr (kTable != nullptr) return hn::Set(DI8(), kTable[code]);
-  return hn::Set(DI8(), int8_t(code));
+  return hn::Set(DI8(), table ? table[code] : int8_t(code));
 #else
   static_assert(hn::MaxLanes(DI8()) == kQuantBlock, "x86 targets hold a block per vector");
   // The 16 bytes in both halves, the upper half's 32-bit words shifted right by 4 (bits crossing
@@ -372,8 +370,7 @@ HWY_INLINE V<DI8> NibblePart(const uint8_t* nibbles, size_t part) {
   const __m256i twice = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(nibbles)));
   const __m256i shifted = _mm256_srlv_epi32(twice, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
   const auto both = V<DI8>{_mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))};
-  if constexpr (kTable != nullptr) return hn::TableLookupBytes(hn::LoadDup128(DI8(), kTable), both);
-  return both;
+  return table ? hn::TableLookupBytes(hn::LoadDup128(DI8(), table), both) : both;
 #endif
 }
 
@@ -382,8 +379,7 @@ struct NibbleRows : Int8Rows<Derived> {
   static constexpr bool kLookup = Derived::kOffset == 12;
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
     const uint8_t* nibbles = static_cast<const Derived&>(*this).Nibbles(row, b);
-    if constexpr (kLookup) return NibblePart<kFp4Unsigned>(nibbles, part);
-    return NibblePart(nibbles, part);
+    return NibblePart(nibbles, part, kLookup ? kFp4Unsigned : nullptr);
   }
 #if HWY_TARGET == HWY_AVX3_DL
   static constexpr bool kPairs = true;
@@ -544,7 +540,7 @@ struct Iq4Rows : GgmlRows<Iq4Rows<kFormat>, kFormat> {
   }
   V<DI8> Part(int64_t row, int64_t b, size_t part) const {
     const uint8_t* s = Super(row, b);
-    const V<DI8> values = NibblePart<kIq4Values>(kSuper ? s + 8 + 16 * (b % kBlocksPerSuper) : s + 2, part);
+    const V<DI8> values = NibblePart(kSuper ? s + 8 + 16 * (b % kBlocksPerSuper) : s + 2, part, kIq4Values);
     return kOffset ? hn::Xor(values, hn::Set(DI8(), int8_t(-128))) : values;  // value + 128 as unsigned
   }
 };
