@@ -292,7 +292,14 @@ void HttpServer::run() {
   std::fprintf(stderr, "megamoe: serving %s on http://%s:%d (batch %lld, queue %lld)\n", options_.model_name.c_str(),
                options_.host.c_str(), port, (long long)options_.limits.max_batch, (long long)options_.limits.max_queue);
   std::fflush(stderr);
-  std::thread listener([this] { http_.listen_after_bind(); });
+  std::atomic<bool> listener_ended = false;
+  std::thread listener([&] {
+    http_.listen_after_bind();
+    listener_ended = true;
+  });
+  // cpp-httplib's stop() does nothing before the listener runs (and the listener would then serve
+  // on): take no stop signal until it does. Signals that come sooner wait in the semaphore.
+  while (!http_.is_running() && !listener_ended) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 
   while (sem_wait(&stop_signals) != 0) {
   }  // interrupted by a signal other than ours
